@@ -1,0 +1,1 @@
+//! Chat templates rendered with minijinja (owned by the tokenizer work).

@@ -1,0 +1,12 @@
+//! emlab's model runtime.
+//!
+//! Loads Llama-family (SmolLM2) and Qwen2-family (Qwen2.5) instruct models from a GGUF file or a
+//! Hugging Face folder into one model type, tokenizes and renders chat templates, and runs one
+//! differentiable, hookable forward pass that serves generation, training, activation capture and
+//! steering.
+
+pub mod chat;
+pub mod error;
+pub mod tokenizer;
+
+pub use error::{Error, Result};
