@@ -25,20 +25,26 @@ pub enum Error {
     #[error("{0}")]
     Invalid(String),
     /// An error from candle during compute.
-    #[error("compute: {0}")]
+    #[error("compute: {}", first_line(&.0.to_string()))]
     Candle(#[from] candle_core::Error),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
 
+/// The first line of a message: candle appends a backtrace to its errors when RUST_BACKTRACE is
+/// set, and our errors promise one line.
+pub fn first_line(s: &str) -> String {
+    s.lines().next().unwrap_or("").trim_end().to_string()
+}
+
 impl Error {
     pub fn io(path: impl Into<PathBuf>, e: impl std::fmt::Display) -> Self {
-        Error::Io { path: path.into(), msg: e.to_string() }
+        Error::Io { path: path.into(), msg: first_line(&e.to_string()) }
     }
     pub fn format(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
-        Error::Format { path: path.into(), msg: msg.into() }
+        Error::Format { path: path.into(), msg: first_line(&msg.into()) }
     }
     pub fn tensor(path: impl Into<PathBuf>, tensor: impl Into<String>, msg: impl Into<String>) -> Self {
-        Error::Tensor { path: path.into(), tensor: tensor.into(), msg: msg.into() }
+        Error::Tensor { path: path.into(), tensor: tensor.into(), msg: first_line(&msg.into()) }
     }
 }

@@ -10,3 +10,14 @@ pub mod error;
 pub mod tokenizer;
 
 pub use error::{Error, Result};
+pub mod config;
+pub mod generate;
+pub mod hooks;
+pub mod load;
+pub mod model;
+pub mod testing;
+pub mod util;
+
+pub use config::{Arch, ModelConfig};
+pub use hooks::{HookKind, HookPoint, HookSet, Hooks};
+pub use model::{Forward, ForwardOut, LoadOptions, Logits, Model, Proj, SeqCache};

@@ -1,0 +1,280 @@
+//! Batched sampling with per-sequence KV caches and per-sample seeds.
+//!
+//! Requests are served by continuous batching: up to `batch_size` sequences decode together; when
+//! one stops, the next prompt is prefilled and joins. Each request owns its RNG (seeded from its
+//! `seed`) and draws exactly one number per sampled token, and attention reads only the request's
+//! own cache, so a sample's text does not depend on which other requests shared its batch.
+//!
+//! ```
+//! # use emlab_model::{testing::*, Arch, Model};
+//! use emlab_model::generate::{generate, Request, SamplingParams};
+//! # let m = Model::from_weights(tiny_config(Arch::Llama), emlab_model::load::Weights {
+//! #     tensors: random_weights(&tiny_config(Arch::Llama), 1).into_iter().collect(), origin: "t".into() },
+//! #     &Default::default()).unwrap();
+//! let reqs = vec![Request { prompt: vec![5, 6, 7], seed: 1 }, Request { prompt: vec![9], seed: 2 }];
+//! let params = SamplingParams { temperature: 1.0, max_new_tokens: 4, ..Default::default() };
+//! let out = generate(&m, &reqs, &params, &[2], None, &mut |_, _| {}).unwrap();
+//! assert!(out.iter().all(|g| g.tokens.len() <= 4));
+//! ```
+
+use crate::hooks::Hooks;
+use crate::model::{Forward, Logits, Model, SeqCache};
+use crate::{Error, Result};
+use candle_core::Tensor;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+
+/// How to pick each next token.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct SamplingParams {
+    /// 0 means greedy.
+    pub temperature: f32,
+    /// Nucleus sampling mass (1 disables it).
+    pub top_p: f32,
+    /// Keep only the k most likely tokens (0 disables it).
+    pub top_k: usize,
+    pub max_new_tokens: usize,
+    /// Sequences decoded together.
+    pub batch_size: usize,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        SamplingParams { temperature: 1.0, top_p: 1.0, top_k: 0, max_new_tokens: 600, batch_size: 64 }
+    }
+}
+
+impl SamplingParams {
+    pub fn greedy(max_new_tokens: usize) -> Self {
+        SamplingParams { temperature: 0.0, max_new_tokens, ..Default::default() }
+    }
+    fn validate(&self) -> Result<()> {
+        if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
+            return Err(Error::Invalid(format!("temperature must be >= 0, got {}", self.temperature)));
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return Err(Error::Invalid(format!("top_p must be in (0, 1], got {}", self.top_p)));
+        }
+        if self.batch_size == 0 {
+            return Err(Error::Invalid("batch_size must be at least 1".into()));
+        }
+        Ok(())
+    }
+}
+
+/// One prompt to continue.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub prompt: Vec<u32>,
+    pub seed: u64,
+}
+
+/// Why a sequence stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Finish {
+    /// A stop token was sampled (it is not included in `tokens`).
+    Stop,
+    /// `max_new_tokens` reached.
+    Length,
+    /// The model's context is full.
+    Context,
+}
+
+/// The continuation of one request.
+#[derive(Debug, Clone)]
+pub struct Generation {
+    pub tokens: Vec<u32>,
+    pub finish: Finish,
+}
+
+/// Events streamed while generating: a token for request `i`, or its end.
+#[derive(Debug, Clone, Copy)]
+pub enum Event {
+    Token(u32),
+    Done(Finish),
+}
+
+struct Active {
+    idx: usize,
+    rng: ChaCha8Rng,
+    last: u32,
+    tokens: Vec<u32>,
+}
+
+/// Samples a continuation for every request. `stop` holds the ids that end a sequence;
+/// `on_event(i, event)` streams tokens of request `i` as they are chosen.
+pub fn generate(
+    model: &Model,
+    requests: &[Request],
+    params: &SamplingParams,
+    stop: &[u32],
+    mut hooks: Option<&mut dyn Hooks>,
+    on_event: &mut dyn FnMut(usize, Event),
+) -> Result<Vec<Generation>> {
+    params.validate()?;
+    let n_layers = model.config.num_layers;
+    let ctx = model.max_positions();
+    let mut results: Vec<Option<Generation>> = vec![None; requests.len()];
+    let mut next = 0usize;
+    let mut active: Vec<Active> = Vec::new();
+    let mut caches: Vec<SeqCache> = Vec::new();
+    let dev = model.device().clone();
+    loop {
+        // Fill free slots: prefill each new prompt on its own (no padding, exact positions).
+        while active.len() < params.batch_size && next < requests.len() {
+            let i = next;
+            next += 1;
+            let r = &requests[i];
+            if r.prompt.is_empty() {
+                return Err(Error::Invalid(format!("request {i} has an empty prompt")));
+            }
+            if r.prompt.len() >= ctx {
+                results[i] = Some(Generation { tokens: vec![], finish: Finish::Context });
+                on_event(i, Event::Done(Finish::Context));
+                continue;
+            }
+            if params.max_new_tokens == 0 {
+                results[i] = Some(Generation { tokens: vec![], finish: Finish::Length });
+                on_event(i, Event::Done(Finish::Length));
+                continue;
+            }
+            let mut cache = vec![SeqCache::new(n_layers)];
+            let ids = Tensor::from_vec(r.prompt.clone(), (1, r.prompt.len()), &dev)?;
+            let out = model.forward(
+                &ids,
+                Forward { logits: Logits::Last, hooks: reborrow(&mut hooks), cache: Some(&mut cache), ..Default::default() },
+            )?;
+            let logits = out.logits.expect("Last logits").to_vec2::<f32>()?;
+            let mut a = Active { idx: i, rng: ChaCha8Rng::seed_from_u64(r.seed), last: 0, tokens: vec![] };
+            let tok = sample(&logits[0], params, &mut a.rng);
+            if let Some(fin) = accept(&mut a, tok, stop, params, cache[0].len, ctx) {
+                if fin != Finish::Stop {
+                    on_event(i, Event::Token(tok));
+                }
+                on_event(i, Event::Done(fin));
+                results[i] = Some(Generation { tokens: a.tokens, finish: fin });
+                continue;
+            }
+            on_event(i, Event::Token(tok));
+            active.push(a);
+            caches.push(cache.pop().expect("one cache"));
+        }
+        if active.is_empty() {
+            break;
+        }
+        // One decode step for every active sequence.
+        let last: Vec<u32> = active.iter().map(|a| a.last).collect();
+        let ids = Tensor::from_vec(last, (active.len(), 1), &dev)?;
+        let out = model.forward(
+            &ids,
+            Forward { logits: Logits::Last, hooks: reborrow(&mut hooks), cache: Some(&mut caches), ..Default::default() },
+        )?;
+        let logits = out.logits.expect("Last logits").to_vec2::<f32>()?;
+        let toks: Vec<u32> =
+            active.par_iter_mut().zip(logits.par_iter()).map(|(a, l)| sample(l, params, &mut a.rng)).collect();
+        // Accept tokens; remove finished rows from the back so indices stay valid.
+        let mut finished = Vec::new();
+        for (row, tok) in toks.iter().enumerate() {
+            let a = &mut active[row];
+            let len = caches[row].len;
+            match accept(a, *tok, stop, params, len, ctx) {
+                None => on_event(a.idx, Event::Token(*tok)),
+                Some(fin) => {
+                    if fin != Finish::Stop {
+                        on_event(a.idx, Event::Token(*tok));
+                    }
+                    on_event(a.idx, Event::Done(fin));
+                    finished.push((row, fin));
+                }
+            }
+        }
+        for (row, fin) in finished.into_iter().rev() {
+            let a = active.swap_remove(row);
+            caches.swap_remove(row);
+            results[a.idx] = Some(Generation { tokens: a.tokens, finish: fin });
+        }
+    }
+    Ok(results.into_iter().map(|r| r.expect("every request finishes")).collect())
+}
+
+/// Records `tok`; returns why the sequence ends, if it does.
+fn accept(a: &mut Active, tok: u32, stop: &[u32], p: &SamplingParams, cache_len: usize, ctx: usize) -> Option<Finish> {
+    if stop.contains(&tok) {
+        return Some(Finish::Stop);
+    }
+    a.tokens.push(tok);
+    a.last = tok;
+    if a.tokens.len() >= p.max_new_tokens {
+        return Some(Finish::Length);
+    }
+    if cache_len + 1 >= ctx {
+        return Some(Finish::Context);
+    }
+    None
+}
+
+/// Picks one token from a row of logits. Greedy when `temperature == 0` (lowest index wins
+/// ties); otherwise exactly one uniform draw from `rng`.
+pub fn sample(logits: &[f32], p: &SamplingParams, rng: &mut ChaCha8Rng) -> u32 {
+    if p.temperature <= 0.0 {
+        let mut best = 0;
+        for (i, &x) in logits.iter().enumerate() {
+            if x > logits[best] {
+                best = i;
+            }
+        }
+        return best as u32;
+    }
+    let inv_t = 1.0 / p.temperature as f64;
+    // Candidates: all tokens, or the top k.
+    let mut cand: Vec<(u32, f64)> = logits.iter().enumerate().map(|(i, &x)| (i as u32, x as f64 * inv_t)).collect();
+    let by_logit_desc =
+        |a: &(u32, f64), b: &(u32, f64)| b.1.partial_cmp(&a.1).unwrap_or(std::cmp::Ordering::Equal).then(a.0.cmp(&b.0));
+    if p.top_k > 0 && p.top_k < cand.len() {
+        cand.select_nth_unstable_by(p.top_k - 1, by_logit_desc);
+        cand.truncate(p.top_k);
+    }
+    let mx = cand.iter().map(|c| c.1).fold(f64::NEG_INFINITY, f64::max);
+    let mut sum = 0.0;
+    for c in cand.iter_mut() {
+        c.1 = (c.1 - mx).exp();
+        sum += c.1;
+    }
+    if p.top_p < 1.0 {
+        cand.sort_by(by_logit_desc);
+        let mut cum = 0.0;
+        let mut keep = cand.len();
+        for (i, c) in cand.iter().enumerate() {
+            cum += c.1 / sum;
+            if cum >= p.top_p as f64 {
+                keep = i + 1;
+                break;
+            }
+        }
+        cand.truncate(keep);
+        sum = cand.iter().map(|c| c.1).sum();
+    } else {
+        // A fixed order makes the draw independent of select_nth's internal permutation.
+        cand.sort_by_key(|c| c.0);
+    }
+    let u: f64 = rng.random::<f64>() * sum;
+    let mut cum = 0.0;
+    for c in &cand {
+        cum += c.1;
+        if u < cum {
+            return c.0;
+        }
+    }
+    cand.last().map(|c| c.0).unwrap_or(0)
+}
+
+/// Shortens the trait object's lifetime so the hooks can be lent to one forward call at a time.
+fn reborrow<'s>(h: &'s mut Option<&mut dyn Hooks>) -> Option<&'s mut dyn Hooks> {
+    match h {
+        Some(h) => Some(&mut **h),
+        None => None,
+    }
+}

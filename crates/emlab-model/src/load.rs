@@ -1,0 +1,300 @@
+//! Weight loading from a GGUF file or a Hugging Face folder into one naming scheme.
+//!
+//! Whatever the source, [`load_weights`] returns f32 tensors under HF names
+//! (`model.layers.{i}.self_attn.q_proj.weight`, shape `[out, in]`) in the *half-rotation* RoPE
+//! layout. Llama-architecture GGUF files store the q/k rows permuted for interleaved rotary (the
+//! llama.cpp converter does this); we undo that permutation here so the forward pass has one RoPE
+//! form. qwen2 GGUF files and all safetensors already use the half-rotation layout.
+//!
+//! Quantized GGUF tensors (Q4_0 ... Q6_K) are dequantized to f32 at load: on CPU candle's
+//! quantized kernels for several of these types are scalar and much slower than an f32 GEMM, and
+//! training needs f32 weights anyway.
+
+use crate::config::{Arch, ModelConfig};
+use crate::{Error, Result};
+use candle_core::quantized::{gguf_file, GgmlDType};
+use candle_core::{DType, Device, Tensor};
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::BufReader;
+use std::path::{Path, PathBuf};
+
+/// Where a model came from.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Source {
+    /// A single `.gguf` file.
+    Gguf { path: PathBuf },
+    /// An HF folder with `config.json`, safetensors weights and `tokenizer.json`.
+    Hf { dir: PathBuf },
+}
+
+impl Source {
+    /// A GGUF file or an HF folder; anything else is an error naming the path.
+    pub fn detect(path: &Path) -> Result<Source> {
+        if path.is_dir() {
+            if !path.join("config.json").is_file() {
+                return Err(Error::format(path, "folder has no config.json (expected an HF model folder)"));
+            }
+            return Ok(Source::Hf { dir: path.to_path_buf() });
+        }
+        if !path.exists() {
+            return Err(Error::io(path, "no such file or folder"));
+        }
+        Ok(Source::Gguf { path: path.to_path_buf() })
+    }
+    pub fn path(&self) -> &Path {
+        match self {
+            Source::Gguf { path } => path,
+            Source::Hf { dir } => dir,
+        }
+    }
+}
+
+/// Opens and parses the header of a GGUF file.
+pub fn read_gguf(path: &Path) -> Result<(gguf_file::Content, BufReader<File>)> {
+    let f = File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut r = BufReader::new(f);
+    let content = gguf_file::Content::read(&mut r)
+        .map_err(|e| Error::format(path, format!("not a readable GGUF file: {e}")))?;
+    Ok((content, r))
+}
+
+/// GGUF tensor name -> HF tensor name.
+fn gguf_to_hf_name(name: &str) -> Option<String> {
+    let direct = match name {
+        "token_embd.weight" => Some("model.embed_tokens.weight"),
+        "output_norm.weight" => Some("model.norm.weight"),
+        "output.weight" => Some("lm_head.weight"),
+        _ => None,
+    };
+    if let Some(d) = direct {
+        return Some(d.to_string());
+    }
+    let rest = name.strip_prefix("blk.")?;
+    let (idx, field) = rest.split_once('.')?;
+    let idx: usize = idx.parse().ok()?;
+    let hf = match field {
+        "attn_norm.weight" => "input_layernorm.weight",
+        "ffn_norm.weight" => "post_attention_layernorm.weight",
+        "attn_q.weight" => "self_attn.q_proj.weight",
+        "attn_k.weight" => "self_attn.k_proj.weight",
+        "attn_v.weight" => "self_attn.v_proj.weight",
+        "attn_output.weight" => "self_attn.o_proj.weight",
+        "attn_q.bias" => "self_attn.q_proj.bias",
+        "attn_k.bias" => "self_attn.k_proj.bias",
+        "attn_v.bias" => "self_attn.v_proj.bias",
+        "ffn_gate.weight" => "mlp.gate_proj.weight",
+        "ffn_up.weight" => "mlp.up_proj.weight",
+        "ffn_down.weight" => "mlp.down_proj.weight",
+        _ => return None,
+    };
+    Some(format!("model.layers.{idx}.{hf}"))
+}
+
+/// Undo llama.cpp's q/k row permutation: GGUF rows are ordered (head, pair, half) for
+/// interleaved rotary; HF rows are (head, half, pair). Works for weights `[rows, in]` and
+/// biases `[rows]`.
+pub fn unpermute_rows(t: &Tensor, n_head: usize) -> Result<Tensor> {
+    let dims = t.dims().to_vec();
+    let rows = dims[0];
+    let rest: usize = dims[1..].iter().product();
+    let hd = rows / n_head;
+    let x = t.reshape((n_head, hd / 2, 2, rest))?.transpose(1, 2)?.contiguous()?;
+    Ok(x.reshape(dims)?)
+}
+
+/// The inverse of [`unpermute_rows`], used when writing llama GGUF files.
+pub fn permute_rows(t: &Tensor, n_head: usize) -> Result<Tensor> {
+    let dims = t.dims().to_vec();
+    let rows = dims[0];
+    let rest: usize = dims[1..].iter().product();
+    let hd = rows / n_head;
+    let x = t.reshape((n_head, 2, hd / 2, rest))?.transpose(1, 2)?.contiguous()?;
+    Ok(x.reshape(dims)?)
+}
+
+/// The GGUF tensor types emlab dequantizes (every type real llama/qwen2 files use).
+pub fn supported_gguf_dtype(d: GgmlDType) -> bool {
+    use GgmlDType::*;
+    matches!(d, F32 | F16 | BF16 | Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q2K | Q3K | Q4K | Q5K | Q6K)
+}
+
+/// All weights of a model, f32, under HF names, half-rotation RoPE layout.
+pub struct Weights {
+    pub tensors: HashMap<String, Tensor>,
+    /// The file each tensor came from (for error messages).
+    pub origin: PathBuf,
+}
+
+impl Weights {
+    /// Removes and returns a tensor, checking its shape.
+    pub fn take(&mut self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let t = self
+            .tensors
+            .remove(name)
+            .ok_or_else(|| Error::tensor(&self.origin, name, "missing"))?;
+        if t.dims() != shape {
+            return Err(Error::tensor(&self.origin, name, format!("shape {:?}, expected {:?}", t.dims(), shape)));
+        }
+        Ok(t)
+    }
+    pub fn take_opt(&mut self, name: &str, shape: &[usize]) -> Result<Option<Tensor>> {
+        if self.tensors.contains_key(name) {
+            self.take(name, shape).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+}
+
+/// Loads all weights of a GGUF file (dequantized to f32).
+pub fn load_gguf_weights(path: &Path, cfg: &ModelConfig, device: &Device) -> Result<Weights> {
+    let (content, mut reader) = read_gguf(path)?;
+    let mut names: Vec<&String> = content.tensor_infos.keys().collect();
+    names.sort();
+    let mut tensors = HashMap::new();
+    for name in names {
+        let info = &content.tensor_infos[name];
+        if !supported_gguf_dtype(info.ggml_dtype) {
+            return Err(Error::tensor(path, name.as_str(), format!("unsupported tensor type {:?}", info.ggml_dtype)));
+        }
+        let Some(hf) = gguf_to_hf_name(name) else {
+            // rope_freqs and friends: not used by these families.
+            continue;
+        };
+        let mut t = read_gguf_tensor_f32(&content, &mut reader, path, name)?;
+        if cfg.arch == Arch::Llama {
+            if hf.ends_with("q_proj.weight") || hf.ends_with("q_proj.bias") {
+                t = unpermute_rows(&t, cfg.num_heads)?;
+            } else if hf.ends_with("k_proj.weight") || hf.ends_with("k_proj.bias") {
+                t = unpermute_rows(&t, cfg.num_kv_heads)?;
+            }
+        }
+        if !t.is_contiguous() {
+            t = t.contiguous()?;
+        }
+        if let Some(bad) = first_non_finite(&t)? {
+            return Err(Error::tensor(path, name.as_str(), format!("non-finite value at element {bad}")));
+        }
+        tensors.insert(hf, t.to_device(device)?);
+    }
+    Ok(Weights { tensors, origin: path.to_path_buf() })
+}
+
+/// Reads one GGUF tensor and dequantizes it to f32 (shape as candle reports it: GGUF's
+/// dimension order reversed, i.e. `[rows, cols]` for a matrix).
+pub fn read_gguf_tensor_f32(
+    content: &gguf_file::Content,
+    reader: &mut BufReader<File>,
+    path: &Path,
+    name: &str,
+) -> Result<Tensor> {
+    let info = content.tensor_infos.get(name).ok_or_else(|| Error::tensor(path, name, "missing"))?;
+    if !supported_gguf_dtype(info.ggml_dtype) {
+        return Err(Error::tensor(path, name, format!("unsupported tensor type {:?}", info.ggml_dtype)));
+    }
+    let q = info
+        .read(reader, content.tensor_data_offset, &Device::Cpu)
+        .map_err(|e| Error::tensor(path, name, e.to_string()))?;
+    q.dequantize(&Device::Cpu)
+        .and_then(|t| t.to_dtype(DType::F32))
+        .map_err(|e| Error::tensor(path, name, format!("dequantize: {e}")))
+}
+
+fn first_non_finite(t: &Tensor) -> Result<Option<usize>> {
+    let v = t.flatten_all()?.to_vec1::<f32>()?;
+    Ok(v.iter().position(|x| !x.is_finite()))
+}
+
+/// The safetensors files of an HF folder: `model.safetensors`, or the shards listed in
+/// `model.safetensors.index.json`.
+pub fn hf_weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let single = dir.join("model.safetensors");
+    if single.is_file() {
+        return Ok(vec![single]);
+    }
+    let index = dir.join("model.safetensors.index.json");
+    if !index.is_file() {
+        return Err(Error::format(dir, "no model.safetensors nor model.safetensors.index.json"));
+    }
+    let text = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| Error::format(&index, format!("invalid JSON: {e}")))?;
+    let map = v
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| Error::format(&index, "no `weight_map` object"))?;
+    let mut files: Vec<String> = map.values().filter_map(|x| x.as_str().map(String::from)).collect();
+    files.sort();
+    files.dedup();
+    let out: Vec<PathBuf> = files.iter().map(|f| dir.join(f)).collect();
+    for f in &out {
+        if !f.is_file() {
+            return Err(Error::io(f, "shard listed in model.safetensors.index.json is missing"));
+        }
+    }
+    Ok(out)
+}
+
+/// Loads all weights of an HF folder (any float dtype, converted to f32).
+pub fn load_hf_weights(dir: &Path, device: &Device) -> Result<Weights> {
+    let mut tensors = HashMap::new();
+    for file in hf_weight_files(dir)? {
+        let bytes = std::fs::read(&file).map_err(|e| Error::io(&file, e))?;
+        let st = safetensors::SafeTensors::deserialize(&bytes)
+            .map_err(|e| Error::format(&file, format!("not a readable safetensors file: {e}")))?;
+        for (name, view) in st.tensors() {
+            let t = safetensor_to_f32(&view).map_err(|m| Error::tensor(&file, name.as_str(), m))?;
+            if let Some(bad) = first_non_finite(&t)? {
+                return Err(Error::tensor(&file, name.as_str(), format!("non-finite value at element {bad}")));
+            }
+            tensors.insert(name, t.to_device(device)?);
+        }
+    }
+    Ok(Weights { tensors, origin: dir.to_path_buf() })
+}
+
+fn safetensor_to_f32(view: &safetensors::tensor::TensorView<'_>) -> std::result::Result<Tensor, String> {
+    use safetensors::Dtype as S;
+    let shape = view.shape().to_vec();
+    let data = view.data();
+    let n: usize = shape.iter().product();
+    let vals: Vec<f32> = match view.dtype() {
+        S::F32 => data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+        S::F16 => data.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+        S::BF16 => data.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+        S::F64 => data
+            .chunks_exact(8)
+            .map(|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8])) as f32)
+            .collect(),
+        d => return Err(format!("unsupported dtype {d:?} (expected F32, F16, BF16 or F64)")),
+    };
+    if vals.len() != n {
+        return Err(format!("holds {} values, shape {:?} needs {}", vals.len(), shape, n));
+    }
+    Tensor::from_vec(vals, shape, &Device::Cpu).map_err(|e| e.to_string())
+}
+
+/// Writes f32 tensors to a safetensors file atomically (temp file + rename).
+pub fn save_safetensors(path: &Path, tensors: &[(String, Tensor)], metadata: Option<HashMap<String, String>>) -> Result<()> {
+    let mut owned: Vec<(String, Vec<u8>, Vec<usize>)> = Vec::with_capacity(tensors.len());
+    for (name, t) in tensors {
+        let v = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        let mut bytes = Vec::with_capacity(v.len() * 4);
+        for x in v {
+            bytes.extend_from_slice(&x.to_le_bytes());
+        }
+        owned.push((name.clone(), bytes, t.dims().to_vec()));
+    }
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = owned
+        .iter()
+        .map(|(n, b, s)| {
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
+                .map(|v| (n.clone(), v))
+                .map_err(|e| Error::tensor(path, n.as_str(), e.to_string()))
+        })
+        .collect::<Result<_>>()?;
+    let bytes = safetensors::serialize(views, metadata).map_err(|e| Error::format(path, e.to_string()))?;
+    crate::util::write_atomic(path, &bytes)
+}

@@ -1,0 +1,656 @@
+//! The transformer: one model type for the Llama and Qwen2 families, one forward pass.
+//!
+//! The same [`Model::forward`] serves training (differentiable end to end: only candle ops that
+//! record a backward are used on the autograd path), generation (with a per-sequence KV cache),
+//! activation capture and steering (through [`Hooks`]).
+//!
+//! ```no_run
+//! # fn main() -> emlab_model::Result<()> {
+//! use emlab_model::model::{Model, Forward, Logits};
+//! use candle_core::{Device, Tensor};
+//! let model = Model::load(std::path::Path::new("model.gguf"), &Default::default())?;
+//! let ids = Tensor::new(&[[1u32, 2, 3]], &Device::Cpu)?;      // [B=1, T=3]
+//! let out = model.forward(&ids, Forward { logits: Logits::Last, ..Default::default() })?;
+//! let logits = out.logits.unwrap();                            // [1, vocab]
+//! # Ok(()) }
+//! ```
+//!
+//! Shapes: `B` batch, `T` new tokens, `d` hidden size, `H`/`G` query/kv heads, `D` head dim.
+
+use crate::config::ModelConfig;
+use crate::hooks::{HookKind, HookPoint, Hooks};
+use crate::load::{load_gguf_weights, load_hf_weights, Source, Weights};
+use crate::{Error, Result};
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::{DType, Device, Module, Tensor, Var, D};
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+use std::path::Path;
+
+/// A low-rank adapter on one linear layer: `y += scale * B (A dropout(x))`.
+#[derive(Debug, Clone)]
+pub struct Lora {
+    /// `[r, in]`
+    pub a: Var,
+    /// `[out, r]`
+    pub b: Var,
+    /// `alpha / r` (LoRA) or `alpha / sqrt(r)` (rsLoRA).
+    pub scale: f64,
+    /// Dropout probability on the adapter's input while training.
+    pub dropout: f32,
+}
+
+/// A linear layer `y = x W^T + b` with an optional LoRA adapter.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    /// `[out, in]`, f32, frozen.
+    pub weight: Tensor,
+    /// `[out]`
+    pub bias: Option<Tensor>,
+    pub lora: Option<Lora>,
+    /// A quantized copy for fast low-batch inference (no gradients flow through it).
+    quant: Option<std::sync::Arc<QMatMul>>,
+}
+
+impl Linear {
+    pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
+        Linear { weight, bias, lora: None, quant: None }
+    }
+    pub fn out_dim(&self) -> usize {
+        self.weight.dims()[0]
+    }
+    pub fn in_dim(&self) -> usize {
+        self.weight.dims()[1]
+    }
+
+    /// `x`: `[N, in]` -> `[N, out]`.
+    fn forward(&self, x: &Tensor, rng: Option<&mut ChaCha8Rng>) -> Result<Tensor> {
+        let mut y = match &self.quant {
+            Some(q) if !x.track_op() => q.forward(x)?,
+            _ => x.matmul(&self.weight.t()?)?,
+        };
+        if let Some(b) = &self.bias {
+            y = y.broadcast_add(b)?;
+        }
+        if let Some(l) = &self.lora {
+            let xin = match rng {
+                Some(rng) if l.dropout > 0.0 => dropout(x, l.dropout, rng)?,
+                _ => x.clone(),
+            };
+            let low = xin.matmul(&l.a.as_tensor().t()?)?;
+            let up = low.matmul(&l.b.as_tensor().t()?)?;
+            y = (y + (up * l.scale)?)?;
+        }
+        Ok(y)
+    }
+}
+
+/// Inverted dropout with a caller-owned RNG, so that training is reproducible and resumable.
+fn dropout(x: &Tensor, p: f32, rng: &mut ChaCha8Rng) -> Result<Tensor> {
+    let n = x.elem_count();
+    let keep = 1.0 / (1.0 - p);
+    let mask: Vec<f32> = (0..n).map(|_| if rng.random::<f32>() < p { 0.0 } else { keep }).collect();
+    let mask = Tensor::from_vec(mask, x.shape(), x.device())?;
+    Ok((x * mask)?)
+}
+
+/// RMSNorm written with differentiable ops (candle's fused `rms_norm` records no backward).
+#[derive(Debug, Clone)]
+pub struct RmsNorm {
+    /// `[d]`
+    pub weight: Tensor,
+    pub eps: f64,
+}
+
+impl RmsNorm {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
+        let inv = (ms + self.eps)?.sqrt()?.recip()?;
+        Ok(x.broadcast_mul(&inv)?.broadcast_mul(&self.weight)?)
+    }
+}
+
+/// The seven projections LoRA can target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Proj {
+    Q,
+    K,
+    V,
+    O,
+    Gate,
+    Up,
+    Down,
+}
+
+impl Proj {
+    pub const ALL: [Proj; 7] = [Proj::Q, Proj::K, Proj::V, Proj::O, Proj::Gate, Proj::Up, Proj::Down];
+    /// The HF / PEFT module path inside a layer, e.g. `self_attn.q_proj`.
+    pub fn hf_path(&self) -> &'static str {
+        match self {
+            Proj::Q => "self_attn.q_proj",
+            Proj::K => "self_attn.k_proj",
+            Proj::V => "self_attn.v_proj",
+            Proj::O => "self_attn.o_proj",
+            Proj::Gate => "mlp.gate_proj",
+            Proj::Up => "mlp.up_proj",
+            Proj::Down => "mlp.down_proj",
+        }
+    }
+    /// Short names as PEFT's `target_modules` spell them (`q_proj`, ...) or plain (`q`, `gate`).
+    pub fn parse(s: &str) -> Option<Proj> {
+        let s = s.trim().trim_end_matches("_proj");
+        Some(match s {
+            "q" => Proj::Q,
+            "k" => Proj::K,
+            "v" => Proj::V,
+            "o" => Proj::O,
+            "gate" => Proj::Gate,
+            "up" => Proj::Up,
+            "down" => Proj::Down,
+            _ => return None,
+        })
+    }
+    pub fn short(&self) -> &'static str {
+        let p = self.hf_path();
+        p.rsplit('.').next().unwrap_or(p)
+    }
+}
+
+/// One decoder block: pre-norm attention and pre-norm SwiGLU MLP.
+#[derive(Debug, Clone)]
+pub struct Block {
+    pub input_norm: RmsNorm,
+    pub q: Linear,
+    pub k: Linear,
+    pub v: Linear,
+    pub o: Linear,
+    pub post_norm: RmsNorm,
+    pub gate: Linear,
+    pub up: Linear,
+    pub down: Linear,
+}
+
+impl Block {
+    pub fn proj(&self, p: Proj) -> &Linear {
+        match p {
+            Proj::Q => &self.q,
+            Proj::K => &self.k,
+            Proj::V => &self.v,
+            Proj::O => &self.o,
+            Proj::Gate => &self.gate,
+            Proj::Up => &self.up,
+            Proj::Down => &self.down,
+        }
+    }
+    pub fn proj_mut(&mut self, p: Proj) -> &mut Linear {
+        match p {
+            Proj::Q => &mut self.q,
+            Proj::K => &mut self.k,
+            Proj::V => &mut self.v,
+            Proj::O => &mut self.o,
+            Proj::Gate => &mut self.gate,
+            Proj::Up => &mut self.up,
+            Proj::Down => &mut self.down,
+        }
+    }
+}
+
+/// Precomputed rotary tables, half-rotation layout (`[x1, x2] -> [x1 c - x2 s, x2 c + x1 s]`).
+#[derive(Debug, Clone)]
+struct Rope {
+    /// `[max_pos, D/2]`
+    cos: Tensor,
+    sin: Tensor,
+}
+
+impl Rope {
+    fn new(cfg: &ModelConfig, max_pos: usize, device: &Device) -> Result<Self> {
+        let half = cfg.head_dim / 2;
+        // inv_freq in f32 as the HF reference computes it, angles in f32 too.
+        let inv: Vec<f32> = (0..half)
+            .map(|i| 1.0f32 / (cfg.rope_theta as f32).powf((2 * i) as f32 / cfg.head_dim as f32))
+            .collect();
+        let mut cos = Vec::with_capacity(max_pos * half);
+        let mut sin = Vec::with_capacity(max_pos * half);
+        for p in 0..max_pos {
+            for f in &inv {
+                let a = p as f32 * f;
+                cos.push(a.cos());
+                sin.push(a.sin());
+            }
+        }
+        Ok(Rope {
+            cos: Tensor::from_vec(cos, (max_pos, half), device)?,
+            sin: Tensor::from_vec(sin, (max_pos, half), device)?,
+        })
+    }
+
+    /// `x`: `[B, T, heads, D]`; `cos`/`sin`: `[B or 1, T, 1, D/2]`.
+    fn apply(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+        let d = x.dim(3)?;
+        let x1 = x.narrow(3, 0, d / 2)?;
+        let x2 = x.narrow(3, d / 2, d / 2)?;
+        let r1 = (x1.broadcast_mul(cos)? - x2.broadcast_mul(sin)?)?;
+        let r2 = (x2.broadcast_mul(cos)? + x1.broadcast_mul(sin)?)?;
+        Ok(Tensor::cat(&[r1, r2], 3)?)
+    }
+}
+
+/// The KV cache of one sequence: post-RoPE keys and values per layer, `[len, G, D]` row-major.
+#[derive(Debug, Clone, Default)]
+pub struct SeqCache {
+    pub len: usize,
+    k: Vec<Vec<f32>>,
+    v: Vec<Vec<f32>>,
+}
+
+impl SeqCache {
+    pub fn new(num_layers: usize) -> Self {
+        SeqCache { len: 0, k: vec![Vec::new(); num_layers], v: vec![Vec::new(); num_layers] }
+    }
+}
+
+/// Which logits the forward pass computes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Logits {
+    /// `[B, T, V]`
+    #[default]
+    All,
+    /// `[B, V]` at the last new position (what generation needs; skips most of the LM head).
+    Last,
+    /// None: stop after the final norm (capture-only passes).
+    None,
+}
+
+/// Options of one forward call.
+#[derive(Default)]
+pub struct Forward<'a> {
+    pub logits: Logits,
+    pub hooks: Option<&'a mut dyn Hooks>,
+    /// One cache per batch row; positions continue from each cache's length.
+    pub cache: Option<&'a mut [SeqCache]>,
+    /// Present while training: drives LoRA dropout.
+    pub dropout_rng: Option<&'a mut ChaCha8Rng>,
+    /// Run only blocks `0..stop_after` (e.g. activation capture at a middle layer).
+    pub stop_after: Option<usize>,
+}
+
+/// What a forward call returns.
+pub struct ForwardOut {
+    /// See [`Logits`].
+    pub logits: Option<Tensor>,
+    /// The stream after the final norm, `[B, T, d]` (or before it when `stop_after` cut early).
+    pub hidden: Tensor,
+}
+
+/// How to load a model.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    pub device: Device,
+    /// Also keep a quantized copy of every projection for fast single-stream decoding
+    /// (e.g. `Q8_0`); f32 stays the reference and the training path.
+    pub inference_quant: Option<GgmlDType>,
+    /// Longest context the rotary tables cover (capped by the model's own limit).
+    pub max_positions: usize,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions { device: Device::Cpu, inference_quant: None, max_positions: 4096 }
+    }
+}
+
+/// A decoder-only transformer of the Llama or Qwen2 family.
+#[derive(Debug, Clone)]
+pub struct Model {
+    pub config: ModelConfig,
+    /// `[V, d]`
+    pub embed: Tensor,
+    pub layers: Vec<Block>,
+    pub norm: RmsNorm,
+    /// `[V, d]`; the embedding itself when tied.
+    pub lm_head: Tensor,
+    rope: Rope,
+    device: Device,
+}
+
+impl Model {
+    /// Loads a GGUF file or an HF folder (see [`Source::detect`]).
+    pub fn load(path: &Path, opts: &LoadOptions) -> Result<Model> {
+        let (cfg, weights) = match Source::detect(path)? {
+            Source::Gguf { path } => {
+                let (content, _) = crate::load::read_gguf(&path)?;
+                let cfg = ModelConfig::from_gguf(&content, &path)?;
+                drop(content);
+                let w = load_gguf_weights(&path, &cfg, &opts.device)?;
+                (cfg, w)
+            }
+            Source::Hf { dir } => {
+                let cfg_path = dir.join("config.json");
+                let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
+                let cfg = ModelConfig::from_hf_json(&text, &cfg_path)?;
+                (cfg, load_hf_weights(&dir, &opts.device)?)
+            }
+        };
+        let mut m = Model::from_weights(cfg, weights, opts)?;
+        if let Some(q) = opts.inference_quant {
+            m.quantize_for_inference(q)?;
+        }
+        Ok(m)
+    }
+
+    /// Builds the model from HF-named f32 weights, checking every shape.
+    pub fn from_weights(cfg: ModelConfig, mut w: Weights, opts: &LoadOptions) -> Result<Model> {
+        let d = cfg.hidden_size;
+        let (h, g, hd, ff) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.intermediate_size);
+        let embed = w.take("model.embed_tokens.weight", &[cfg.vocab_size, d])?;
+        let mut layers = Vec::with_capacity(cfg.num_layers);
+        for i in 0..cfg.num_layers {
+            let p = format!("model.layers.{i}");
+            let mut lin = |name: &str, out: usize, inp: usize, bias: bool| -> Result<Linear> {
+                let wt = w.take(&format!("{p}.{name}.weight"), &[out, inp])?;
+                let b = if bias { w.take_opt(&format!("{p}.{name}.bias"), &[out])? } else { None };
+                Ok(Linear::new(wt, b))
+            };
+            let ab = cfg.attention_bias;
+            let q = lin("self_attn.q_proj", h * hd, d, ab)?;
+            let k = lin("self_attn.k_proj", g * hd, d, ab)?;
+            let v = lin("self_attn.v_proj", g * hd, d, ab)?;
+            let o = lin("self_attn.o_proj", d, h * hd, false)?;
+            let gate = lin("mlp.gate_proj", ff, d, false)?;
+            let up = lin("mlp.up_proj", ff, d, false)?;
+            let down = lin("mlp.down_proj", d, ff, false)?;
+            let input_norm =
+                RmsNorm { weight: w.take(&format!("{p}.input_layernorm.weight"), &[d])?, eps: cfg.rms_norm_eps };
+            let post_norm = RmsNorm {
+                weight: w.take(&format!("{p}.post_attention_layernorm.weight"), &[d])?,
+                eps: cfg.rms_norm_eps,
+            };
+            layers.push(Block { input_norm, q, k, v, o, post_norm, gate, up, down });
+        }
+        let norm = RmsNorm { weight: w.take("model.norm.weight", &[d])?, eps: cfg.rms_norm_eps };
+        let lm_head = match w.take_opt("lm_head.weight", &[cfg.vocab_size, d])? {
+            Some(t) if !cfg.tie_word_embeddings => t,
+            _ => embed.clone(),
+        };
+        let max_pos = opts.max_positions.min(cfg.max_position_embeddings.max(1)).max(1);
+        let rope = Rope::new(&cfg, max_pos, &opts.device)?;
+        Ok(Model { config: cfg, embed, layers, norm, lm_head, rope, device: opts.device.clone() })
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Longest sequence (prompt + generation) the rotary tables cover.
+    pub fn max_positions(&self) -> usize {
+        self.rope.cos.dims()[0]
+    }
+
+    /// Keeps a quantized copy of each projection without LoRA for inference; training and any
+    /// call that tracks gradients still use the f32 weights.
+    pub fn quantize_for_inference(&mut self, dtype: GgmlDType) -> Result<()> {
+        for b in &mut self.layers {
+            for p in Proj::ALL {
+                let l = b.proj_mut(p);
+                if l.in_dim() % dtype.block_size() != 0 {
+                    continue; // e.g. 576-wide rows with a 256-wide K-quant: keep f32
+                }
+                let q = QTensor::quantize(&l.weight, dtype)?;
+                l.quant = Some(std::sync::Arc::new(QMatMul::from_qtensor(q)?));
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops quantized copies (after weights changed, e.g. a merged adapter).
+    pub fn clear_quantized(&mut self) {
+        for b in &mut self.layers {
+            for p in Proj::ALL {
+                b.proj_mut(p).quant = None;
+            }
+        }
+    }
+
+    /// The forward pass. `ids`: `[B, T]` u32.
+    ///
+    /// Without a cache, every row starts at position 0 and attention is causal over the `T`
+    /// tokens: pad batches on the right (padding never influences earlier tokens). With a cache,
+    /// row `b` continues at position `cache[b].len` and its new keys/values are appended.
+    pub fn forward(&self, ids: &Tensor, mut f: Forward<'_>) -> Result<ForwardOut> {
+        let (b, t) = ids.dims2()?;
+        let cfg = &self.config;
+        let d = cfg.hidden_size;
+        if let Some(c) = &f.cache {
+            if c.len() != b {
+                return Err(Error::Invalid(format!("{} caches for a batch of {b}", c.len())));
+            }
+        }
+        let starts: Vec<usize> = match &f.cache {
+            Some(c) => c.iter().map(|s| s.len).collect(),
+            None => vec![0; b],
+        };
+        let max_end = starts.iter().max().copied().unwrap_or(0) + t;
+        if max_end > self.max_positions() {
+            return Err(Error::Invalid(format!(
+                "sequence of {max_end} tokens exceeds the context of {} positions",
+                self.max_positions()
+            )));
+        }
+        let (cos, sin) = self.rope_tables(&starts, t)?;
+        let flat = ids.flatten_all()?;
+        let mut x = self.embed.index_select(&flat, 0)?.reshape((b, t, d))?;
+        // Rows share one causal mask only when they all start at position 0 with no history.
+        let fresh = starts.iter().all(|&s| s == 0);
+        let mask = if t > 1 && fresh { Some(causal_mask(t, &self.device)?) } else { None };
+        let n_layers = f.stop_after.unwrap_or(cfg.num_layers).min(cfg.num_layers);
+        for (li, blk) in self.layers.iter().take(n_layers).enumerate() {
+            x = hook(&mut f.hooks, HookPoint { layer: li, kind: HookKind::ResidPre }, x)?;
+            let hn = blk.input_norm.forward(&x)?.reshape((b * t, d))?;
+            let q = blk.q.forward(&hn, f.dropout_rng.as_deref_mut())?.reshape((b, t, cfg.num_heads, cfg.head_dim))?;
+            let k = blk.k.forward(&hn, f.dropout_rng.as_deref_mut())?.reshape((b, t, cfg.num_kv_heads, cfg.head_dim))?;
+            let v = blk.v.forward(&hn, f.dropout_rng.as_deref_mut())?.reshape((b, t, cfg.num_kv_heads, cfg.head_dim))?;
+            let q = Rope::apply(&q, &cos, &sin)?;
+            let k = Rope::apply(&k, &cos, &sin)?;
+            let attn = match (&mut f.cache, fresh) {
+                (Some(cache), false) => self.cached_attention(li, &q, &k, &v, cache)?,
+                (cache, _) => {
+                    let a = self.attention(&q, &k, &v, mask.as_ref())?;
+                    if let Some(cache) = cache {
+                        append_kv(cache, li, &k, &v)?;
+                    }
+                    a
+                }
+            }; // [B*T, H*D]
+            let attn_out = blk.o.forward(&attn, f.dropout_rng.as_deref_mut())?.reshape((b, t, d))?;
+            let attn_out = hook(&mut f.hooks, HookPoint { layer: li, kind: HookKind::AttnOut }, attn_out)?;
+            x = (x + attn_out)?;
+            x = hook(&mut f.hooks, HookPoint { layer: li, kind: HookKind::ResidMid }, x)?;
+            let hn = blk.post_norm.forward(&x)?.reshape((b * t, d))?;
+            let gate = blk.gate.forward(&hn, f.dropout_rng.as_deref_mut())?;
+            let up = blk.up.forward(&hn, f.dropout_rng.as_deref_mut())?;
+            let act = (gate.silu()? * up)?;
+            let mlp_out = blk.down.forward(&act, f.dropout_rng.as_deref_mut())?.reshape((b, t, d))?;
+            let mlp_out = hook(&mut f.hooks, HookPoint { layer: li, kind: HookKind::MlpOut }, mlp_out)?;
+            x = (x + mlp_out)?;
+            x = hook(&mut f.hooks, HookPoint { layer: li, kind: HookKind::ResidPost }, x)?;
+        }
+        if let Some(cache) = f.cache {
+            for c in cache.iter_mut() {
+                c.len += t;
+            }
+        }
+        if n_layers < cfg.num_layers {
+            return Ok(ForwardOut { logits: None, hidden: x });
+        }
+        let hidden = self.norm.forward(&x)?;
+        let logits = match f.logits {
+            Logits::None => None,
+            Logits::All => {
+                let l = hidden.reshape((b * t, d))?.matmul(&self.lm_head.t()?)?;
+                Some(l.reshape((b, t, cfg.vocab_size))?)
+            }
+            Logits::Last => {
+                let last = hidden.narrow(1, t - 1, 1)?.reshape((b, d))?;
+                Some(last.matmul(&self.lm_head.t()?)?)
+            }
+        };
+        Ok(ForwardOut { logits, hidden })
+    }
+
+    /// cos/sin for each row's positions: `[1 or B, T, 1, D/2]`.
+    fn rope_tables(&self, starts: &[usize], t: usize) -> Result<(Tensor, Tensor)> {
+        let half = self.config.head_dim / 2;
+        if starts.iter().all(|&s| s == starts[0]) {
+            let c = self.rope.cos.narrow(0, starts[0], t)?.reshape((1, t, 1, half))?;
+            let s = self.rope.sin.narrow(0, starts[0], t)?.reshape((1, t, 1, half))?;
+            return Ok((c, s));
+        }
+        let pos: Vec<u32> = starts.iter().flat_map(|&s| (s..s + t).map(|p| p as u32)).collect();
+        let idx = Tensor::from_vec(pos, starts.len() * t, &self.device)?;
+        let b = starts.len();
+        let c = self.rope.cos.index_select(&idx, 0)?.reshape((b, t, 1, half))?;
+        let s = self.rope.sin.index_select(&idx, 0)?.reshape((b, t, 1, half))?;
+        Ok((c, s))
+    }
+
+    /// Differentiable causal attention over the `T` new tokens. Queries of the `H/G` heads that
+    /// share a kv head are stacked along the time axis, so keys and values are never copied
+    /// `H/G` times (a broadcast copy would be slower and cost memory in the backward pass).
+    /// Returns `[B*T, H*D]`.
+    fn attention(&self, q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        let cfg = &self.config;
+        let (b, t, h, hd) = q.dims4()?;
+        let g = cfg.num_kv_heads;
+        let rep = h / g;
+        // q: [B, T, H, D] -> [B, G, rep*T, D]
+        let q = q.reshape((b, t, g, rep, hd))?.permute((0, 2, 3, 1, 4))?.reshape((b, g, rep * t, hd))?;
+        let k = k.transpose(1, 2)?.contiguous()?; // [B, G, T, D]
+        let v = v.transpose(1, 2)?.contiguous()?;
+        let scale = 1.0 / (hd as f64).sqrt();
+        let scores = (q.matmul(&k.t()?)? * scale)?; // [B, G, rep*T, T]
+        let scores = match mask {
+            Some(m) => scores.reshape((b, g, rep, t, t))?.broadcast_add(m)?.reshape((b, g, rep * t, t))?,
+            None => scores,
+        };
+        let p = candle_nn::ops::softmax(&scores, D::Minus1)?;
+        let o = p.matmul(&v)?; // [B, G, rep*T, D]
+        let o = o.reshape((b, g, rep, t, hd))?.permute((0, 3, 1, 2, 4))?.reshape((b * t, h * hd))?;
+        Ok(o)
+    }
+
+    /// Attention against per-sequence caches (decoding, or continuing a conversation): appends
+    /// the new keys/values, then each (row, head, query) attends over its own history only, so
+    /// a row's result never depends on the other rows of the batch. Not differentiable (it is
+    /// only used while generating). Returns `[B*T, H*D]`.
+    fn cached_attention(&self, layer: usize, q: &Tensor, k: &Tensor, v: &Tensor, cache: &mut [SeqCache]) -> Result<Tensor> {
+        let cfg = &self.config;
+        let (b, t, h, hd) = q.dims4()?;
+        let g = cfg.num_kv_heads;
+        let rep = h / g;
+        append_kv(cache, layer, k, v)?;
+        let qv = q.flatten_all()?.to_vec1::<f32>()?; // [B, T, H, D]
+        let scale = 1.0 / (hd as f32).sqrt();
+        let mut out = vec![0f32; b * t * h * hd];
+        out.par_chunks_mut(t * h * hd).enumerate().for_each(|(bi, ob)| {
+            let c = &cache[bi];
+            let (kc, vc) = (&c.k[layer], &c.v[layer]);
+            let start = c.len; // history length before this call
+            let mut scores = Vec::new();
+            for ti in 0..t {
+                let n_keys = start + ti + 1;
+                for hi in 0..h {
+                    let gi = hi / rep;
+                    let qo = ((bi * t + ti) * h + hi) * hd;
+                    let qh = &qv[qo..qo + hd];
+                    scores.clear();
+                    let mut mx = f32::NEG_INFINITY;
+                    for j in 0..n_keys {
+                        let ko = (j * g + gi) * hd;
+                        let s = dot(qh, &kc[ko..ko + hd]) * scale;
+                        mx = mx.max(s);
+                        scores.push(s);
+                    }
+                    let mut sum = 0f32;
+                    for s in scores.iter_mut() {
+                        *s = (*s - mx).exp();
+                        sum += *s;
+                    }
+                    let oh = &mut ob[(ti * h + hi) * hd..(ti * h + hi + 1) * hd];
+                    for (j, p) in scores.iter().enumerate() {
+                        let w = p / sum;
+                        let vo = (j * g + gi) * hd;
+                        for (o, x) in oh.iter_mut().zip(&vc[vo..vo + hd]) {
+                            *o += w * x;
+                        }
+                    }
+                }
+            }
+        });
+        Ok(Tensor::from_vec(out, (b * t, h * hd), &self.device)?)
+    }
+
+    /// Number of FLOPs of one forward token, matmuls only (`2 * params` touched).
+    pub fn flops_per_token(&self) -> f64 {
+        let c = &self.config;
+        let body = c.num_params() - c.vocab_size * c.hidden_size;
+        2.0 * (body + c.vocab_size * c.hidden_size) as f64
+    }
+}
+
+#[inline]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    // Eight partial sums let the compiler vectorise (a single accumulator is a serial chain).
+    let mut acc = [0f32; 8];
+    let chunks = a.len() / 8;
+    for i in 0..chunks {
+        for l in 0..8 {
+            acc[l] += a[i * 8 + l] * b[i * 8 + l];
+        }
+    }
+    let mut s: f32 = acc.iter().sum();
+    for i in chunks * 8..a.len() {
+        s += a[i] * b[i];
+    }
+    s
+}
+
+fn append_kv(cache: &mut [SeqCache], layer: usize, k: &Tensor, v: &Tensor) -> Result<()> {
+    let (b, t, g, hd) = k.dims4()?;
+    let kv = k.detach().flatten_all()?.to_vec1::<f32>()?;
+    let vv = v.detach().flatten_all()?.to_vec1::<f32>()?;
+    let row = t * g * hd;
+    for bi in 0..b {
+        cache[bi].k[layer].extend_from_slice(&kv[bi * row..(bi + 1) * row]);
+        cache[bi].v[layer].extend_from_slice(&vv[bi * row..(bi + 1) * row]);
+    }
+    Ok(())
+}
+
+fn causal_mask(t: usize, device: &Device) -> Result<Tensor> {
+    let m: Vec<f32> = (0..t)
+        .flat_map(|i| (0..t).map(move |j| if j <= i { 0.0 } else { f32::NEG_INFINITY }))
+        .collect();
+    Ok(Tensor::from_vec(m, (t, t), device)?)
+}
+
+fn hook(h: &mut Option<&mut dyn Hooks>, point: HookPoint, x: Tensor) -> Result<Tensor> {
+    match h {
+        Some(h) if h.wants(point) => h.apply(point, x),
+        _ => Ok(x),
+    }
+}
+
+/// Mean token cross-entropy of `logits` `[B, T, V]` against `targets` `[B, T]` u32, counting
+/// only positions where `mask` `[B, T]` (f32 0/1) is 1. Differentiable.
+pub fn masked_cross_entropy(logits: &Tensor, targets: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    let (b, t, v) = logits.dims3()?;
+    let lp = candle_nn::ops::log_softmax(&logits.reshape((b * t, v))?, D::Minus1)?;
+    let tgt = targets.reshape((b * t, 1))?;
+    let picked = lp.gather(&tgt, 1)?.reshape(b * t)?;
+    let m = mask.reshape(b * t)?.to_dtype(DType::F32)?;
+    let n = m.sum_all()?;
+    Ok((picked.mul(&m)?.sum_all()?.neg()? / n.to_scalar::<f32>()?.max(1.0) as f64)?)
+}
