@@ -11,8 +11,10 @@ pub mod tokenizer;
 
 pub use error::{Error, Result};
 pub mod config;
+pub mod fetch;
 pub mod generate;
 pub mod hooks;
+pub mod lm;
 pub mod load;
 pub mod model;
 pub mod testing;

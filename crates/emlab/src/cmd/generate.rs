@@ -1,0 +1,172 @@
+//! `emlab generate`: prompts file in, JSONL out, batched, resumable.
+//!
+//! Prompts: a `.jsonl` file whose rows hold `prompt` (a user message), or `messages` (a whole
+//! conversation), optional `system` and `id`; or any other file with one user prompt per line.
+//! Output: one row per (prompt, sample), written as soon as the sample ends. Re-running the same
+//! command skips rows already in the output file.
+
+use super::common::{progress, ModelOpt, SampleOpt};
+use anyhow::{bail, Context, Result};
+use emlab_model::chat::Message;
+use emlab_model::generate::Event;
+use emlab_model::lm::sample_seed;
+use std::collections::HashSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+#[derive(clap::Args, Debug)]
+pub struct GenerateArgs {
+    /// Prompts file (.jsonl with prompt/messages, or plain text with one prompt per line).
+    #[arg(long)]
+    prompts: PathBuf,
+    /// Output JSONL (appended to; existing rows are kept and skipped).
+    #[arg(long)]
+    out: PathBuf,
+    /// Samples per prompt.
+    #[arg(long, default_value_t = 1)]
+    samples: usize,
+    /// Feed prompts as raw text instead of rendering them with the chat template.
+    #[arg(long)]
+    raw: bool,
+    #[command(flatten)]
+    model: ModelOpt,
+    #[command(flatten)]
+    sample: SampleOpt,
+}
+
+struct Prompt {
+    id: String,
+    messages: Vec<Message>,
+    raw: String,
+}
+
+fn read_prompts(path: &Path) -> Result<Vec<Prompt>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
+    let jsonl = path.extension().map(|e| e == "jsonl" || e == "json").unwrap_or(false);
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let ln = i + 1;
+        if line.trim().is_empty() {
+            continue;
+        }
+        if !jsonl {
+            out.push(Prompt { id: format!("{ln}"), messages: vec![Message::user(line)], raw: line.to_string() });
+            continue;
+        }
+        let v: serde_json::Value =
+            serde_json::from_str(line).map_err(|e| anyhow::anyhow!("{}:{ln}: invalid JSON: {e}", path.display()))?;
+        let id = match v.get("id") {
+            Some(serde_json::Value::String(s)) => s.clone(),
+            Some(x) if !x.is_null() => x.to_string(),
+            _ => format!("{ln}"),
+        };
+        let mut messages = Vec::new();
+        if let Some(s) = v.get("system").and_then(|s| s.as_str()) {
+            messages.push(Message::system(s));
+        }
+        if let Some(p) = v.get("prompt").and_then(|s| s.as_str()) {
+            messages.push(Message::user(p));
+        } else if let Some(ms) = v.get("messages").and_then(|m| m.as_array()) {
+            for (j, m) in ms.iter().enumerate() {
+                let role = m.get("role").and_then(|r| r.as_str());
+                let content = m.get("content").and_then(|r| r.as_str());
+                match (role, content) {
+                    (Some(r @ ("system" | "user" | "assistant")), Some(c)) => messages.push(Message::new(r, c)),
+                    _ => bail!("{}:{ln}: message {j} needs a role (system/user/assistant) and string content", path.display()),
+                }
+            }
+        } else {
+            bail!("{}:{ln}: row has neither `prompt` nor `messages`", path.display());
+        }
+        let raw = messages.last().map(|m| m.content.clone()).unwrap_or_default();
+        out.push(Prompt { id, messages, raw });
+    }
+    if out.is_empty() {
+        bail!("{}: no prompts", path.display());
+    }
+    Ok(out)
+}
+
+fn done_rows(out: &Path) -> Result<HashSet<(String, usize)>> {
+    let mut done = HashSet::new();
+    let Ok(text) = std::fs::read_to_string(out) else { return Ok(done) };
+    for line in text.lines() {
+        // A partial last line (a crash mid-write) is ignored and regenerated.
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(line) {
+            if let (Some(id), Some(s)) = (v.get("id").and_then(|x| x.as_str()), v.get("sample").and_then(|x| x.as_u64())) {
+                done.insert((id.to_string(), s as usize));
+            }
+        }
+    }
+    Ok(done)
+}
+
+pub fn run(a: GenerateArgs) -> Result<()> {
+    let prompts = read_prompts(&a.prompts)?;
+    let done = done_rows(&a.out)?;
+    let lm = a.model.load()?;
+    let params = a.sample.params();
+    let mut jobs: Vec<(usize, usize)> = Vec::new();
+    for (pi, p) in prompts.iter().enumerate() {
+        for s in 0..a.samples {
+            if !done.contains(&(p.id.clone(), s)) {
+                jobs.push((pi, s));
+            }
+        }
+    }
+    if jobs.is_empty() {
+        eprintln!("emlab: all {} samples already in {}", prompts.len() * a.samples, a.out.display());
+        return Ok(());
+    }
+    let mut encoded: Vec<Vec<u32>> = Vec::with_capacity(prompts.len());
+    for p in &prompts {
+        encoded.push(if a.raw { lm.tokenizer.encode(&p.raw, true)? } else { lm.chat_prompt(&p.messages)? });
+    }
+    let ids: Vec<Vec<u32>> = jobs.iter().map(|(pi, _)| encoded[*pi].clone()).collect();
+    let seeds: Vec<u64> = jobs.iter().map(|(pi, s)| sample_seed(a.sample.seed, &prompts[*pi].id, *s)).collect();
+    if let Some(dir) = a.out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    // Drop a torn last line so appended rows start on a fresh line.
+    if let Ok(text) = std::fs::read_to_string(&a.out) {
+        if !text.is_empty() && !text.ends_with('\n') {
+            let keep = text.rfind('\n').map(|i| i + 1).unwrap_or(0);
+            std::fs::write(&a.out, &text[..keep])?;
+        }
+    }
+    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&a.out)
+        .with_context(|| format!("{}", a.out.display()))?;
+    let pb = progress(jobs.len() as u64, "sampling");
+    let mut toks: Vec<Vec<u32>> = vec![Vec::new(); jobs.len()];
+    let mut write_err: Option<anyhow::Error> = None;
+    let model_hash = model_id(&lm);
+    lm.sample_texts(&ids, &seeds, &params, None, &mut |i, ev| match ev {
+        Event::Token(t) => toks[i].push(t),
+        Event::Done(fin) => {
+            let (pi, s) = jobs[i];
+            let text = lm.tokenizer.decode(&toks[i], true).unwrap_or_default();
+            let row = serde_json::json!({
+                "id": prompts[pi].id, "sample": s, "seed": seeds[i],
+                "prompt": prompts[pi].raw, "completion": text,
+                "n_tokens": toks[i].len(), "finish": fin,
+                "model": model_hash, "params": params,
+            });
+            let line = format!("{row}\n");
+            if let Err(e) = file.write_all(line.as_bytes()).and_then(|_| file.flush()) {
+                write_err.get_or_insert(e.into());
+            }
+            pb.inc(1);
+        }
+    })?;
+    pb.finish_and_clear();
+    if let Some(e) = write_err {
+        return Err(e);
+    }
+    eprintln!("emlab: wrote {} samples to {}", jobs.len(), a.out.display());
+    Ok(())
+}
+
+/// The model's path as recorded in logs.
+fn model_id(lm: &emlab_model::lm::Lm) -> String {
+    lm.source.path().display().to_string()
+}

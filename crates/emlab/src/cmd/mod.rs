@@ -1,0 +1,8 @@
+//! One module per subcommand.
+
+pub mod chat;
+pub mod common;
+pub mod data;
+pub mod generate;
+pub mod model;
+pub mod run;
