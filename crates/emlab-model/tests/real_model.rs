@@ -1,0 +1,80 @@
+//! Parity with an independent implementation on the real default model: last-position logits
+//! and greedy continuations from HF transformers (fixture made by
+//! `tools/reference/make_logits_fixture.py`, versions recorded in the fixture). The model is
+//! fetched with pip on first use (CI does this too).
+use candle_core::{Device, Tensor};
+use emlab_model::generate::{generate, Request, SamplingParams};
+use emlab_model::lm::Lm;
+use emlab_model::{Forward, Logits};
+use std::path::Path;
+
+fn fixture() -> (serde_json::Value, std::collections::HashMap<String, Vec<u8>>) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("logits_smollm2.json")).unwrap()).unwrap();
+    let bytes = std::fs::read(dir.join("logits_smollm2.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let map = st.tensors().into_iter().map(|(k, v)| (k, v.data().to_vec())).collect();
+    (meta, map)
+}
+
+fn f32s(b: &[u8]) -> Vec<f32> {
+    b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+}
+
+fn i64s(b: &[u8]) -> Vec<u32> {
+    b.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as u32).collect()
+}
+
+#[test]
+fn smollm2_matches_hf_transformers() {
+    let path = emlab_model::fetch::ensure_default_model().expect("fetch the default model");
+    let (meta, tensors) = fixture();
+    assert_eq!(meta["model_sha256"], emlab_model::fetch::SMOLLM2.sha256);
+    let lm = Lm::load(&path, &Default::default()).unwrap();
+    for p in meta["prompts"].as_array().unwrap() {
+        let i = p["index"].as_u64().unwrap();
+        let ids = i64s(&tensors[&format!("p{i}.input_ids")]);
+        // Our tokenizer gives the same ids as the reference for the prompt text.
+        let text = p["text"].as_str().unwrap();
+        assert_eq!(lm.tokenizer.encode(text, false).unwrap(), ids, "prompt {i} ids");
+        let want = f32s(&tensors[&format!("p{i}.logits")]);
+        let x = Tensor::from_vec(ids.clone(), (1, ids.len()), &Device::Cpu).unwrap();
+        let got = lm.model.forward(&x, Forward { logits: Logits::Last, ..Default::default() }).unwrap();
+        let got = got.logits.unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let err = got.iter().zip(&want).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(err / scale < 1e-3, "prompt {i}: max |diff| {err} relative {}", err / scale);
+        // Identical greedy continuation (no stop tokens, as the reference).
+        let g = generate(&lm.model, &[Request { prompt: ids.clone(), seed: 0 }], &SamplingParams::greedy(20), &[], None, &mut |_, _| {})
+            .unwrap();
+        let want_ids: Vec<u32> = p["greedy_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        assert_eq!(g[0].tokens, want_ids, "prompt {i} greedy");
+        eprintln!("prompt {i}: {} tokens, max rel logit diff {:.2e}, greedy identical", ids.len(), err / scale);
+    }
+}
+
+#[test]
+fn smollm2_batched_generation_of_64_prompts_of_different_lengths() {
+    let path = emlab_model::fetch::ensure_default_model().expect("fetch the default model");
+    let lm = Lm::load(&path, &Default::default()).unwrap();
+    let prompts: Vec<Vec<u32>> = (0..64)
+        .map(|i| {
+            let q = format!("Question {i}: name {} colours{}.", 1 + i % 5, " please".repeat(i % 7));
+            lm.chat_prompt(&[emlab_model::chat::Message::user(q)]).unwrap()
+        })
+        .collect();
+    let lens: std::collections::HashSet<usize> = prompts.iter().map(|p| p.len()).collect();
+    assert!(lens.len() > 5);
+    let params = SamplingParams { temperature: 1.0, max_new_tokens: 6, batch_size: 64, ..Default::default() };
+    let seeds: Vec<u64> = (0..64).collect();
+    let all = lm.sample_texts(&prompts, &seeds, &params, None, &mut |_, _| {}).unwrap();
+    assert_eq!(all.len(), 64);
+    // The same samples run alone reproduce their batched text.
+    let mut p1 = params.clone();
+    p1.batch_size = 1;
+    for i in [0usize, 17, 63] {
+        let one = lm.sample_texts(&prompts[i..i + 1], &seeds[i..i + 1], &p1, None, &mut |_, _| {}).unwrap();
+        assert_eq!(one[0].tokens, all[i].tokens, "sample {i}");
+    }
+}
