@@ -49,7 +49,7 @@ pub const QWEN25_CODER_05B: KnownModel = KnownModel {
     ],
 };
 
-const QWEN_SHA256: &str = "PENDING";
+const QWEN_SHA256: &str = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32";
 
 pub const KNOWN: &[KnownModel] = &[SMOLLM2, QWEN25_CODER_05B];
 
