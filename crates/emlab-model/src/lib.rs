@@ -14,6 +14,7 @@ pub mod config;
 pub mod fetch;
 pub mod generate;
 pub mod hooks;
+pub mod int8;
 pub mod lm;
 pub mod load;
 pub mod model;

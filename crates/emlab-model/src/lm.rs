@@ -42,10 +42,7 @@ impl Lm {
     /// vocabulary fits the model's embedding.
     pub fn load(path: &Path, opts: &LoadOptions) -> Result<Lm> {
         let source = Source::detect(path)?;
-        let (tokenizer, template) = match &source {
-            Source::Gguf { path } => (Tokenizer::from_gguf(path)?, ChatTemplate::from_gguf(path)?),
-            Source::Hf { dir } => (Tokenizer::from_hf_dir(dir)?, ChatTemplate::from_hf_dir(dir)?),
-        };
+        let (tokenizer, template) = tokenizer_and_template(path)?;
         let model = Model::load(path, opts)?;
         let (tv, mv) = (tokenizer.vocab_size(), model.config.vocab_size);
         if tv > mv {
@@ -89,6 +86,14 @@ impl Lm {
             .map(|g| Ok(Sample { text: self.tokenizer.decode(&g.tokens, true)?, tokens: g.tokens, finish: g.finish }))
             .collect()
     }
+}
+
+/// The tokenizer and chat template of a GGUF file or HF folder, without loading the weights.
+pub fn tokenizer_and_template(path: &Path) -> Result<(Tokenizer, ChatTemplate)> {
+    Ok(match Source::detect(path)? {
+        Source::Gguf { path } => (Tokenizer::from_gguf(&path)?, ChatTemplate::from_gguf(&path)?),
+        Source::Hf { dir } => (Tokenizer::from_hf_dir(&dir)?, ChatTemplate::from_hf_dir(&dir)?),
+    })
 }
 
 /// A per-sample seed that depends only on the run seed, the prompt id and the sample index, so a

@@ -21,8 +21,8 @@ use crate::config::ModelConfig;
 use crate::hooks::{HookKind, HookPoint, Hooks};
 use crate::load::{load_gguf_weights, load_hf_weights, Source, Weights};
 use crate::{Error, Result};
-use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
-use candle_core::{DType, Device, Module, Tensor, Var, D};
+use crate::int8::Int8Matrix;
+use candle_core::{DType, Device, Tensor, Var, D};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
@@ -49,8 +49,8 @@ pub struct Linear {
     /// `[out]`
     pub bias: Option<Tensor>,
     pub lora: Option<Lora>,
-    /// A quantized copy for fast low-batch inference (no gradients flow through it).
-    quant: Option<std::sync::Arc<QMatMul>>,
+    /// An int8 copy for fast low-batch inference (no gradients flow through it).
+    quant: Option<std::sync::Arc<Int8Matrix>>,
 }
 
 impl Linear {
@@ -67,7 +67,7 @@ impl Linear {
     /// `x`: `[N, in]` -> `[N, out]`.
     fn forward(&self, x: &Tensor, rng: Option<&mut ChaCha8Rng>) -> Result<Tensor> {
         let mut y = match &self.quant {
-            Some(q) if !x.track_op() => q.forward(x)?,
+            Some(q) if !x.track_op() => q.matmul(x)?,
             _ => x.matmul(&self.weight.t()?)?,
         };
         if let Some(b) = &self.bias {
@@ -289,16 +289,16 @@ pub struct ForwardOut {
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
     pub device: Device,
-    /// Also keep a quantized copy of every projection for fast single-stream decoding
-    /// (e.g. `Q8_0`); f32 stays the reference and the training path.
-    pub inference_quant: Option<GgmlDType>,
+    /// Also keep an int8 (Q8_0-style) copy of every projection and of the LM head for fast
+    /// single-stream decoding; f32 stays the reference and the training path.
+    pub int8_inference: bool,
     /// Longest context the rotary tables cover (capped by the model's own limit).
     pub max_positions: usize,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        LoadOptions { device: Device::Cpu, inference_quant: None, max_positions: 4096 }
+        LoadOptions { device: Device::Cpu, int8_inference: false, max_positions: 4096 }
     }
 }
 
@@ -312,6 +312,7 @@ pub struct Model {
     pub norm: RmsNorm,
     /// `[V, d]`; the embedding itself when tied.
     pub lm_head: Tensor,
+    lm_head_int8: Option<std::sync::Arc<Int8Matrix>>,
     rope: Rope,
     device: Device,
 }
@@ -335,8 +336,8 @@ impl Model {
             }
         };
         let mut m = Model::from_weights(cfg, weights, opts)?;
-        if let Some(q) = opts.inference_quant {
-            m.quantize_for_inference(q)?;
+        if opts.int8_inference {
+            m.quantize_for_inference()?;
         }
         Ok(m)
     }
@@ -377,7 +378,7 @@ impl Model {
         };
         let max_pos = opts.max_positions.min(cfg.max_position_embeddings.max(1)).max(1);
         let rope = Rope::new(&cfg, max_pos, &opts.device)?;
-        Ok(Model { config: cfg, embed, layers, norm, lm_head, rope, device: opts.device.clone() })
+        Ok(Model { config: cfg, embed, layers, norm, lm_head, lm_head_int8: None, rope, device: opts.device.clone() })
     }
 
     pub fn device(&self) -> &Device {
@@ -389,19 +390,22 @@ impl Model {
         self.rope.cos.dims()[0]
     }
 
-    /// Keeps a quantized copy of each projection without LoRA for inference; training and any
-    /// call that tracks gradients still use the f32 weights.
-    pub fn quantize_for_inference(&mut self, dtype: GgmlDType) -> Result<()> {
+    /// Keeps an int8 copy of each projection and of the LM head for inference; training and any
+    /// call that tracks gradients still use the f32 weights. Projections carrying a LoRA adapter
+    /// are skipped (the adapter's weights may change).
+    pub fn quantize_for_inference(&mut self) -> Result<()> {
+        if !self.device.is_cpu() {
+            return Ok(());
+        }
         for b in &mut self.layers {
             for p in Proj::ALL {
                 let l = b.proj_mut(p);
-                if l.in_dim() % dtype.block_size() != 0 {
-                    continue; // e.g. 576-wide rows with a 256-wide K-quant: keep f32
+                if l.lora.is_none() {
+                    l.quant = Int8Matrix::quantize(&l.weight)?.map(std::sync::Arc::new);
                 }
-                let q = QTensor::quantize(&l.weight, dtype)?;
-                l.quant = Some(std::sync::Arc::new(QMatMul::from_qtensor(q)?));
             }
         }
+        self.lm_head_int8 = Int8Matrix::quantize(&self.lm_head)?.map(std::sync::Arc::new);
         Ok(())
     }
 
@@ -412,6 +416,7 @@ impl Model {
                 b.proj_mut(p).quant = None;
             }
         }
+        self.lm_head_int8 = None;
     }
 
     /// The forward pass. `ids`: `[B, T]` u32.
@@ -494,7 +499,10 @@ impl Model {
             }
             Logits::Last => {
                 let last = hidden.narrow(1, t - 1, 1)?.reshape((b, d))?;
-                Some(last.matmul(&self.lm_head.t()?)?)
+                match &self.lm_head_int8 {
+                    Some(q) if !last.track_op() => Some(q.matmul(&last)?),
+                    _ => Some(last.matmul(&self.lm_head.t()?)?),
+                }
             }
         };
         Ok(ForwardOut { logits, hidden })

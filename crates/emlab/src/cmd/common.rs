@@ -28,7 +28,7 @@ impl ModelOpt {
     pub fn load(&self) -> Result<Lm> {
         let p = self.path()?;
         let opts = LoadOptions {
-            inference_quant: self.q8.then_some(candle_core::quantized::GgmlDType::Q8_0),
+            int8_inference: self.q8,
             ..Default::default()
         };
         Ok(Lm::load(&p, &opts)?)

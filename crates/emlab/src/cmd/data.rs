@@ -1,6 +1,7 @@
-//! `emlab data ...` (wired to emlab-data when it lands).
+//! `emlab data stats|validate`.
 
-use anyhow::Result;
+use anyhow::{bail, Result};
+use std::path::PathBuf;
 
 #[derive(clap::Args, Debug)]
 pub struct DataArgs {
@@ -9,8 +10,74 @@ pub struct DataArgs {
 }
 
 #[derive(clap::Subcommand, Debug)]
-enum DataCmd {}
+enum DataCmd {
+    /// Counts, exact and near duplicates, length histograms, distinct-n-gram ratios.
+    Stats {
+        files: Vec<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check every row of a chat JSONL file; lists each bad row as file:line: problem.
+    Validate {
+        file: PathBuf,
+        /// Also flag conversations longer than this many tokens (default model's tokenizer and
+        /// chat template, or --model).
+        #[arg(long)]
+        max_tokens: Option<usize>,
+        #[command(flatten)]
+        model: super::common::ModelOpt,
+    },
+}
 
 pub fn run(a: DataArgs) -> Result<()> {
-    match a.cmd {}
+    match a.cmd {
+        DataCmd::Stats { files, json } => {
+            if files.is_empty() {
+                bail!("give at least one JSONL file");
+            }
+            let mut all = Vec::new();
+            for f in &files {
+                let s = emlab_data::stats::stats_file(f)?;
+                if !json {
+                    println!("{}", s.render_text());
+                }
+                all.push(s);
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&all)?);
+            }
+            Ok(())
+        }
+        DataCmd::Validate { file, max_tokens, model } => {
+            let report = match max_tokens {
+                None => emlab_data::chat::validate_file(&file, &Default::default())?,
+                Some(max) => {
+                    let p = model.path()?;
+                    let (tok, tpl) = emlab_model::lm::tokenizer_and_template(&p)?;
+                    let count = |c: &emlab_data::chat::Conversation| -> usize {
+                        let msgs: Vec<emlab_model::chat::Message> = c
+                            .messages
+                            .iter()
+                            .map(|m| emlab_model::chat::Message::new(m.role.as_str(), m.content.clone()))
+                            .collect();
+                        tpl.render(&msgs, false)
+                            .ok()
+                            .and_then(|t| tok.encode(&t, false).ok())
+                            .map(|ids| ids.len())
+                            .unwrap_or(usize::MAX)
+                    };
+                    let opts = emlab_data::chat::LoadOptions::default().max_tokens(max, &count);
+                    emlab_data::chat::validate_file(&file, &opts)?
+                }
+            };
+            for e in &report.errors {
+                println!("{e}");
+            }
+            eprintln!("{}: {} rows, {} bad", report.file, report.rows, report.errors.len());
+            if !report.errors.is_empty() {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+    }
 }
