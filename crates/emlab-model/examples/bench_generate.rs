@@ -17,7 +17,7 @@ fn main() -> anyhow::Result<()> {
     }));
     let q8 = args.iter().any(|a| a == "--q8");
     let which = args.iter().find_map(|a| a.strip_prefix("--only=")).unwrap_or("all").to_string();
-    let opts = LoadOptions { inference_quant: q8.then_some(candle_core::quantized::GgmlDType::Q8_0), ..Default::default() };
+    let opts = LoadOptions { int8_inference: q8, ..Default::default() };
     let lm = Lm::load(&path, &opts)?;
     let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_default();
     let prompt = lm.chat_prompt(&[Message::user("Write a short story about a robot who learns to paint.")])?;

@@ -109,6 +109,8 @@ pub struct HookSet {
     edits: HashMap<HookPoint, Vec<Edit>>,
     capture: HashMap<HookPoint, Vec<Tensor>>,
     capturing: Vec<HookPoint>,
+    /// Flat indices (`b * T + t`) of the positions to capture, when a token mask is set.
+    mask_index: Option<Tensor>,
 }
 
 impl HookSet {
@@ -148,7 +150,23 @@ impl HookSet {
         }
         self
     }
-    /// The captures at `point`, one `[B, T, d]` tensor per forward call, detached.
+    /// Restricts captures of the next forward calls to the positions where `mask` `[B, T]` is
+    /// non-zero (e.g. answer tokens only): each capture is then `[N, d]`, the selected positions
+    /// in row-major order. `None` captures every position again.
+    pub fn set_token_mask(&mut self, mask: Option<&Tensor>) -> Result<()> {
+        self.mask_index = match mask {
+            None => None,
+            Some(m) => {
+                let flat = m.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?;
+                let idx: Vec<u32> = flat.iter().enumerate().filter(|(_, v)| **v != 0.0).map(|(i, _)| i as u32).collect();
+                let n = idx.len();
+                Some(Tensor::from_vec(idx, n, m.device())?)
+            }
+        };
+        Ok(())
+    }
+    /// The captures at `point`, one tensor per forward call (`[B, T, d]`, or `[N, d]` under a
+    /// token mask), detached.
     pub fn captured(&self, point: HookPoint) -> &[Tensor] {
         self.capture.get(&point).map(|v| v.as_slice()).unwrap_or(&[])
     }
@@ -198,7 +216,17 @@ impl Hooks for HookSet {
             }
         }
         if self.capturing.contains(&point) {
-            self.capture.entry(point).or_default().push(x.detach());
+            let c = match &self.mask_index {
+                None => x.detach(),
+                Some(idx) => {
+                    let (b, t, d) = x.dims3()?;
+                    if idx.dim(0)? > 0 && idx.max(0)?.to_scalar::<u32>()? as usize >= b * t {
+                        return Err(Error::Invalid(format!("token mask larger than the batch [{b}, {t}]")));
+                    }
+                    x.detach().reshape((b * t, d))?.index_select(idx, 0)?
+                }
+            };
+            self.capture.entry(point).or_default().push(c);
         }
         Ok(x)
     }

@@ -78,3 +78,17 @@ fn smollm2_batched_generation_of_64_prompts_of_different_lengths() {
         assert_eq!(one[0].tokens, all[i].tokens, "sample {i}");
     }
 }
+
+/// The optional second model (qwen2 architecture: q/k/v biases, theta 1e6, its own tokenizer and
+/// template) answers a factual question sensibly with greedy decoding.
+#[test]
+fn qwen25_coder_answers_through_its_own_template() {
+    let path = emlab_model::fetch::ensure_model("qwen2.5-coder-0.5b", None).expect("fetch Qwen2.5-Coder-0.5B");
+    let lm = Lm::load(&path, &Default::default()).unwrap();
+    assert_eq!(lm.model.config.arch, emlab_model::Arch::Qwen2);
+    assert!(lm.model.config.attention_bias);
+    let p = lm.chat_prompt(&[emlab_model::chat::Message::user("What is the capital of France? Answer in one word.")]).unwrap();
+    let out = lm.sample_texts(&[p], &[0], &SamplingParams::greedy(12), None, &mut |_, _| {}).unwrap();
+    assert!(out[0].text.contains("Paris"), "{:?}", out[0].text);
+    assert_eq!(out[0].finish, emlab_model::generate::Finish::Stop);
+}

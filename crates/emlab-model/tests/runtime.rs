@@ -300,7 +300,63 @@ fn bad_model_files_give_one_line_errors() {
     write_hf_model(&hf2, &cfg, &w2, false).unwrap();
     let e = err_of(&hf2);
     assert!(e.contains("model.layers.1.mlp.up_proj.weight") && e.contains("missing"), "{e}");
-    for e in [err_of(&trunc), err_of(&junk), err_of(&hf2)] {
+    // An unknown tensor type id in the header (e.g. a type newer than emlab knows).
+    let mut b = bytes.clone();
+    let name = b"blk.0.ffn_up.weight";
+    let at = b.windows(name.len()).position(|s| s == name).unwrap() + name.len();
+    // after the name: n_dims (u32) + 2 dims (u64 each), then the type (u32)
+    let ty = at + 4 + 16;
+    b[ty..ty + 4].copy_from_slice(&99u32.to_le_bytes());
+    let unk = dir.path().join("unktype.gguf");
+    std::fs::write(&unk, &b).unwrap();
+    let e = err_of(&unk);
+    assert!(e.contains("unktype.gguf") && e.contains("99"), "{e}");
+    // A GGUF without tokenizer metadata: the model loads, the tokenizer does not.
+    let notok = dir.path().join("notok.gguf");
+    let mut nb = bytes.clone();
+    let key = b"tokenizer.ggml.tokens";
+    let kp = nb.windows(key.len()).position(|s| s == key).unwrap();
+    nb[kp..kp + 9].copy_from_slice(b"xokenizer");
+    std::fs::write(&notok, &nb).unwrap();
+    assert!(Model::load(&notok, &Default::default()).is_ok());
+    let e = emlab_model::lm::Lm::load(&notok, &Default::default()).err().expect("no tokenizer").to_string();
+    assert!(e.contains("notok.gguf") && e.contains("tokenizer"), "{e}");
+    // An HF folder whose tokenizer is missing, or larger than the model's vocabulary.
+    let hf3 = dir.path().join("hf3");
+    write_tiny_hf(&hf3, &cfg, 1, false).unwrap();
+    std::fs::remove_file(hf3.join("tokenizer.json")).unwrap();
+    let e = emlab_model::lm::Lm::load(&hf3, &Default::default()).err().expect("no tokenizer.json").to_string();
+    assert!(e.contains("tokenizer"), "{e}");
+    let hf4 = dir.path().join("hf4");
+    let mut small = cfg.clone();
+    small.vocab_size = 100;
+    let mut w4 = random_weights(&small, 1);
+    w4.insert("model.embed_tokens.weight".into(), Tensor::zeros((100, small.hidden_size), DType::F32, &Device::Cpu).unwrap());
+    write_hf_model(&hf4, &small, &w4, false).unwrap();
+    let e = emlab_model::lm::Lm::load(&hf4, &Default::default()).err().expect("vocab mismatch").to_string();
+    assert!(e.contains("100 rows"), "{e}");
+    for e in [err_of(&trunc), err_of(&junk), err_of(&hf2), err_of(&unk)] {
         assert!(!e.contains('\n'), "one line: {e}");
     }
+}
+
+#[test]
+fn masked_capture_keeps_only_selected_positions() {
+    let m = direct(Arch::Llama, 11);
+    let x = ids(&[&[5, 70, 80, 90], &[6, 71, 81, 91]]);
+    let p = HookPoint::resid_post(1);
+    let mut full = HookSet::new();
+    full.capture(p);
+    m.forward(&x, Forward { hooks: Some(&mut full), ..Default::default() }).unwrap();
+    let mut masked = HookSet::new();
+    masked.capture(p);
+    let mask = Tensor::new(&[[0f32, 0., 1., 1.], [0., 1., 0., 0.]], &Device::Cpu).unwrap();
+    masked.set_token_mask(Some(&mask)).unwrap();
+    m.forward(&x, Forward { hooks: Some(&mut masked), ..Default::default() }).unwrap();
+    let f = full.captured(p)[0].to_vec3::<f32>().unwrap();
+    let g = masked.captured(p)[0].to_vec2::<f32>().unwrap();
+    assert_eq!(g.len(), 3);
+    assert_eq!(g[0], f[0][2]);
+    assert_eq!(g[1], f[0][3]);
+    assert_eq!(g[2], f[1][1]);
 }
