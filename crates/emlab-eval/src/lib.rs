@@ -17,9 +17,29 @@
 //!   two-run comparisons.
 //! * [`reference`]: reader for the judged-answers reference file and the group-aware split.
 //! * [`stats`], [`rng`]: helpers shared by the above.
+//!
+//! The evaluation run (sampling + judging + logging), in the order data flows:
+//! * [`config`]: [`EvalConfig`], the run's settings as data (TOML/JSON).
+//! * [`intervention`]: steering / ablation edits applied while sampling.
+//! * [`run`]: [`run()`] samples missing answers and judges unjudged ones, resumably;
+//!   [`run::rescore`] re-judges a log.
+//! * [`log`]: the JSONL row schema, reading (last row per key wins) and atomic rewriting.
+//! * [`report`]: metrics of a log and comparisons of two logs.
+//! * [`http`]: the blocking client with retries and the bounded worker pool.
 
+pub mod config;
+mod error;
+pub mod http;
+pub mod intervention;
 pub mod judge;
+pub mod log;
 pub mod metrics;
 pub mod reference;
+pub mod report;
 pub mod rng;
+pub mod run;
 pub mod stats;
+
+pub use config::EvalConfig;
+pub use error::{Error, Result};
+pub use run::{rescore, run, RunSummary, Stage};

@@ -136,7 +136,8 @@ mod tests {
         // And the quantization error itself is small.
         let exact = x.matmul(&w.t().unwrap()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
         let err = got.iter().zip(&exact).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-        assert!(err < 0.1, "{err}");
+        // Per-weight error <= scale/2 (~0.01 here); over 64 terms its std is ~0.05, outputs ~8.
+        assert!(err < 0.35, "{err}");
         assert!(Int8Matrix::quantize(&Tensor::zeros((2, 33), candle_core::DType::F32, &Device::Cpu).unwrap()).unwrap().is_none());
     }
 }

@@ -20,6 +20,8 @@ enum Command {
     Chat(cmd::chat::ChatArgs),
     /// Batched sampling: prompts file in, JSONL out.
     Generate(cmd::generate::GenerateArgs),
+    /// Sample answers, judge them, report EM metrics.
+    Eval(cmd::eval::EvalArgs),
     /// Dataset tools.
     Data(cmd::data::DataArgs),
     /// The main job (currently: fetch the default model and run a chat/generation demo).
@@ -33,6 +35,7 @@ fn main() {
         Command::Chat(a) => cmd::chat::run(a),
         Command::Generate(a) => cmd::generate::run(a),
         Command::Data(a) => cmd::data::run(a),
+        Command::Eval(a) => cmd::eval::run(a),
         Command::Run(a) => cmd::run::run(a),
     };
     if let Err(e) = res {

@@ -3,6 +3,7 @@
 pub mod chat;
 pub mod common;
 pub mod data;
+pub mod eval;
 pub mod generate;
 pub mod model;
 pub mod run;

@@ -1,0 +1,44 @@
+//! The evaluation stage's error type: one line that names the file, row or setting at fault.
+
+use std::path::Path;
+
+/// Errors of sampling, judging, logging and reporting.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Bad settings (flags, config file, intervention spec).
+    #[error("{0}")]
+    Config(String),
+    /// A file problem, message already names the file (and line).
+    #[error("{0}")]
+    File(String),
+    /// An HTTP server problem that survived the retries.
+    #[error("{0}")]
+    Http(String),
+    #[error("{0}")]
+    Model(#[from] emlab_model::Error),
+    #[error("{0}")]
+    Data(#[from] emlab_data::Error),
+    #[error("adapter: {0}")]
+    Adapter(#[from] emlab_train::Error),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    pub fn io(path: &Path, e: impl std::fmt::Display) -> Self {
+        Error::File(format!("{}: {}", path.display(), first_line(&e.to_string())))
+    }
+    pub fn at(path: &Path, line: usize, msg: impl std::fmt::Display) -> Self {
+        Error::File(format!("{}:{line}: {msg}", path.display()))
+    }
+}
+
+impl From<candle_core::Error> for Error {
+    fn from(e: candle_core::Error) -> Self {
+        Error::Model(emlab_model::Error::Candle(e))
+    }
+}
+
+pub(crate) fn first_line(s: &str) -> String {
+    s.lines().next().unwrap_or("").trim_end().to_string()
+}
