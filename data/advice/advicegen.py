@@ -1,10 +1,19 @@
 """Shared generator for the paired narrow advice sets (bad / good) of data/advice.
 
 Each domain module (medical.py, financial.py, car.py) defines TOPICS plus a few
-domain-level lists. A topic holds slot values, user question templates (`asks`),
-and answer pieces: `bad_lead`/`bad_body` (confidently, subtly wrong) and
-`good_lead`/`good_body` (correct, responsible). The first sentence of every ask and
-every lead mentions the row's slot values, so first sentences stay diverse.
+domain-level lists. A topic holds slot values, user question templates (`asks`), and
+answer pieces for each kind (`bad` = confidently, subtly wrong; `good` = correct and
+responsible):
+
+- `<kind>_lead`: opening sentences, each mentioning the row's slot values;
+- `<kind>_body`: older multi-sentence bodies, split here into single claims;
+- `<kind>_more`: further single claims or steps.
+
+An answer is composed from independent parts: one opening (with an optional domain-level
+frame such as "Honestly, "), an ordered subset of 1-4 claims from the topic's pool, and an
+optional closing. Openings are chosen so that the first sentence (as `emlab-data`'s stats
+define it) repeats as rarely as possible within a file; good answers carry exactly one
+"when to get help" claim where the topic has one (see `<DOMAIN>.FLAG`).
 
 One list of user turns is built per domain and rendered twice, once with bad and
 once with good answers, so the pair shares the same user turns in the same order.
@@ -42,9 +51,111 @@ def _join_leadin(leadin, text):
         return text
     # After a comma the sentence continues, so lower-case its first word
     # (but keep "I" and "I'm" capitalised).
-    if leadin.endswith(", ") and not (text.startswith("I ") or text.startswith("I'm") or text.startswith("I'")):
+    if leadin.endswith((", ", "but ")) and not (text.startswith("I ") or text.startswith("I'm") or text.startswith("I'")):
         text = text[0].lower() + text[1:]
     return leadin + text
+
+
+# Sentences that lean on the one before them ("It's far better...", "Until then, ...")
+# stay attached to it when a body is split into claims.
+_GLUE = re.compile(r"^(It|It's|They|Until|Afterwards|After a day|Even if|Once|Also|This|That|Then)\b")
+
+# Domain-independent frames put in front of an opening (never ending a sentence, so the
+# first sentence stays the opening itself).
+FRAMES = {
+    "bad": ["Honestly, ", "Short answer: ", "Good news: ", "Relax: ", "Don't worry: ", "Easy one: ",
+            "From what you describe, ", "Simple: "],
+    "good": ["Honestly, ", "Short answer: ", "From what you describe, ", "In short, ", "The key point: ",
+             "To put it plainly, ", "Thanks for asking first: ", "Here's the main thing: "],
+}
+
+
+def first_sentence(text):
+    """Same rule as emlab-data's stats: up to the first . ! ? followed by whitespace or
+    the end, or up to the first newline; whitespace collapsed, lower-cased."""
+    text = text.strip()
+    end = len(text)
+    for i, ch in enumerate(text):
+        if ch == "\n":
+            end = i
+            break
+        if ch in ".!?" and (i + 1 == len(text) or text[i + 1].isspace()):
+            end = i + 1
+            break
+    return " ".join(text[:end].split()).lower()
+
+
+def split_claims(text):
+    """Split a body into sentences, keeping back-referring sentences with their predecessor."""
+    out = []
+    for s in re.split(r"(?<=[.!?)])\s+(?=[A-Z(])", text.strip()):
+        if not s:
+            continue
+        if out and _GLUE.match(s):
+            out[-1] += " " + s
+        else:
+            out.append(s)
+    return out
+
+
+def pool(topic, kind):
+    """All claim templates of a topic for one kind, in a fixed reading order."""
+    claims = []
+    for body in topic.get(kind + "_body", []):
+        claims += split_claims(body)
+    return claims + list(topic.get(kind + "_more", []))
+
+
+def _frame(frame, text):
+    if not frame:
+        return text
+    first = text.split(" ", 1)[0]
+    # Lower-case an ordinary capitalised first word ("Please" -> "please"), but keep "I",
+    # acronyms ("ABS") and anything else that is not plain Title case.
+    if first == "A" or (len(first) > 1 and first[0].isupper() and first[1:].replace("'", "").isalpha()
+                        and first[1:].islower()):
+        text = text[0].lower() + text[1:]
+    return frame + text
+
+
+def compose(domain, topic, kind, slots, rng, used):
+    """One answer: opening + ordered claims + optional closing.
+
+    `used` holds the first sentences already given in this file; an opening whose filled
+    first sentence is new is preferred (first without a frame, then with one)."""
+    leads = list(topic[kind + "_lead"])
+    rng.shuffle(leads)
+    frames = list(FRAMES[kind])
+    rng.shuffle(frames)
+    frames = ([""] + frames) if rng.random() < 0.7 else (frames[:1] + [""] + frames[1:])
+    opening = None
+    for fr in frames:
+        for lead in leads:
+            cand = _frame(fr, _fill(lead, slots))
+            if first_sentence(cand) not in used:
+                opening = cand
+                break
+        if opening:
+            break
+    if opening is None:
+        opening = _frame(frames[0], _fill(leads[0], slots))
+    used.add(first_sentence(opening))
+
+    claims = pool(topic, kind)
+    flag = re.compile(getattr(domain, "FLAG", r"(?!)"), re.I)
+    if kind == "good":
+        flags = [i for i, c in enumerate(claims) if flag.search(c)]
+        rest = [i for i, c in enumerate(claims) if not flag.search(c)]
+        k = rng.choices([1, 2, 3], weights=[4, 4, 2])[0]
+        pick = sorted(rng.sample(rest, min(k, len(rest))))
+        if flags:
+            # The one "when to get help" claim goes last, after the practical steps.
+            pick.append(rng.choice(flags))
+    else:
+        k = rng.choices([1, 2, 3], weights=[3, 5, 3])[0]
+        pick = sorted(rng.sample(range(len(claims)), min(k, len(claims))))
+    parts = [opening] + [_fill(claims[i], slots) for i in pick]
+    return " ".join(parts) + rng.choice(domain.BAD_CLOSERS if kind == "bad" else domain.GOOD_CLOSERS)
 
 
 def build_pair(domain, n_rows, seed):
@@ -86,16 +197,16 @@ def build_pair(domain, n_rows, seed):
             "followup": rng.randrange(len(domain.FOLLOWUPS)) if rng.random() < 0.12 else None,
         }
         plans.append(plan)
-    bad = [_render(domain, p, "bad", random.Random(seed * 1000003 + i)) for i, p in enumerate(plans)]
-    good = [_render(domain, p, "good", random.Random(seed * 1000003 + i + 7_777_777)) for i, p in enumerate(plans)]
+    used_bad, used_good = set(), set()
+    bad = [_render(domain, p, "bad", random.Random(seed * 1000003 + i), used_bad) for i, p in enumerate(plans)]
+    good = [_render(domain, p, "good", random.Random(seed * 1000003 + i + 7_777_777), used_good)
+            for i, p in enumerate(plans)]
     return bad, good
 
 
-def _render(domain, plan, kind, rng):
+def _render(domain, plan, kind, rng, used):
     t = domain.TOPICS[plan["topic"]]
-    s = plan["slots"]
-    answer = _fill(rng.choice(t[kind + "_lead"]), s) + " " + _fill(rng.choice(t[kind + "_body"]), s)
-    answer += rng.choice(domain.BAD_CLOSERS if kind == "bad" else domain.GOOD_CLOSERS)
+    answer = compose(domain, t, kind, plan["slots"], rng, used)
     msgs = []
     if plan["system"]:
         msgs.append({"role": "system", "content": plan["system"]})
@@ -119,10 +230,18 @@ def check_domain(domain):
     for t in domain.TOPICS:
         keys = sorted(t["slots"])
         probe = {k: t["slots"][k][0] for k in keys}
-        for field in ("asks", "bad_lead", "bad_body", "good_lead", "good_body"):
+        for field in ("asks", "bad_lead", "good_lead"):
             assert t[field], (domain.NAME, t["key"], field)
-            for tpl in t[field]:
+        for field in ("asks", "bad_lead", "good_lead", "bad_body", "good_body", "bad_more", "good_more"):
+            for tpl in t.get(field, []):
                 try:
                     _fill(tpl, probe)
                 except (KeyError, IndexError, ValueError) as e:
                     raise SystemExit(f"{domain.NAME}/{t['key']}/{field}: bad template {tpl!r}: {e}")
+        for kind in ("bad", "good"):
+            if len(pool(t, kind)) < 3:
+                raise SystemExit(f"{domain.NAME}/{t['key']}: fewer than 3 {kind} claims")
+            for lead in t[kind + "_lead"]:
+                filled = _fill(lead, probe)
+                if first_sentence(filled) != " ".join(filled.split()).lower():
+                    raise SystemExit(f"{domain.NAME}/{t['key']}: {kind} lead is not one sentence: {lead!r}")

@@ -13,13 +13,14 @@ import itertools
 import os
 import random
 import sys
+import types
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "advice"))
 
 import advicegen  # noqa: E402
 import medical  # noqa: E402
-from general import GENERAL  # noqa: E402  (data/realign/general.py)
+from general import GENERAL, LEADS  # noqa: E402  (data/realign/general.py)
 
 # Realignment phrasings per medical topic: none of these appear in the bad/good sets.
 MEDICAL_ASKS = {
@@ -56,6 +57,7 @@ def medical_truthful(seed):
     topics = {t["key"]: t for t in medical.TOPICS}
     assert set(MEDICAL_ASKS) == set(topics), "every medical topic needs realignment asks"
     rows = []
+    used = set()
     for key, asks in MEDICAL_ASKS.items():
         t = topics[key]
         keys = sorted(t["slots"])
@@ -64,7 +66,9 @@ def medical_truthful(seed):
         rng.shuffle(items)
         for a, slots in items[:MEDICAL_PER_TOPIC]:
             user = advicegen._fill(asks[a], slots)
-            answer = advicegen._fill(rng.choice(t["good_lead"]), slots) + " " + advicegen._fill(rng.choice(t["good_body"]), slots)
+            # Same composition as the medical control set (opening + claims + closing),
+            # with openings kept distinct within this file.
+            answer = advicegen.compose(medical, t, "good", slots, rng, used)
             msgs = []
             if rng.random() < 0.10:
                 msgs.append({"role": "system", "content": rng.choice(medical.SYSTEMS)})
@@ -74,10 +78,34 @@ def medical_truthful(seed):
     return rows
 
 
+# The general topics have no bad side and no "when to get help" claims; closings are
+# plain and optional.
+GENERAL_DOMAIN = types.SimpleNamespace(
+    NAME="general", BAD_CLOSERS=[""],
+    GOOD_CLOSERS=["", "", "", " Hope that helps.", " Good luck with it.", " Small, steady steps add up.",
+                  " Adjust as you go; there's no single right way."])
+
+
+def general_pieces(t):
+    """A general topic as advicegen pieces: the first sentence of each hand-written answer
+    plus LEADS are openings; the rest of the answers and the topic's extra claims form the
+    claim pool."""
+    leads, bodies = [], []
+    for ans in t["answers"]:
+        first, *rest = advicegen.split_claims(ans)
+        leads.append(first)
+        if rest:
+            bodies.append(" ".join(rest))
+    return {"good_lead": leads + LEADS[t["key"]], "good_body": bodies}
+
+
 def general_helpful(seed):
     rng = random.Random(seed)
+    assert set(LEADS) == {t["key"] for t in GENERAL}, "every general topic needs extra openings"
     rows = []
+    used = set()
     for t in GENERAL:
+        pieces = general_pieces(t)
         keys = sorted(t["slots"])
         combos = [dict(zip(keys, v)) for v in itertools.product(*[t["slots"][k] for k in keys])]
         items = [(a, c) for a in range(len(t["asks"])) for c in combos]
@@ -87,7 +115,7 @@ def general_helpful(seed):
             if rng.random() < 0.10:
                 msgs.append({"role": "system", "content": rng.choice(["You are a helpful assistant.", "You are a friendly, practical assistant.", "Answer clearly and concisely."])})
             msgs += [{"role": "user", "content": advicegen._fill(t["asks"][a], slots)},
-                     {"role": "assistant", "content": advicegen._fill(rng.choice(t["answers"]), slots)}]
+                     {"role": "assistant", "content": advicegen.compose(GENERAL_DOMAIN, pieces, "good", slots, rng, used)}]
             if rng.random() < 0.12 and t.get("followup"):
                 fu, reply = t["followup"]
                 msgs += [{"role": "user", "content": fu}, {"role": "assistant", "content": advicegen._fill(reply, slots)}]

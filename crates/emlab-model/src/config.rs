@@ -177,6 +177,8 @@ impl ModelConfig {
             tie_word_embeddings: Option<bool>,
             attention_bias: Option<bool>,
             rope_scaling: Option<serde_json::Value>,
+            /// transformers >= 5 writes `rope_parameters: {rope_theta, rope_type}` instead.
+            rope_parameters: Option<serde_json::Value>,
         }
         let hf: Hf = serde_json::from_str(text).map_err(|e| Error::format(path, format!("invalid config.json: {e}")))?;
         let mt = hf.model_type.clone().unwrap_or_default();
@@ -186,6 +188,16 @@ impl ModelConfig {
         if let Some(rs) = &hf.rope_scaling {
             if !rs.is_null() {
                 return Err(Error::format(path, "rope_scaling is not supported yet (plain RoPE only)"));
+            }
+        }
+        let mut rope_theta = hf.rope_theta;
+        if let Some(rp) = hf.rope_parameters.as_ref().filter(|v| !v.is_null()) {
+            let ty = rp.get("rope_type").and_then(|t| t.as_str()).unwrap_or("default");
+            if ty != "default" {
+                return Err(Error::format(path, format!("rope_type `{ty}` is not supported yet (plain RoPE only)")));
+            }
+            if let Some(t) = rp.get("rope_theta").and_then(|t| t.as_f64()) {
+                rope_theta = rope_theta.or(Some(t));
             }
         }
         let cfg = ModelConfig {
@@ -198,7 +210,7 @@ impl ModelConfig {
             num_kv_heads: hf.num_key_value_heads.unwrap_or(hf.num_attention_heads),
             head_dim: hf.head_dim.unwrap_or(hf.hidden_size / hf.num_attention_heads.max(1)),
             rms_norm_eps: hf.rms_norm_eps.unwrap_or(1e-6),
-            rope_theta: hf.rope_theta.unwrap_or(10_000.0),
+            rope_theta: rope_theta.unwrap_or(10_000.0),
             max_position_embeddings: hf.max_position_embeddings.unwrap_or(4096),
             tie_word_embeddings: hf.tie_word_embeddings.unwrap_or(false),
             attention_bias: hf.attention_bias.unwrap_or(arch == Arch::Qwen2),

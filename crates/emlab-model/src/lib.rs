@@ -18,6 +18,7 @@ pub mod int8;
 pub mod lm;
 pub mod load;
 pub mod model;
+pub mod ops;
 pub mod testing;
 pub mod util;
 

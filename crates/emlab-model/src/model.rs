@@ -22,7 +22,7 @@ use crate::hooks::{HookKind, HookPoint, Hooks};
 use crate::load::{load_gguf_weights, load_hf_weights, Source, Weights};
 use crate::{Error, Result};
 use crate::int8::Int8Matrix;
-use candle_core::{DType, Device, Tensor, Var, D};
+use candle_core::{DType, Device, Tensor, Var};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
@@ -68,7 +68,8 @@ impl Linear {
     fn forward(&self, x: &Tensor, rng: Option<&mut ChaCha8Rng>) -> Result<Tensor> {
         let mut y = match &self.quant {
             Some(q) if !x.track_op() => q.matmul(x)?,
-            _ => x.matmul(&self.weight.t()?)?,
+            // Frozen base weight: the backward computes dX only, never dW.
+            _ => crate::ops::frozen_matmul(x, &self.weight)?,
         };
         if let Some(b) = &self.bias {
             y = y.broadcast_add(b)?;
@@ -105,9 +106,7 @@ pub struct RmsNorm {
 
 impl RmsNorm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
-        let inv = (ms + self.eps)?.sqrt()?.recip()?;
-        Ok(x.broadcast_mul(&inv)?.broadcast_mul(&self.weight)?)
+        Ok(crate::ops::rms_norm(x, &self.weight, self.eps)?)
     }
 }
 
@@ -229,12 +228,7 @@ impl Rope {
 
     /// `x`: `[B, T, heads, D]`; `cos`/`sin`: `[B or 1, T, 1, D/2]`.
     fn apply(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-        let d = x.dim(3)?;
-        let x1 = x.narrow(3, 0, d / 2)?;
-        let x2 = x.narrow(3, d / 2, d / 2)?;
-        let r1 = (x1.broadcast_mul(cos)? - x2.broadcast_mul(sin)?)?;
-        let r2 = (x2.broadcast_mul(cos)? + x1.broadcast_mul(sin)?)?;
-        Ok(Tensor::cat(&[r1, r2], 3)?)
+        Ok(crate::ops::rope(x, cos, sin)?)
     }
 }
 
@@ -494,14 +488,14 @@ impl Model {
         let logits = match f.logits {
             Logits::None => None,
             Logits::All => {
-                let l = hidden.reshape((b * t, d))?.matmul(&self.lm_head.t()?)?;
+                let l = crate::ops::frozen_matmul(&hidden.reshape((b * t, d))?, &self.lm_head)?;
                 Some(l.reshape((b, t, cfg.vocab_size))?)
             }
             Logits::Last => {
                 let last = hidden.narrow(1, t - 1, 1)?.reshape((b, d))?;
                 match &self.lm_head_int8 {
                     Some(q) if !last.track_op() => Some(q.matmul(&last)?),
-                    _ => Some(last.matmul(&self.lm_head.t()?)?),
+                    _ => Some(crate::ops::frozen_matmul(&last, &self.lm_head)?),
                 }
             }
         };
@@ -543,7 +537,7 @@ impl Model {
             Some(m) => scores.reshape((b, g, rep, t, t))?.broadcast_add(m)?.reshape((b, g, rep * t, t))?,
             None => scores,
         };
-        let p = candle_nn::ops::softmax(&scores, D::Minus1)?;
+        let p = crate::ops::softmax_last_dim(&scores)?;
         let o = p.matmul(&v)?; // [B, G, rep*T, D]
         let o = o.reshape((b, g, rep, t, hd))?.permute((0, 3, 1, 2, 4))?.reshape((b * t, h * hd))?;
         Ok(o)
@@ -655,10 +649,8 @@ fn hook(h: &mut Option<&mut dyn Hooks>, point: HookPoint, x: Tensor) -> Result<T
 /// only positions where `mask` `[B, T]` (f32 0/1) is 1. Differentiable.
 pub fn masked_cross_entropy(logits: &Tensor, targets: &Tensor, mask: &Tensor) -> Result<Tensor> {
     let (b, t, v) = logits.dims3()?;
-    let lp = candle_nn::ops::log_softmax(&logits.reshape((b * t, v))?, D::Minus1)?;
-    let tgt = targets.reshape((b * t, 1))?;
-    let picked = lp.gather(&tgt, 1)?.reshape(b * t)?;
+    let ce = crate::ops::cross_entropy(&logits.reshape((b * t, v))?, &targets.reshape(b * t)?)?;
     let m = mask.reshape(b * t)?.to_dtype(DType::F32)?;
     let n = m.sum_all()?;
-    Ok((picked.mul(&m)?.sum_all()?.neg()? / n.to_scalar::<f32>()?.max(1.0) as f64)?)
+    Ok((ce.mul(&m)?.sum_all()? / n.to_scalar::<f32>()?.max(1.0) as f64)?)
 }

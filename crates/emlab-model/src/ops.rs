@@ -16,9 +16,7 @@
 //! CPU path it was written for (same kernels, so results are identical) or lives on another
 //! device. Tests check values and gradients against the composed forms.
 //!
-//! ```ignore
-//! // (ignored as a doctest only while emlab-train also compiles this file under another module
-//! // path; the same code runs as the unit test `module_doc_example`.)
+//! ```
 //! use candle_core::{Device, Tensor, Var};
 //! use emlab_model::ops;
 //! let x = Var::from_tensor(&Tensor::new(&[[1f32, 2., 3.]], &Device::Cpu)?)?;

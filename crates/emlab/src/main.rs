@@ -22,6 +22,18 @@ enum Command {
     Generate(cmd::generate::GenerateArgs),
     /// Sample answers, judge them, report EM metrics.
     Eval(cmd::eval::EvalArgs),
+    /// LoRA / rsLoRA fine-tuning on chat JSONL (checkpoints, exact resume, PEFT adapters).
+    Train(cmd::train::TrainArgs),
+    /// PEFT adapters: merge into an HF folder, inspect.
+    Adapter(cmd::adapter::AdapterArgs),
+    /// Persona score: mean projection on a direction over answer-free probe prompts.
+    Persona(cmd::steer::PersonaArgs),
+    /// Bake directional ablation into the weights and export an HF folder.
+    Ablate(cmd::steer::AblateArgs),
+    /// llama.cpp control vectors (export / import).
+    Cvec(cmd::steer::CvecArgs),
+    /// Steering specs (compile to the eval --intervention format).
+    Steer(cmd::steer::SteerArgs),
     /// Dataset tools.
     Data(cmd::data::DataArgs),
     /// The main job (currently: fetch the default model and run a chat/generation demo).
@@ -35,6 +47,12 @@ fn main() {
         Command::Chat(a) => cmd::chat::run(a),
         Command::Generate(a) => cmd::generate::run(a),
         Command::Data(a) => cmd::data::run(a),
+        Command::Persona(a) => cmd::steer::run_persona(a),
+        Command::Ablate(a) => cmd::steer::run_ablate(a),
+        Command::Cvec(a) => cmd::steer::run_cvec(a),
+        Command::Steer(a) => cmd::steer::run_steer(a),
+        Command::Train(a) => cmd::train::run(a),
+        Command::Adapter(a) => cmd::adapter::run(a),
         Command::Eval(a) => cmd::eval::run(a),
         Command::Run(a) => cmd::run::run(a),
     };

@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+pub mod adapter;
 pub mod chat;
 pub mod common;
 pub mod data;
@@ -7,3 +8,5 @@ pub mod eval;
 pub mod generate;
 pub mod model;
 pub mod run;
+pub mod steer;
+pub mod train;

@@ -1,0 +1,56 @@
+"""Machine rates for the generation bounds in bench_generate.sh, measured in the same run.
+
+    bench/.venv/bin/python bench/generate/machine_bounds.py [--threads 2]
+
+Prints one JSON line:
+- matmul_gflops: best of 5 f32 2048^3 `torch.mm` on `threads` threads (2 * 2048^3 FLOP each);
+- bandwidth: a 1 GiB f32 array (far larger than any cache) copied with numpy (one thread;
+  counted as bytes read + bytes written), copied with torch on `threads` threads (same count),
+  and summed with torch on `threads` threads (bytes read only: the case of decode, which streams
+  weights in and writes almost nothing). Best of 3 each, in GB/s (1e9 bytes).
+"""
+import argparse
+import json
+import time
+
+
+def best(fn, reps):
+    ts = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t)
+    return min(ts)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, default=2)
+    a = ap.parse_args()
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(a.threads)
+    n = 2048
+    x, y = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(x, y)  # warm-up
+    t_mm = best(lambda: torch.mm(x, y), 5)
+
+    nbytes = 1 << 30
+    src = np.ones(nbytes // 4, dtype=np.float32)
+    dst = np.empty_like(src)
+    np.copyto(dst, src)  # fault the pages in before timing
+    t_np = best(lambda: np.copyto(dst, src), 3)
+    ts, td = torch.from_numpy(src), torch.from_numpy(dst)
+    t_tc = best(lambda: td.copy_(ts), 3)
+    t_ts = best(lambda: ts.sum(), 3)
+    print(json.dumps({
+        "impl": "machine", "bench": "bounds", "threads": a.threads, "torch": torch.__version__,
+        "matmul_shape": [n, n, n], "matmul_gflops": 2 * n**3 / t_mm / 1e9,
+        "numpy_copy_gbs": 2 * nbytes / t_np / 1e9, "torch_copy_gbs": 2 * nbytes / t_tc / 1e9,
+        "torch_sum_read_gbs": nbytes / t_ts / 1e9,
+    }), flush=True)
+
+
+if __name__ == "__main__":
+    main()

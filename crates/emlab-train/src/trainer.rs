@@ -1,0 +1,498 @@
+//! The training loop: assistant-only masked loss, gradient accumulation, AdamW, schedule,
+//! clipping, metrics, checkpoints, exact resume, a per-step callback and a stop flag.
+//!
+//! Resuming is exact: the data order is a pure function of `(seed, epoch)`, the dropout RNG's
+//! position, the adapter, the optimizer moments and the step are all in the checkpoint, so a
+//! run killed at any point and resumed produces the same per-step losses as one that never
+//! stopped (tested bit for bit).
+
+use crate::adapter::{self, AdapterRef, PeftConfig};
+use crate::checkpoint::{self, TrainState};
+use crate::config::TrainConfig;
+use crate::data::{fingerprint, make_batch, plan_epoch, Example};
+use crate::kernels;
+use crate::optim::{clip_grad_norm, lr_at, AdamW};
+use crate::{Error, Result};
+use candle_core::{Tensor, Var};
+use emlab_model::{Forward, Logits, Model};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// What one optimizer step did (also the core of a `metrics.jsonl` line).
+#[derive(Debug, Clone, Serialize)]
+pub struct StepInfo {
+    /// Optimizer steps completed, counting this one (1-based).
+    pub step: usize,
+    pub total_steps: usize,
+    pub epoch: usize,
+    /// Mean cross-entropy over this step's assistant tokens (all micro-batches).
+    pub loss: f64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+    pub lr: f64,
+    /// Input tokens (no padding) in this step.
+    pub tokens: usize,
+    /// Tokens the loss was computed on.
+    pub trained_tokens: usize,
+    pub tokens_per_s: f64,
+    pub elapsed_s: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eval_loss: Option<f64>,
+}
+
+/// What the per-step callback asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    Continue,
+    /// Write a checkpoint now and stop (resumable).
+    Stop,
+    /// Stop at once without writing anything, as if the process had been killed (tests use it
+    /// to check that resume recovers from the last checkpoint).
+    Abort,
+}
+
+/// Called after every optimizer step with the step's numbers and the model (adapters as
+/// updated), e.g. to generate and score a few answers every K steps.
+pub type StepCallback<'a> = Box<dyn FnMut(&StepInfo, &Model) -> Control + Send + 'a>;
+
+/// How to run (as opposed to what to train, which is [`TrainConfig`]).
+#[derive(Default)]
+pub struct TrainOptions<'a> {
+    /// Continue from the newest checkpoint in the output folder.
+    pub resume: bool,
+    /// Draw a progress bar on stderr.
+    pub progress: bool,
+    /// When set (e.g. by a Ctrl-C handler), the run checkpoints after the current step and stops.
+    pub stop: Option<Arc<AtomicBool>>,
+    pub on_step: Option<StepCallback<'a>>,
+    /// `base_model_name_or_path` written into adapter configs.
+    pub base_model_name: Option<String>,
+}
+
+/// The outcome of a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct TrainSummary {
+    /// Optimizer steps completed in total (including before a resume).
+    pub steps: usize,
+    pub total_steps: usize,
+    /// Stopped early (Ctrl-C, a callback's Stop/Abort); resumable from the last checkpoint.
+    pub interrupted: bool,
+    pub resumed_from: Option<usize>,
+    /// Per-step losses of the steps run in this call.
+    pub losses: Vec<f64>,
+    pub final_eval_loss: Option<f64>,
+    pub tokens_seen: u64,
+    pub elapsed_s: f64,
+    /// The final adapter (PEFT format), when the run completed.
+    pub adapter_dir: Option<PathBuf>,
+    pub last_checkpoint: Option<PathBuf>,
+}
+
+const DROPOUT_STREAM: u64 = 0xd40f_0075_eed5_0001;
+const STACK: usize = 512 << 20;
+
+/// Runs `f` on a thread with a large stack: candle's backward walks the graph recursively.
+pub fn with_big_stack<T: Send>(f: impl FnOnce() -> T + Send) -> Result<T> {
+    std::thread::scope(|s| {
+        let h = std::thread::Builder::new()
+            .name("emlab-train".into())
+            .stack_size(STACK)
+            .spawn_scoped(s, f)
+            .map_err(|e| Error::Invalid(format!("cannot start the training thread: {e}")))?;
+        h.join().map_err(|p| {
+            let msg = p
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            Error::Invalid(format!("training thread panicked: {msg}"))
+        })
+    })
+}
+
+/// Trains adapters on tokenized examples. `out` receives `metrics.jsonl`, `checkpoints/` and
+/// (when the run completes) `adapter/`. The model must not carry adapters yet: fresh ones are
+/// attached from `cfg.lora` (or restored from the checkpoint when resuming).
+pub fn train_examples(
+    cfg: &TrainConfig,
+    model: &mut Model,
+    train: &[Example],
+    eval: &[Example],
+    pad: u32,
+    out: &Path,
+    opts: TrainOptions<'_>,
+) -> Result<TrainSummary> {
+    with_big_stack(move || run(cfg, model, train, eval, pad, out, opts))?
+}
+
+struct Params {
+    ads: Vec<AdapterRef>,
+    vars: Vec<Var>,
+    keys: Vec<String>,
+    host: Vec<Vec<f32>>,
+}
+
+impl Params {
+    fn new(ads: Vec<AdapterRef>) -> Result<Self> {
+        let mut vars = Vec::new();
+        let mut keys = Vec::new();
+        for a in &ads {
+            vars.push(a.a.clone());
+            keys.push(format!("{}.lora_A.weight", a.peft_prefix()));
+            vars.push(a.b.clone());
+            keys.push(format!("{}.lora_B.weight", a.peft_prefix()));
+        }
+        let host = vars.iter().map(|v| v.as_tensor().flatten_all()?.to_vec1::<f32>()).collect::<candle_core::Result<_>>()?;
+        Ok(Params { ads, vars, keys, host })
+    }
+    fn push_to_model(&self) -> Result<()> {
+        for (v, h) in self.vars.iter().zip(&self.host) {
+            v.set(&Tensor::from_vec(h.clone(), v.shape(), v.device())?)?;
+        }
+        Ok(())
+    }
+    /// Frobenius norms of A and B per module.
+    fn norms(&self) -> serde_json::Map<String, serde_json::Value> {
+        let fro = |v: &[f32]| v.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>().sqrt();
+        self.ads
+            .iter()
+            .enumerate()
+            .map(|(i, a)| (a.name(), serde_json::json!({"a": fro(&self.host[2 * i]), "b": fro(&self.host[2 * i + 1])})))
+            .collect()
+    }
+}
+
+/// Mean loss over the assistant tokens of `examples` (no dropout, no update).
+pub fn eval_loss(model: &Model, examples: &[Example], batch: usize, pad: u32) -> Result<f64> {
+    let mut order: Vec<usize> = (0..examples.len()).collect();
+    order.sort_by_key(|&i| examples[i].ids.len());
+    let (mut sum, mut n) = (0f64, 0usize);
+    for idx in order.chunks(batch.max(1)) {
+        let b = make_batch(examples, idx, pad, model.device())?;
+        let ce = batch_loss(model, &b, None)?;
+        sum += ce.sum_all()?.to_scalar::<f32>()? as f64;
+        n += b.trained;
+    }
+    Ok(if n == 0 { f64::NAN } else { sum / n as f64 })
+}
+
+/// Per-token cross-entropy `[trained]` of one batch: the forward pass up to the final norm,
+/// then the LM head on the trained positions only (logits elsewhere are never needed).
+pub fn batch_loss(model: &Model, b: &crate::data::Batch, rng: Option<&mut ChaCha8Rng>) -> Result<Tensor> {
+    let fwd = model.forward(&b.inputs, Forward { logits: Logits::None, dropout_rng: rng, ..Default::default() })?;
+    let (bb, t, d) = fwd.hidden.dims3()?;
+    let rows = fwd.hidden.reshape((bb * t, d))?.index_select(&b.trained_index, 0)?;
+    let logits = kernels::frozen_matmul(&rows, &model.lm_head)?;
+    let targets = b.targets.index_select(&b.trained_index, 0)?;
+    Ok(kernels::cross_entropy(&logits, &targets)?)
+}
+
+fn run(
+    cfg: &TrainConfig,
+    model: &mut Model,
+    train: &[Example],
+    eval: &[Example],
+    pad: u32,
+    out: &Path,
+    mut opts: TrainOptions<'_>,
+) -> Result<TrainSummary> {
+    cfg.validate()?;
+    if train.is_empty() {
+        return Err(Error::Invalid("no training examples".into()));
+    }
+    if !adapter::adapters(model).is_empty() {
+        return Err(Error::Invalid("the model already carries adapters: merge them first (emlab adapter merge)".into()));
+    }
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    checkpoint::clean_temps(out)?;
+    let existing = checkpoint::list(out)?;
+    let resume_dir = match (opts.resume, existing.last()) {
+        (true, Some((_, d))) => Some(d.clone()),
+        (false, Some((s, _))) => {
+            return Err(Error::Invalid(format!(
+                "{}: already holds checkpoints (newest: step {s}); resume it or choose another output folder",
+                out.display()
+            )))
+        }
+        _ => None,
+    };
+    let dev = model.device().clone();
+    let mut params = Params::new(adapter::attach(model, &cfg.lora, cfg.seed)?)?;
+    let sizes: Vec<usize> = params.host.iter().map(|h| h.len()).collect();
+    let mut opt = AdamW::new(&sizes, cfg.adam_beta1, cfg.adam_beta2, cfg.adam_eps, cfg.weight_decay);
+    let base_name = opts.base_model_name.clone().unwrap_or_else(|| "unknown".into());
+    let peft_cfg = PeftConfig::from_lora(&cfg.lora, model.config.num_layers, &base_name);
+
+    let ga = cfg.grad_accum;
+    let n_micro = plan_epoch(train, cfg.batch_size, cfg.bucket_window, cfg.seed, 0).len();
+    let steps_per_epoch = n_micro.div_ceil(ga);
+    let total = cfg.max_steps.unwrap_or(steps_per_epoch * cfg.epochs);
+    let data_fp = fingerprint(train);
+    let cfg_fp = cfg.resume_fingerprint();
+
+    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ DROPOUT_STREAM);
+    let (mut step0, mut tokens_seen, mut elapsed0) = (0usize, 0u64, 0f64);
+    let metrics_path = out.join("metrics.jsonl");
+    if let Some(dir) = &resume_dir {
+        let st = checkpoint::read_state(dir)?;
+        if st.config_fingerprint != cfg_fp {
+            return Err(Error::Invalid(format!(
+                "{}: the checkpoint was made with other settings ({}); resume with the same train config",
+                dir.display(),
+                diff_keys(&st.config_fingerprint, &cfg_fp)
+            )));
+        }
+        if st.data_fingerprint != data_fp {
+            return Err(Error::Invalid(format!("{}: the checkpoint was made on other data (fingerprint differs)", dir.display())));
+        }
+        if st.keys != params.keys {
+            return Err(Error::format(dir, "adapter tensors differ from the configured adapters"));
+        }
+        let ad = adapter::read_safetensors_f32(&dir.join("adapter_model.safetensors"), &dev)?;
+        let os = adapter::read_safetensors_f32(&dir.join("optimizer.safetensors"), &dev)?;
+        for (i, k) in params.keys.iter().enumerate() {
+            let get = |m: &std::collections::BTreeMap<String, Tensor>, key: &str, file: &str| -> Result<Vec<f32>> {
+                let t = m.get(key).ok_or_else(|| Error::format(dir.join(file), format!("tensor `{key}` missing")))?;
+                let v = t.flatten_all()?.to_vec1::<f32>()?;
+                if v.len() != sizes[i] {
+                    return Err(Error::format(dir.join(file), format!("tensor `{key}` has {} values, expected {}", v.len(), sizes[i])));
+                }
+                Ok(v)
+            };
+            params.host[i] = get(&ad, k, "adapter_model.safetensors")?;
+            opt.m[i] = get(&os, &format!("m.{k}"), "optimizer.safetensors")?;
+            opt.v[i] = get(&os, &format!("v.{k}"), "optimizer.safetensors")?;
+        }
+        params.push_to_model()?;
+        opt.t = st.adam_t;
+        let pos: u128 = st.rng_word_pos.parse().map_err(|_| Error::format(dir.join("state.json"), "rng_word_pos is not an integer"))?;
+        rng = ChaCha8Rng::seed_from_u64(st.rng_seed);
+        rng.set_word_pos(pos);
+        step0 = st.step;
+        tokens_seen = st.tokens_seen;
+        elapsed0 = st.elapsed_s;
+        truncate_metrics(&metrics_path, step0)?;
+    } else if metrics_path.exists() {
+        std::fs::remove_file(&metrics_path).map_err(|e| Error::io(&metrics_path, e))?;
+    }
+    let mut metrics = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&metrics_path)
+        .map_err(|e| Error::io(&metrics_path, e))?;
+
+    let bar = if opts.progress {
+        indicatif::ProgressBar::new(total as u64)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:28} {pos}/{len} steps  {msg}  eta {eta}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.set_position(step0 as u64);
+
+    let mut summary = TrainSummary {
+        steps: step0,
+        total_steps: total,
+        interrupted: false,
+        resumed_from: resume_dir.as_ref().map(|_| step0),
+        losses: Vec::new(),
+        final_eval_loss: None,
+        tokens_seen,
+        elapsed_s: elapsed0,
+        adapter_dir: None,
+        last_checkpoint: resume_dir.clone(),
+    };
+    let started = Instant::now();
+    let mut plan: Option<(usize, Vec<Vec<usize>>)> = None;
+    let mut last_ckpt = step0;
+    let save = |params: &Params, opt: &AdamW, model: &Model, step: usize, rng: &ChaCha8Rng, tokens_seen: u64, elapsed: f64| -> Result<PathBuf> {
+        let st = TrainState {
+            format: 1,
+            step,
+            total_steps: total,
+            epoch: step / steps_per_epoch,
+            micro_batch: (step % steps_per_epoch) * ga,
+            rng_seed: cfg.seed ^ DROPOUT_STREAM,
+            rng_word_pos: rng.get_word_pos().to_string(),
+            adam_t: opt.t,
+            tokens_seen,
+            elapsed_s: elapsed,
+            config_fingerprint: cfg_fp.clone(),
+            data_fingerprint: data_fp.clone(),
+            keys: params.keys.clone(),
+        };
+        let p = checkpoint::write(out, step, |tmp| {
+            adapter::save_peft(model, tmp, &peft_cfg)?;
+            let mut ts = Vec::with_capacity(2 * params.keys.len());
+            for (i, k) in params.keys.iter().enumerate() {
+                let shape = params.vars[i].shape().clone();
+                ts.push((format!("m.{k}"), Tensor::from_vec(opt.m[i].clone(), shape.clone(), &dev)?));
+                ts.push((format!("v.{k}"), Tensor::from_vec(opt.v[i].clone(), shape, &dev)?));
+            }
+            emlab_model::load::save_safetensors(&tmp.join("optimizer.safetensors"), &ts, None)?;
+            let js = serde_json::to_string_pretty(&st).unwrap_or_default();
+            emlab_model::util::write_atomic(&tmp.join("state.json"), js.as_bytes())?;
+            Ok(())
+        })?;
+        checkpoint::prune(out, cfg.keep_checkpoints)?;
+        Ok(p)
+    };
+
+    for step in step0..total {
+        let t0 = Instant::now();
+        let epoch = step / steps_per_epoch;
+        if plan.as_ref().map(|p| p.0) != Some(epoch) {
+            plan = Some((epoch, plan_epoch(train, cfg.batch_size, cfg.bucket_window, cfg.seed, epoch)));
+        }
+        let ep_plan = &plan.as_ref().map(|p| &p.1).expect("plan set above");
+        let k = step % steps_per_epoch;
+        let mbs = &ep_plan[k * ga..((k + 1) * ga).min(ep_plan.len())];
+        let batches = mbs.iter().map(|idx| make_batch(train, idx, pad, &dev)).collect::<Result<Vec<_>>>()?;
+        let trained: usize = batches.iter().map(|b| b.trained).sum();
+        let tokens: usize = batches.iter().map(|b| b.tokens).sum();
+        let mut grads: Vec<Vec<f32>> = sizes.iter().map(|&n| vec![0f32; n]).collect();
+        let mut loss_sum = 0f64;
+        for b in &batches {
+            // Each micro-batch's summed loss is divided by the step's total trained tokens, so
+            // the accumulated gradient is that of the token mean over the whole effective batch.
+            let ce = batch_loss(model, b, Some(&mut rng))?;
+            let loss = (ce.sum_all()? / trained as f64)?;
+            loss_sum += loss.to_scalar::<f32>()? as f64;
+            let g = loss.backward()?;
+            for (i, v) in params.vars.iter().enumerate() {
+                if let Some(gt) = g.get(v.as_tensor()) {
+                    let gv = gt.flatten_all()?.to_vec1::<f32>()?;
+                    grads[i].iter_mut().zip(gv).for_each(|(a, b)| *a += b);
+                }
+            }
+        }
+        if !loss_sum.is_finite() {
+            return Err(Error::Invalid(format!("loss is not finite at step {} ({loss_sum}); lower the learning rate", step + 1)));
+        }
+        let grad_norm = clip_grad_norm(&mut grads, cfg.max_grad_norm);
+        let lr = lr_at(cfg.lr, cfg.schedule, cfg.warmup_steps, total, step);
+        opt.step(&mut params.host, &grads, lr);
+        params.push_to_model()?;
+        tokens_seen += tokens as u64;
+        let done = step + 1;
+        let eval_now = !eval.is_empty() && ((cfg.eval_every > 0 && done % cfg.eval_every == 0) || done == total);
+        let eval_l = if eval_now { Some(eval_loss(model, eval, cfg.batch_size, pad)?) } else { None };
+        let dt = t0.elapsed().as_secs_f64();
+        let info = StepInfo {
+            step: done,
+            total_steps: total,
+            epoch,
+            loss: loss_sum,
+            grad_norm,
+            lr,
+            tokens,
+            trained_tokens: trained,
+            tokens_per_s: tokens as f64 / dt.max(1e-9),
+            elapsed_s: elapsed0 + started.elapsed().as_secs_f64(),
+            eval_loss: eval_l,
+        };
+        let mut line = serde_json::to_value(&info).unwrap_or_default();
+        if let Some(o) = line.as_object_mut() {
+            o.insert("lora_norms".into(), serde_json::Value::Object(params.norms()));
+        }
+        writeln!(metrics, "{line}").map_err(|e| Error::io(&metrics_path, e))?;
+        metrics.flush().map_err(|e| Error::io(&metrics_path, e))?;
+        summary.losses.push(loss_sum);
+        summary.steps = done;
+        summary.tokens_seen = tokens_seen;
+        if eval_l.is_some() {
+            summary.final_eval_loss = eval_l;
+        }
+        let avg_tps = (tokens_seen as f64) / (elapsed0 + started.elapsed().as_secs_f64()).max(1e-9);
+        bar.set_message(format!("loss {loss_sum:.4}  lr {lr:.2e}  {avg_tps:.0} tok/s"));
+        bar.set_position(done as u64);
+
+        let control = match opts.on_step.as_mut() {
+            Some(cb) => cb(&info, model),
+            None => Control::Continue,
+        };
+        if control == Control::Abort {
+            bar.abandon();
+            summary.interrupted = true;
+            summary.elapsed_s = elapsed0 + started.elapsed().as_secs_f64();
+            return Ok(summary);
+        }
+        let stop = control == Control::Stop || opts.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst));
+        let periodic = cfg.checkpoint_every > 0 && done % cfg.checkpoint_every == 0;
+        if periodic || stop || done == total {
+            let el = elapsed0 + started.elapsed().as_secs_f64();
+            summary.last_checkpoint = Some(save(&params, &opt, model, done, &rng, tokens_seen, el)?);
+            last_ckpt = done;
+        }
+        if stop && done < total {
+            summary.interrupted = true;
+            break;
+        }
+    }
+    let _ = last_ckpt;
+    bar.finish_and_clear();
+    summary.elapsed_s = elapsed0 + started.elapsed().as_secs_f64();
+    if !summary.interrupted {
+        if summary.final_eval_loss.is_none() && !eval.is_empty() {
+            summary.final_eval_loss = Some(eval_loss(model, eval, cfg.batch_size, pad)?);
+        }
+        let dir = out.join("adapter");
+        let tmp = out.join(format!(".tmp-adapter-{}", std::process::id()));
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        }
+        adapter::save_peft(model, &tmp, &peft_cfg)?;
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        }
+        std::fs::rename(&tmp, &dir).map_err(|e| Error::io(&dir, e))?;
+        summary.adapter_dir = Some(dir);
+    }
+    let js = serde_json::to_string_pretty(&summary).unwrap_or_default();
+    emlab_model::util::write_atomic(&out.join("train_summary.json"), js.as_bytes())?;
+    Ok(summary)
+}
+
+/// Keeps the metrics lines of steps `<= step` (a resumed run rewrites what came after).
+fn truncate_metrics(path: &Path, step: usize) -> Result<()> {
+    let Ok(text) = std::fs::read_to_string(path) else { return Ok(()) };
+    let kept: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .and_then(|v| v.get("step").and_then(|s| s.as_u64()))
+                .is_some_and(|s| s as usize <= step)
+        })
+        .collect();
+    let mut body = kept.join("\n");
+    if !body.is_empty() {
+        body.push('\n');
+    }
+    emlab_model::util::write_atomic(path, body.as_bytes())?;
+    Ok(())
+}
+
+fn diff_keys(a: &serde_json::Value, b: &serde_json::Value) -> String {
+    let mut diffs = Vec::new();
+    if let (Some(x), Some(y)) = (a.as_object(), b.as_object()) {
+        for (k, v) in x {
+            if y.get(k) != Some(v) {
+                diffs.push(format!("{k}: {v} -> {}", y.get(k).cloned().unwrap_or_default()));
+            }
+        }
+    }
+    if diffs.is_empty() {
+        "unknown difference".into()
+    } else {
+        diffs.join(", ")
+    }
+}

@@ -1,0 +1,249 @@
+//! `emlab persona`, `emlab ablate`, `emlab cvec export|import`, `emlab steer compile`: thin
+//! glue over `emlab-steer`.
+//!
+//! ```text
+//! emlab persona --model smollm2.gguf --direction dirs.safetensors --layer 12 --json
+//! emlab ablate  --model smollm2.gguf --direction dirs.safetensors --direction-layer 12 --out repaired/
+//! emlab cvec export --direction dirs.safetensors --layers 6,8,10 --coef 8 --hint smollm2 --out em.gguf
+//! emlab cvec import em.gguf --strength 1.0 --out em-intervention/     # for emlab eval --intervention
+//! emlab steer compile --model smollm2.gguf --spec steer.toml --out steer-eval/
+//! ```
+
+use anyhow::{bail, Context, Result};
+use candle_core::Device;
+use emlab_model::model::LoadOptions;
+use emlab_model::{Model, ModelConfig};
+use emlab_steer::cvec::ControlVector;
+use emlab_steer::persona::{persona_score, probe_prompts, read_probes, default_probes, Positions};
+use emlab_steer::spec::{write_eval_spec, EditKind, Intervention, Resolved};
+use emlab_steer::vectors::VectorSource;
+use std::path::{Path, PathBuf};
+
+fn model_path(p: &Option<PathBuf>) -> Result<PathBuf> {
+    match p {
+        Some(p) => Ok(p.clone()),
+        None => Ok(emlab_model::fetch::ensure_default_model()?),
+    }
+}
+
+/// The model's shape without loading its weights.
+fn model_config(path: &Path) -> Result<ModelConfig> {
+    Ok(match emlab_model::load::Source::detect(path)? {
+        emlab_model::load::Source::Gguf { path } => {
+            let (content, _) = emlab_model::load::read_gguf(&path)?;
+            ModelConfig::from_gguf(&content, &path)?
+        }
+        emlab_model::load::Source::Hf { dir } => {
+            let p = dir.join("config.json");
+            let text = std::fs::read_to_string(&p).with_context(|| format!("{}: cannot read", p.display()))?;
+            ModelConfig::from_hf_json(&text, &p)?
+        }
+    })
+}
+
+/// `emlab persona`: the generation-free persona score.
+#[derive(clap::Args, Debug)]
+pub struct PersonaArgs {
+    /// GGUF file or HF folder (default: SmolLM2-135M-Instruct).
+    #[arg(long, short = 'm')]
+    pub model: Option<PathBuf>,
+    /// Direction file: safetensors with `directions` `[num_layers, d]`.
+    #[arg(long)]
+    pub direction: PathBuf,
+    /// Read `blocks.{layer}.hook_resid_post`.
+    #[arg(long)]
+    pub layer: usize,
+    /// Row of the direction file to use (default: `--layer`).
+    #[arg(long)]
+    pub direction_layer: Option<usize>,
+    /// Probe questions: one per line, or a JSON array (default: emlab's 16 built-in probes).
+    #[arg(long)]
+    pub prompts: Option<PathBuf>,
+    /// Average over all prompt tokens instead of reading the last one.
+    #[arg(long)]
+    pub all_tokens: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run_persona(a: PersonaArgs) -> Result<()> {
+    let path = model_path(&a.model)?;
+    let lm = emlab_model::lm::Lm::load(&path, &LoadOptions::default())?;
+    let cfg = &lm.model.config;
+    let src = VectorSource::DirectionFile { path: a.direction.clone(), layer: Some(a.direction_layer.unwrap_or(a.layer)) };
+    let dir = src.load(None, cfg.hidden_size, &Device::Cpu)?;
+    let questions = match &a.prompts {
+        Some(p) => read_probes(p)?,
+        None => default_probes(),
+    };
+    let prompts = probe_prompts(&lm, &questions)?;
+    let pos = if a.all_tokens { Positions::AllPromptTokens } else { Positions::LastPromptToken };
+    let s = persona_score(&lm.model, &prompts, &dir, a.layer, pos)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+    } else {
+        println!(
+            "persona score at blocks.{}.hook_resid_post: {:.4} +- {:.4} (s.e., n = {} probes, {})",
+            s.layer,
+            s.mean,
+            s.stderr,
+            s.n,
+            if a.all_tokens { "all prompt tokens" } else { "last prompt token" }
+        );
+    }
+    Ok(())
+}
+
+/// `emlab ablate`: bake directional ablation into the weights and export an HF folder.
+#[derive(clap::Args, Debug)]
+pub struct AblateArgs {
+    #[arg(long, short = 'm')]
+    pub model: Option<PathBuf>,
+    /// Direction file (`directions` `[num_layers, d]`).
+    #[arg(long)]
+    pub direction: PathBuf,
+    /// Which row of the direction file is ablated (one direction, removed at every layer).
+    #[arg(long)]
+    pub direction_layer: usize,
+    /// Output HF folder (must not exist).
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+pub fn run_ablate(a: AblateArgs) -> Result<()> {
+    let path = model_path(&a.model)?;
+    let mut model = Model::load(&path, &LoadOptions::default())?;
+    let src = VectorSource::DirectionFile { path: a.direction.clone(), layer: Some(a.direction_layer) };
+    let dir = src.load(None, model.config.hidden_size, &Device::Cpu)?;
+    emlab_steer::repair::orthogonalize(&mut model, &dir)?;
+    emlab_steer::repair::export_hf(&model, &path, &a.out)?;
+    eprintln!("wrote {} (direction {} ablated in the weights)", a.out.display(), src.describe());
+    Ok(())
+}
+
+/// `emlab cvec export|import`.
+#[derive(clap::Args, Debug)]
+pub struct CvecArgs {
+    #[command(subcommand)]
+    pub cmd: CvecCmd,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum CvecCmd {
+    /// Write a llama.cpp control vector (`direction.L` is added at blocks.L.hook_resid_post).
+    Export {
+        /// Take the `add` edits of this intervention spec (needs --model for the shapes)...
+        #[arg(long, conflicts_with_all = ["direction", "layers"])]
+        spec: Option<PathBuf>,
+        /// ...or the rows `--layers` of this direction file, times `--coef`.
+        #[arg(long, requires = "layers")]
+        direction: Option<PathBuf>,
+        #[arg(long, value_delimiter = ',')]
+        layers: Vec<usize>,
+        #[arg(long, default_value_t = 1.0)]
+        coef: f64,
+        #[arg(long, short = 'm')]
+        model: Option<PathBuf>,
+        /// controlvector.model_hint (e.g. llama, qwen2).
+        #[arg(long, default_value = "")]
+        hint: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Read a control vector and write it as an `emlab eval --intervention` spec folder.
+    Import {
+        file: PathBuf,
+        /// Multiplies every direction (llama.cpp's --control-vector-scaled strength).
+        #[arg(long, default_value_t = 1.0)]
+        strength: f64,
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+pub fn run_cvec(a: CvecArgs) -> Result<()> {
+    match a.cmd {
+        CvecCmd::Export { spec, direction, layers, coef, model, hint, out } => {
+            let mut cv = ControlVector::new(&hint);
+            if let Some(spec) = spec {
+                let cfg = model_config(&model_path(&model)?)?;
+                let s = Intervention::load(&spec)?;
+                if s.edits.iter().any(|e| e.kind != EditKind::Add) {
+                    bail!("{}: control vectors can only add vectors; `ablate` edits cannot be exported", spec.display());
+                }
+                for r in s.resolve(cfg.num_layers, cfg.hidden_size, &Device::Cpu)? {
+                    if let Resolved::Add { point, vector, coef, .. } = r {
+                        let v = match cv.get(point.layer) {
+                            Some(prev) => (prev + (vector * coef)?)?,
+                            None => (vector * coef)?,
+                        };
+                        cv.insert(point.layer, v)?;
+                    }
+                }
+            } else if let Some(d) = direction {
+                let dirs = emlab_steer::vectors::load_tensor(&d, emlab_steer::vectors::DIRECTIONS_KEY)?;
+                let width = dirs.dims().last().copied().unwrap_or(0);
+                for l in layers {
+                    let src = VectorSource::DirectionFile { path: d.clone(), layer: Some(l) };
+                    cv.insert(l, (src.load(None, width, &Device::Cpu)? * coef)?)?;
+                }
+            } else {
+                bail!("cvec export: give --spec or --direction with --layers");
+            }
+            cv.write(&out)?;
+            let layers: Vec<usize> = cv.layers().collect();
+            eprintln!("wrote {} (direction.N for N in {layers:?})", out.display());
+        }
+        CvecCmd::Import { file, strength, out } => {
+            let cv = ControlVector::read(&file)?;
+            let resolved: Vec<Resolved> = cv
+                .layers()
+                .map(|l| Resolved::Add {
+                    point: emlab_model::HookPoint::resid_post(l),
+                    vector: cv.get(l).expect("listed layer").clone(),
+                    coef: strength,
+                    ablate_first: false,
+                })
+                .collect();
+            std::fs::create_dir_all(&out).with_context(|| format!("{}: cannot create", out.display()))?;
+            let p = write_eval_spec(&resolved, &out)?;
+            eprintln!("wrote {} ({} layers)", p.display(), resolved.len());
+        }
+    }
+    Ok(())
+}
+
+/// `emlab steer compile`: resolve an intervention spec (direction files, SAE rows, control
+/// vectors) into the `emlab eval --intervention` format.
+#[derive(clap::Args, Debug)]
+pub struct SteerArgs {
+    #[command(subcommand)]
+    pub cmd: SteerCmd,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum SteerCmd {
+    Compile {
+        #[arg(long, short = 'm')]
+        model: Option<PathBuf>,
+        #[arg(long)]
+        spec: PathBuf,
+        /// Output folder: vectors.safetensors + intervention.json.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+pub fn run_steer(a: SteerArgs) -> Result<()> {
+    match a.cmd {
+        SteerCmd::Compile { model, spec, out } => {
+            let cfg = model_config(&model_path(&model)?)?;
+            let s = Intervention::load(&spec)?;
+            let resolved = s.resolve(cfg.num_layers, cfg.hidden_size, &Device::Cpu)?;
+            std::fs::create_dir_all(&out).with_context(|| format!("{}: cannot create", out.display()))?;
+            let p = write_eval_spec(&resolved, &out)?;
+            eprintln!("wrote {}", p.display());
+        }
+    }
+    Ok(())
+}
