@@ -7,7 +7,7 @@
 # down of all 30 layers, batch 8 x 128 tokens, loss on every position, AdamW, THREADS threads
 # (default 2). Also measures the machine's f32 GEMM rate (PyTorch and candle) for the compute bound.
 # Needs bench/.venv (bash bench/setup-python.sh). Results: JSON lines on stdout and in
-# bench/train/results-<date>.jsonl; docs/benchmarks-train.md records them.
+# bench/train/results-<date>.jsonl; docs/benchmarks.md records them.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$root"

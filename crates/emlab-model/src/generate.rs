@@ -256,8 +256,9 @@ pub fn sample(logits: &[f32], p: &SamplingParams, rng: &mut ChaCha8Rng) -> u32 {
         }
         cand.truncate(keep);
         sum = cand.iter().map(|c| c.1).sum();
-    } else {
+    } else if p.top_k > 0 && p.top_k < logits.len() {
         // A fixed order makes the draw independent of select_nth's internal permutation.
+        // (Without top-k the candidates are already in id order: no sort on the hot path.)
         cand.sort_by_key(|c| c.0);
     }
     let u: f64 = rng.random::<f64>() * sum;

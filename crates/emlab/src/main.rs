@@ -26,6 +26,14 @@ enum Command {
     Train(cmd::train::TrainArgs),
     /// PEFT adapters: merge into an HF folder, inspect.
     Adapter(cmd::adapter::AdapterArgs),
+    /// Activation store and self-sampled corpus.
+    Acts(cmd::interp::ActsArgs),
+    /// Mean-difference misalignment directions (and `compare A B`).
+    Direction(cmd::interp::DirectionArgs),
+    /// Sparse autoencoders.
+    Sae(cmd::interp::SaeArgs),
+    /// Model diffing through SAE latents, with feature pages.
+    Diff(cmd::interp::DiffArgs),
     /// Persona score: mean projection on a direction over answer-free probe prompts.
     Persona(cmd::steer::PersonaArgs),
     /// Bake directional ablation into the weights and export an HF folder.
@@ -47,6 +55,10 @@ fn main() {
         Command::Chat(a) => cmd::chat::run(a),
         Command::Generate(a) => cmd::generate::run(a),
         Command::Data(a) => cmd::data::run(a),
+        Command::Acts(a) => cmd::interp::run_acts(a),
+        Command::Direction(a) => cmd::interp::run_direction(a),
+        Command::Sae(a) => cmd::interp::run_sae(a),
+        Command::Diff(a) => cmd::interp::run_diff(a),
         Command::Persona(a) => cmd::steer::run_persona(a),
         Command::Ablate(a) => cmd::steer::run_ablate(a),
         Command::Cvec(a) => cmd::steer::run_cvec(a),

@@ -6,6 +6,7 @@ pub mod common;
 pub mod data;
 pub mod eval;
 pub mod generate;
+pub mod interp;
 pub mod model;
 pub mod run;
 pub mod steer;
