@@ -44,7 +44,7 @@ enum Command {
     Steer(cmd::steer::SteerArgs),
     /// Dataset tools.
     Data(cmd::data::DataArgs),
-    /// The main job (currently: fetch the default model and run a chat/generation demo).
+    /// The main job: baseline eval, induce, eval, realign, eval, HTML report (cached stages).
     Run(cmd::run::RunArgs),
 }
 
