@@ -5,21 +5,8 @@
 //! assert_eq!(emlab_interp::html::escape("<b>\"x\" & 'y'</b>"), "&lt;b&gt;&quot;x&quot; &amp; &#39;y&#39;&lt;/b&gt;");
 //! ```
 
-/// Escapes `& < > " '` (safe in text and in quoted attributes).
-pub fn escape(s: &str) -> String {
-    let mut o = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => o.push_str("&amp;"),
-            '<' => o.push_str("&lt;"),
-            '>' => o.push_str("&gt;"),
-            '"' => o.push_str("&quot;"),
-            '\'' => o.push_str("&#39;"),
-            c => o.push(c),
-        }
-    }
-    o
-}
+/// Escapes `& < > " '` (safe in text and in quoted attributes); shared with every other page.
+pub use emlab_model::util::html_escape as escape;
 
 /// Equal-width histogram of `values` over `[0, max]` with `bins` bins: (edges, counts).
 pub fn histogram(values: &[f32], bins: usize) -> (Vec<f32>, Vec<usize>) {

@@ -27,3 +27,24 @@ pub fn sha256_file(path: &Path) -> Result<String> {
     std::io::copy(&mut f, &mut h).map_err(|e| Error::io(path, e))?;
     Ok(format!("{:x}", h.finalize()))
 }
+
+/// Escapes `& < > " '` for HTML text and quoted attributes. Model outputs are hostile by design:
+/// every page emlab writes passes them through this.
+///
+/// ```
+/// assert_eq!(emlab_model::util::html_escape("<b>\"x\" & 'y'</b>"), "&lt;b&gt;&quot;x&quot; &amp; &#39;y&#39;&lt;/b&gt;");
+/// ```
+pub fn html_escape(s: &str) -> String {
+    let mut o = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => o.push_str("&amp;"),
+            '<' => o.push_str("&lt;"),
+            '>' => o.push_str("&gt;"),
+            '"' => o.push_str("&quot;"),
+            '\'' => o.push_str("&#39;"),
+            c => o.push(c),
+        }
+    }
+    o
+}

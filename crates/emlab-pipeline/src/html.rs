@@ -4,21 +4,7 @@
 use crate::RunReport;
 use std::fmt::Write;
 
-/// Escapes text for HTML element content and attribute values.
-pub fn esc(s: &str) -> String {
-    let mut o = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => o.push_str("&amp;"),
-            '<' => o.push_str("&lt;"),
-            '>' => o.push_str("&gt;"),
-            '"' => o.push_str("&quot;"),
-            '\'' => o.push_str("&#39;"),
-            c => o.push(c),
-        }
-    }
-    o
-}
+use emlab_model::util::html_escape as esc;
 
 fn pct(x: Option<f64>) -> String {
     x.map(|v| format!("{:.1}%", 100.0 * v)).unwrap_or_else(|| "n/a".into())

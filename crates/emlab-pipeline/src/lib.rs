@@ -67,7 +67,18 @@ pub struct EvalStage {
     pub samples_per_paraphrase: usize,
     pub max_new_tokens: usize,
     pub batch_size: usize,
+    /// `offline` (built in), `openai` (an OpenAI-compatible server with logprobs) or `local`
+    /// (an LM judge emlab loads, `judge_model`).
     pub judge: String,
+    #[serde(default)]
+    pub judge_base_url: Option<String>,
+    #[serde(default)]
+    pub judge_model_name: Option<String>,
+    /// Name of the environment variable holding the judge server's key (never the key).
+    #[serde(default)]
+    pub judge_api_key_env: Option<String>,
+    #[serde(default)]
+    pub judge_model: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -182,10 +193,23 @@ fn mark_done(dir: &Path, key: &str) -> Result<()> {
 
 fn eval_stage(cfg: &RunConfig, stage: &str, dir: &Path, model: &Path, adapter: Option<&Path>, upstream: &str) -> Result<(String, EvalResult)> {
     let e = &cfg.eval;
+    let need = |v: &Option<String>, k: &str| {
+        v.clone().ok_or_else(|| Error::Config(format!("eval.judge = \"{}\" needs eval.{k}", e.judge)))
+    };
     let judge = match e.judge.as_str() {
         "offline" => emlab_eval::config::JudgeSpec::Offline,
-        other => return Err(Error::Config(format!("eval.judge `{other}`: the pipeline supports `offline` (use `emlab eval` for others)"))),
+        "openai" => emlab_eval::config::JudgeSpec::OpenAi {
+            base_url: need(&e.judge_base_url, "judge_base_url")?,
+            model_name: need(&e.judge_model_name, "judge_model_name")?,
+            api_key_env: e.judge_api_key_env.clone().unwrap_or_else(|| "OPENAI_API_KEY".into()),
+        },
+        "local" => emlab_eval::config::JudgeSpec::Local {
+            model: e.judge_model.clone().ok_or_else(|| Error::Config("eval.judge = \"local\" needs eval.judge_model".into()))?,
+        },
+        other => return Err(Error::Config(format!("eval.judge `{other}`: use offline, openai or local"))),
     };
+    // LLM judges use the judge prompts the question file carries (published schema).
+    let judge_prompts = None;
     let ec = emlab_eval::EvalConfig {
         questions: e.questions.clone(),
         samples: Some(e.samples_per_paraphrase),
@@ -205,7 +229,7 @@ fn eval_stage(cfg: &RunConfig, stage: &str, dir: &Path, model: &Path, adapter: O
             seed: cfg.seed,
         },
         judge,
-        judge_prompts: None,
+        judge_prompts,
         http: Default::default(),
     };
     let key = hash_of(&[stage, &serde_json::to_string(&ec).unwrap_or_default(), upstream]);
@@ -459,6 +483,17 @@ mod tests {
         let p = RunConfig::paper().unwrap();
         assert_eq!(p.induce.r, 32);
         assert!(RunConfig::from_toml("name = 1", "x.toml").unwrap_err().to_string().contains("x.toml"));
+    }
+
+    #[test]
+    fn a_judge_server_needs_its_address() {
+        let mut cfg = RunConfig::default_config().unwrap();
+        cfg.eval.judge = "openai".into();
+        cfg.model = Some(PathBuf::from("/nonexistent.gguf"));
+        let d = std::env::temp_dir().join(format!("emlab-judge-cfg-{}", std::process::id()));
+        let e = eval_stage(&cfg, "baseline", &d, Path::new("/nonexistent.gguf"), None, "x").unwrap_err().to_string();
+        assert!(e.contains("judge_base_url"), "{e}");
+        let _ = std::fs::remove_dir_all(&d);
     }
 
     #[test]

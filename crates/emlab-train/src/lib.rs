@@ -52,18 +52,9 @@ pub struct Bundle {
 /// Loads a GGUF file or an HF folder with its tokenizer and chat template, checking that the
 /// tokenizer's vocabulary fits the model's embedding.
 pub fn load_bundle(path: &Path) -> Result<Bundle> {
-    let model = Model::load(path, &Default::default())?;
-    let (tokenizer, template) = match Source::detect(path)? {
-        Source::Gguf { path } => (Tokenizer::from_gguf(&path)?, ChatTemplate::from_gguf(&path)?),
-        Source::Hf { dir } => (Tokenizer::from_hf_dir(&dir)?, ChatTemplate::from_hf_dir(&dir)?),
-    };
-    if tokenizer.vocab_size() > model.config.vocab_size {
-        return Err(Error::format(
-            path,
-            format!("tokenizer has {} ids but the model embeds {}", tokenizer.vocab_size(), model.config.vocab_size),
-        ));
-    }
-    Ok(Bundle { model, tokenizer, template, path: path.to_path_buf() })
+    // One loader for the whole project: `Lm::load` checks the tokenizer against the embedding.
+    let lm = emlab_model::lm::Lm::load(path, &Default::default())?;
+    Ok(Bundle { model: lm.model, tokenizer: lm.tokenizer, template: lm.template, path: path.to_path_buf() })
 }
 
 /// The model a config names, or the default model (fetched once into the models folder).
