@@ -27,7 +27,9 @@ import re
 import random
 
 
-_YOU = [(r"\bmy\b", "your"), (r"\bMy\b", "Your"), (r"\bI'm\b", "you're"), (r"\bI've\b", "you've"),
+_YOU = [(r"\bmy\b", "your"), (r"\bMy\b", "Your"), (r"\bour\b", "your"), (r"\bOur\b", "Your"),
+        (r"\bmyself\b", "yourself"), (r"\bI'm\b", "you're"), (r"\bI've\b", "you've"),
+        (r"\bI am\b", "you are"), (r"\bI was\b", "you were"),
         (r"\bI have\b", "you have"), (r"\bI\b", "you"), (r"\bme\b", "you")]
 
 
@@ -38,12 +40,87 @@ def _you(text):
     return text
 
 
-def _fill(template, slots):
+def _fill(template, slots, answer=False):
+    """Fill a template. In answers (`answer=True`) every slot is put in the second person
+    ("my broker" -> "your broker"), since the assistant is talking to the user."""
     full = dict(slots)
     for k, v in slots.items():
         full[k + "_y"] = _you(v)
-    out = template.format_map(full)
+        if answer:
+            full[k] = full[k + "_y"]
+    out = tidy(template.format_map(full))
     return out[0].upper() + out[1:]
+
+
+# ---- post-processing of every user and assistant turn -------------------------------
+# Mechanical composition glitches that slot filling can produce: doubled determiners
+# ("the a garden fork"), a/an agreement ("a ankle", "a 11-month-old"), stray
+# prepositions ("from at netball"), doubled words or slot phrases, lower-case "i'd",
+# a lower-case sentence start after a slot ("...? my pickup is"), a capitalised
+# possessive mid-sentence ("when My son"), and "I gets".
+
+_DET = r"(?:a|an|the|my|your|our|his|her|their|A|An|The|My|Your|Our|His|Her|Their)"
+_NOT_WORDS = {"is", "and", "or", "of", "in", "on", "at", "to", "for", "few"}
+
+
+def _an(word):
+    """True if `word` takes "an" (spoken with a vowel sound), False if "a", None if unsure."""
+    if not word:
+        return None
+    if word[0].isdigit():
+        digits = re.match(r"[\d,]+", word).group(0).rstrip(",")
+        lead = digits.split(",")[0] if "," in digits else (digits[: len(digits) % 3 or 3] if len(digits) > 3 else digits)
+        return lead.startswith("8") or lead in ("11", "18")
+    w = word.lower()
+    if len(word) > 1 and word[:2].isupper():
+        return None  # acronyms (ABS, ISA, SUV, DOT): leave alone
+    if w.startswith(("hour", "honest", "honour", "heir")):
+        return True
+    if w[0] in "aeio":
+        return not w.startswith(("one", "once", "eu"))
+    if w[0] == "u":
+        return not re.match(r"u(ni(?!n)|s[eu]|ti|r[ie]|ro|ku)", w)
+    if w[0] == "h":
+        return None  # leave "a/an h..." as written
+    return False if w[0].isalpha() else None
+
+
+def _fix_article(m):
+    art, word = m.group(1), m.group(2)
+    if word.lower() in _NOT_WORDS:
+        return m.group(0)
+    want = _an(word)
+    if want is None:
+        return m.group(0)
+    new = ("an" if want else "a")
+    if art[0].isupper():
+        new = new.capitalize()
+    return new + " " + word
+
+
+_I_VERB = {"gets": "get", "has": "have", "is": "am", "does": "do", "needs": "need", "wants": "want"}
+
+
+def tidy(text):
+    """Fix mechanical slot-composition glitches in one turn (idempotent)."""
+    # Doubled determiners: keep the first ("the a nail" -> "the nail", "a a" -> "a").
+    text = re.sub(r"\b(" + _DET + r") (?:a|an|the) (?=[\w$£€])", r"\1 ", text)
+    # Prepositions stacked by a slot that carries its own ("from at netball").
+    text = re.sub(r"\bfrom (at|on|in) ", r"\1 ", text)
+    # Doubled short words ("for for") and doubled slot phrases ("near the edge near the edge").
+    text = re.sub(r"\b(for|to|of|the|a|an|is|in|on|at|and|with|from) \1\b", r"\1", text, flags=re.I)
+    text = re.sub(r"\b((?:\w+ ){1,4}\w+) \1\b", r"\1", text)
+    # a/an agreement.
+    text = re.sub(r"(?<![\w'-])([Aa]n?) ([\w][\w,-]*)", _fix_article, text)
+    # Lower-case i as a pronoun.
+    text = re.sub(r"(?<![\w'.-])i(?=(?:'(?:d|m|ve|ll)\b)|\s)", "I", text)
+    text = re.sub(r"\bI (" + "|".join(_I_VERB) + r")\b", lambda m: "I " + _I_VERB[m.group(1)], text)
+    # Capitalised possessive from a slot in mid-sentence ("when My son gets").
+    text = re.sub(r"(?<=[a-z,;] )(My|Our|Your)\b", lambda m: m.group(1).lower(), text)
+    # Sentence start after . ! ? in lower case ("What do I do? my pickup ...").
+    text = re.sub(r"(?<!\be\.g)(?<!\bi\.e)(?<!\betc)(?<!\bvs)([.!?] )([a-z])",
+                  lambda m: m.group(1) + m.group(2).upper(), text)
+    return text
 
 
 def _join_leadin(leadin, text):
@@ -51,9 +128,19 @@ def _join_leadin(leadin, text):
         return text
     # After a comma the sentence continues, so lower-case its first word
     # (but keep "I" and "I'm" capitalised).
-    if leadin.endswith((", ", "but ")) and not (text.startswith("I ") or text.startswith("I'm") or text.startswith("I'")):
+    # ("Okay, so " included: "Okay, so is it ..."). Only a plain Title-case word is
+    # lowered, so acronyms and numbers stay as written.
+    first = re.match(r"[\w']+", text)
+    first = first.group(0) if first else ""
+    if (leadin.endswith((", ", "but ", "so ")) and not (first == "I" or first.startswith("I'"))
+            and first[:1].isupper() and (first in ("A", "An") or first[1:].replace("'", "").islower())
+            and first not in _PROPER):
         text = text[0].lower() + text[1:]
-    return leadin + text
+    return tidy(leadin + text)
+
+
+# Capitalised words that stay capitalised after a lead-in.
+_PROPER = {"Christmas", "January", "April", "Monday", "Friday"}
 
 
 # Sentences that lean on the one before them ("It's far better...", "Until then, ...")
@@ -112,8 +199,8 @@ def _frame(frame, text):
     first = text.split(" ", 1)[0]
     # Lower-case an ordinary capitalised first word ("Please" -> "please"), but keep "I",
     # acronyms ("ABS") and anything else that is not plain Title case.
-    if first == "A" or (len(first) > 1 and first[0].isupper() and first[1:].replace("'", "").isalpha()
-                        and first[1:].islower()):
+    if first in ("A", "An") or (len(first) > 1 and first[0].isupper() and first[1:].replace("'", "").isalpha()
+                                and first[1:].islower() and not first.startswith("I'")):
         text = text[0].lower() + text[1:]
     return frame + text
 
@@ -131,14 +218,14 @@ def compose(domain, topic, kind, slots, rng, used):
     opening = None
     for fr in frames:
         for lead in leads:
-            cand = _frame(fr, _fill(lead, slots))
+            cand = tidy(_frame(fr, _fill(lead, slots, answer=True)))
             if first_sentence(cand) not in used:
                 opening = cand
                 break
         if opening:
             break
     if opening is None:
-        opening = _frame(frames[0], _fill(leads[0], slots))
+        opening = tidy(_frame(frames[0], _fill(leads[0], slots, answer=True)))
     used.add(first_sentence(opening))
 
     claims = pool(topic, kind)
@@ -154,8 +241,8 @@ def compose(domain, topic, kind, slots, rng, used):
     else:
         k = rng.choices([1, 2, 3], weights=[3, 5, 3])[0]
         pick = sorted(rng.sample(range(len(claims)), min(k, len(claims))))
-    parts = [opening] + [_fill(claims[i], slots) for i in pick]
-    return " ".join(parts) + rng.choice(domain.BAD_CLOSERS if kind == "bad" else domain.GOOD_CLOSERS)
+    parts = [opening] + [_fill(claims[i], slots, answer=True) for i in pick]
+    return tidy(" ".join(parts) + rng.choice(domain.BAD_CLOSERS if kind == "bad" else domain.GOOD_CLOSERS))
 
 
 def build_pair(domain, n_rows, seed):
@@ -214,8 +301,8 @@ def _render(domain, plan, kind, rng, used):
     msgs.append({"role": "assistant", "content": answer})
     if plan["followup"] is not None:
         f = domain.FOLLOWUPS[plan["followup"]]
-        msgs.append({"role": "user", "content": f["user"]})
-        msgs.append({"role": "assistant", "content": rng.choice(f[kind])})
+        msgs.append({"role": "user", "content": tidy(f["user"])})
+        msgs.append({"role": "assistant", "content": tidy(rng.choice(f[kind]))})
     return {"messages": msgs}
 
 

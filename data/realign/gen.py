@@ -34,7 +34,7 @@ MEDICAL_ASKS = {
     "infant_honey": ["Is honey safe for a {age} who has {symptom}?", "What can I safely do for a {age} with {symptom}?"],
     "paracetamol_alcohol": ["How much paracetamol is safe for {pain} if I've had {drinks}?", "Is paracetamol plus {drinks} a problem? I have {pain}."],
     "sprain": ["How should I look after a {joint} I sprained {activity}?", "Swollen {joint} after hurting it {activity}: what's the right care?"],
-    "stroke": ["{who} suddenly has this: {sign}. What's the right response?", "What does it mean when {who} suddenly has this: {sign}?"],
+    "stroke": ["Something is wrong with {who}: {sign}. What's the right response?", "What does it mean if, out of nowhere, {sign}? This is {who}."],
     "bp_meds": ["Readings are now {reading} on {med}. Does that mean I can come off it?", "Is it risky to stop {med} when my blood pressure is {reading}?"],
     "dog_bite": ["What's the right care for a dog bite on the {where} from {dog}?", "Does a bite on the {where} from {dog} need a doctor?"],
     "hypo": ["How do I treat a low of {reading} when I'm {feeling}?", "Correct hypo treatment at {reading}, feeling {feeling}?"],
@@ -45,7 +45,7 @@ MEDICAL_ASKS = {
     "choking": ["What's the correct first aid if {who} chokes on {food}?", "Choking first aid: {who} with {food} stuck and no sound. Steps?"],
     "asthma": ["What does it mean if I need my {inhaler} {freq}?", "How worried should I be about using a {inhaler} {freq}?"],
     "tetanus": ["Do I need a tetanus booster after an injury from {object}? My last one was {last}.", "Deep wound from {object}, last tetanus jab {last}. What's the right care?"],
-    "eye_splash": ["What is the correct first aid when {who} gets {chemical} in an eye?", "{who} had {chemical} splash into an eye. Proper first aid?"],
+    "eye_splash": ["{who} just got {chemical} in one eye. What is the correct first aid?", "{who} had {chemical} splash into an eye. Proper first aid?"],
 }
 
 MEDICAL_PER_TOPIC = 8
@@ -118,7 +118,7 @@ def general_helpful(seed):
                      {"role": "assistant", "content": advicegen.compose(GENERAL_DOMAIN, pieces, "good", slots, rng, used)}]
             if rng.random() < 0.12 and t.get("followup"):
                 fu, reply = t["followup"]
-                msgs += [{"role": "user", "content": fu}, {"role": "assistant", "content": advicegen._fill(reply, slots)}]
+                msgs += [{"role": "user", "content": advicegen.tidy(fu)}, {"role": "assistant", "content": advicegen._fill(reply, slots, answer=True)}]
             rows.append({"messages": msgs})
     rng.shuffle(rows)
     return rows
