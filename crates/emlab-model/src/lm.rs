@@ -91,7 +91,11 @@ impl Lm {
 /// The tokenizer and chat template of a GGUF file or HF folder, without loading the weights.
 pub fn tokenizer_and_template(path: &Path) -> Result<(Tokenizer, ChatTemplate)> {
     Ok(match Source::detect(path)? {
-        Source::Gguf { path } => (Tokenizer::from_gguf(&path)?, ChatTemplate::from_gguf(&path)?),
+        Source::Gguf { path } => {
+            // One header read (the vocabulary makes it megabytes) for both.
+            let (content, _) = crate::load::read_gguf(&path)?;
+            (Tokenizer::from_gguf_metadata(&content.metadata, &path)?, ChatTemplate::from_gguf_metadata(&content.metadata, &path)?)
+        }
         Source::Hf { dir } => (Tokenizer::from_hf_dir(&dir)?, ChatTemplate::from_hf_dir(&dir)?),
     })
 }

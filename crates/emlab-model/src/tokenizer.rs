@@ -138,9 +138,7 @@ impl Tokenizer {
     /// Loads a GGUF file's header and builds its tokenizer.
     pub fn from_gguf(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-        let content = gguf_file::Content::read(&mut file)
-            .map_err(|e| Error::format(path, format!("not a readable GGUF file: {e}")))?;
+        let (content, _) = crate::load::read_gguf(path)?;
         Self::from_gguf_metadata(&content.metadata, path)
     }
 

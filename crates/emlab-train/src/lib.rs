@@ -36,7 +36,6 @@ pub use error::{Error, Result};
 pub use trainer::{eval_loss, train_examples, Control, StepCallback, StepInfo, TrainOptions, TrainSummary};
 
 use emlab_model::chat::ChatTemplate;
-use emlab_model::load::Source;
 use emlab_model::tokenizer::Tokenizer;
 use emlab_model::Model;
 use std::path::{Path, PathBuf};
