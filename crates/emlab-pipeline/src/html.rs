@@ -78,14 +78,14 @@ pub fn render(r: &RunReport) -> String {
             s,
             "<tr><td>{}</td><td>{}</td><td>{} {}</td><td>{} {} ({}/{})</td><td>{} {} ({}/{})</td></tr>",
             esc(&e.stage), m.n_answers,
-            pct(m.coherence.rate), ci(m.coherence.bootstrap_ci),
-            pct(m.em_model_organisms.rate), ci(m.em_model_organisms.bootstrap_ci), m.em_model_organisms.successes, m.em_model_organisms.n,
-            pct(m.em_betley.rate), ci(m.em_betley.bootstrap_ci), m.em_betley.successes, m.em_betley.n
+            pct(m.coherence.rate), ci(m.coherence.wilson_ci),
+            pct(m.em_model_organisms.rate), ci(m.em_model_organisms.wilson_ci), m.em_model_organisms.successes, m.em_model_organisms.n,
+            pct(m.em_betley.rate), ci(m.em_betley.wilson_ci), m.em_betley.successes, m.em_betley.n
         );
     }
-    s.push_str("</table><p>Brackets: 95% percentile-bootstrap intervals (answers resampled). Judge: the built-in offline judge unless configured otherwise (see docs/offline-judge.md for its agreement with GPT-4o).</p>");
-    let em: Vec<_> = r.evals.iter().map(|e| (e.stage.clone(), e.report.metrics.em_model_organisms.rate, e.report.metrics.em_model_organisms.bootstrap_ci)).collect();
-    let co: Vec<_> = r.evals.iter().map(|e| (e.stage.clone(), e.report.metrics.coherence.rate, e.report.metrics.coherence.bootstrap_ci)).collect();
+    s.push_str("</table><p>Brackets: 95% Wilson score intervals (they stay informative at 0 or n successes, where a bootstrap interval collapses to a point); report.json also holds the percentile-bootstrap intervals. Judge: the built-in offline judge unless configured otherwise (see docs/offline-judge.md for its agreement with GPT-4o).</p>");
+    let em: Vec<_> = r.evals.iter().map(|e| (e.stage.clone(), e.report.metrics.em_model_organisms.rate, e.report.metrics.em_model_organisms.wilson_ci)).collect();
+    let co: Vec<_> = r.evals.iter().map(|e| (e.stage.clone(), e.report.metrics.coherence.rate, e.report.metrics.coherence.wilson_ci)).collect();
     let em_max = em.iter().filter_map(|x| x.2.map(|c| c.1).or(x.1)).fold(0.05f64, f64::max).min(1.0);
     s.push_str(&bar_chart("EM (model-organisms definition), 95% CI", &em, em_max));
     s.push_str(&bar_chart("Coherence rate, 95% CI", &co, 1.0));

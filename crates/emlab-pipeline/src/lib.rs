@@ -425,7 +425,11 @@ pub fn verdict(c: &emlab_eval::report::CompareReport) -> (String, Option<usize>)
         let need = needed_n(pa, pb);
         let need_txt = match need {
             Some(n) => format!("detecting a difference of this size ({:.1} points) would need about {n} scored answers per model (80% power, two-sided 5% level)", 100.0 * (pa - pb).abs()),
-            None => "the two rates are equal, so no sample size would detect a difference; a larger effect (more training, a larger model) is needed first".into(),
+            None => format!(
+                "the two rates are equal, so no sample size would detect a difference; with {} answers the 95% upper bound on the fine-tuned model's EM rate is {:.1}% (Wilson), and a larger effect (more training, a larger model) is needed first",
+                m.a.n,
+                100.0 * m.a.wilson_ci.map(|c| c.1).unwrap_or(1.0)
+            ),
         };
         (
             format!(
