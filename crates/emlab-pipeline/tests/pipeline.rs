@@ -56,7 +56,7 @@ alpha = 4.0
     assert_eq!(r.induce_losses.len(), 2);
     assert_eq!(r.realign_losses.len(), 2);
     let html = std::fs::read_to_string(run_dir.join("report.html")).unwrap();
-    assert!(html.contains("<svg") && html.contains(&r.verdict.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")));
+    assert!(html.contains("<svg") && html.contains(&emlab_model::util::html_escape(&r.verdict)));
     // No raw markup from answers: every '<' in the page belongs to our own tags.
     for s in &r.samples {
         for a in &s.1 {
