@@ -22,7 +22,7 @@ fn bar_chart(title: &str, rows: &[(String, Option<f64>, Option<(f64, f64)>)], ma
     let mut s = format!("<figure><figcaption>{}</figcaption><svg width=\"{w}\" height=\"{h}\" role=\"img\">", esc(title));
     for t in 0..=4 {
         let v = max * t as f64 / 4.0;
-        let _ = write!(s, "<line x1=\"{left}\" x2=\"{w}\" y1=\"{0:.1}\" y2=\"{0:.1}\" stroke=\"#ddd\"/><text x=\"2\" y=\"{1:.1}\" font-size=\"10\">{2:.0}%</text>", y(v), y(v) + 3.0, 100.0 * v);
+        let _ = write!(s, "<line x1=\"{left}\" x2=\"{w}\" y1=\"{0:.1}\" y2=\"{0:.1}\" stroke=\"#ddd\"/><text x=\"2\" y=\"{1:.1}\" font-size=\"10\">{2:.1}%</text>", y(v), y(v) + 3.0, 100.0 * v);
     }
     for (i, (label, rate, c)) in rows.iter().enumerate() {
         let x = left + i as f64 * bw + bw * 0.2;
