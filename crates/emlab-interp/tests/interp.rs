@@ -368,3 +368,24 @@ fn direction_recovers_a_planted_token_shift() {
     assert!(cos > 0.6, "cosine with the planted vector {cos}");
     assert!(ctrl.abs() < 0.5, "control cosine {ctrl}");
 }
+
+/// Bad input: an SAE whose width does not match the model's residual stream is refused with a
+/// message naming both widths, by the splice (CE loss recovered) and by diffing; a judged log
+/// without scores is refused with the counts it has and needs.
+#[test]
+fn mismatched_sae_width_and_unjudged_logs_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let lm = tiny(dir.path(), 3);
+    let d = lm.model.config.hidden_size;
+    let wrong = planted_sae(d + 8, 16, 0, &vec![1.0; d + 8]);
+    let hook = HookPoint::resid_post(0);
+    let e = ce_loss_recovered(&lm.model, &wrong, hook, &[vec![5, 6, 7]]).unwrap_err().to_string();
+    assert!(e.contains(&format!("SAE d_in {}", d + 8)) && e.contains(&format!("d_model {d}")), "{e}");
+    let e = emlab_interp::diff::latent_means(&lm, &wrong, hook, &convs(), 100).unwrap_err().to_string();
+    assert!(e.contains("d_in") && e.contains("d_model"), "{e}");
+    let log = dir.path().join("unjudged.jsonl");
+    std::fs::write(&log, "{\"question\":\"q\",\"answer\":\"a\"}\n{\"question\":\"q2\",\"answer\":\"b\"}\n").unwrap();
+    let e = load_judged(&log).and_then(|rows| select(&rows, &DirectionConfig::default()).map(|_| ())).err();
+    let e = e.map(|x| x.to_string()).unwrap_or_default();
+    assert!(e.contains("0 aligned") && e.contains("0 misaligned") && e.contains("at least"), "{e}");
+}
