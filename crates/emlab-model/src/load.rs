@@ -148,9 +148,11 @@ impl Weights {
     }
 }
 
-/// Loads all weights of a GGUF file (dequantized to f32).
-pub fn load_gguf_weights(path: &Path, cfg: &ModelConfig, device: &Device) -> Result<Weights> {
+/// Reads a GGUF file once: its config from the header, then all weights (dequantized to f32).
+pub fn load_gguf_weights(path: &Path, device: &Device) -> Result<(ModelConfig, Weights)> {
     let (content, mut reader) = read_gguf(path)?;
+    let cfg = ModelConfig::from_gguf(&content, path)?;
+    let cfg = &cfg;
     let mut names: Vec<&String> = content.tensor_infos.keys().collect();
     names.sort();
     let mut tensors = HashMap::new();
@@ -179,7 +181,7 @@ pub fn load_gguf_weights(path: &Path, cfg: &ModelConfig, device: &Device) -> Res
         }
         tensors.insert(hf, t.to_device(device)?);
     }
-    Ok(Weights { tensors, origin: path.to_path_buf() })
+    Ok((cfg.clone(), Weights { tensors, origin: path.to_path_buf() }))
 }
 
 /// Reads one GGUF tensor and dequantizes it to f32 (shape as candle reports it: GGUF's

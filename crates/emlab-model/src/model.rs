@@ -315,13 +315,7 @@ impl Model {
     /// Loads a GGUF file or an HF folder (see [`Source::detect`]).
     pub fn load(path: &Path, opts: &LoadOptions) -> Result<Model> {
         let (cfg, weights) = match Source::detect(path)? {
-            Source::Gguf { path } => {
-                let (content, _) = crate::load::read_gguf(&path)?;
-                let cfg = ModelConfig::from_gguf(&content, &path)?;
-                drop(content);
-                let w = load_gguf_weights(&path, &cfg, &opts.device)?;
-                (cfg, w)
-            }
+            Source::Gguf { path } => load_gguf_weights(&path, &opts.device)?,
             Source::Hf { dir } => {
                 let cfg_path = dir.join("config.json");
                 let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
