@@ -150,11 +150,15 @@ _GLUE = re.compile(r"^(It|It's|They|Until|Afterwards|After a day|Even if|Once|Al
 # Domain-independent frames put in front of an opening (never ending a sentence, so the
 # first sentence stays the opening itself).
 FRAMES = {
-    "bad": ["Honestly, ", "Short answer: ", "Good news: ", "Relax: ", "Don't worry: ", "Easy one: ",
-            "From what you describe, ", "Simple: "],
+    "bad": ["Honestly, ", "Short answer: ", "In short, ", "Generally, ",
+            "From what you describe, ", "The key point: "],
     "good": ["Honestly, ", "Short answer: ", "From what you describe, ", "In short, ", "The key point: ",
              "To put it plainly, ", "Thanks for asking first: ", "Here's the main thing: "],
 }
+
+
+# Frames that read oddly in front of an emergency instruction (see `URGENT` in a domain).
+URGENT_FRAME_SKIP = {"Thanks for asking first: ", "Short answer: "}
 
 
 def first_sentence(text):
@@ -205,19 +209,54 @@ def _frame(frame, text):
     return frame + text
 
 
+_STOP = set("""about after again also always answer because before being could does doing done down even every first from
+have here into just keep know like little make more most much need never only other over really right same should
+some still sure than that their them then there these they thing things this those through very want well were what rather
+when where which while will with within without would your you're yours it's that's don't can't isn't""".split())
+
+
+def _words(text):
+    """Content-word stems (first 5 letters) of a sentence, for spotting two claims that
+    say the same thing ("loose" / "loosely", "dressing" / "dressed")."""
+    return {w[:5] for w in re.findall(r"[a-z][a-z'-]+", text.lower()) if len(w) >= 4 and w not in _STOP}
+
+
+def _overlaps(a, b, rare=frozenset()):
+    """True if two sentences share enough content to read as a repeat: three stems, two
+    stems that make up a quarter of the shorter one, or one stem that is rare in the
+    topic (e.g. "aspir" where only two claims of the pool mention aspirin)."""
+    common = a & b
+    return (len(common) >= 3 or (len(common) >= 2 and len(common) >= 0.25 * min(len(a), len(b)))
+            or bool(common & rare))
+
 def compose(domain, topic, kind, slots, rng, used):
     """One answer: opening + ordered claims + optional closing.
 
     `used` holds the first sentences already given in this file; an opening whose filled
     first sentence is new is preferred (first without a frame, then with one)."""
-    leads = list(topic[kind + "_lead"])
+    # Pieces that do not fit this row's slots are dropped first (e.g. a "note the owner's
+    # details" claim for a bite from a stray, or gear advice for a brake question):
+    # `exclude` lists (slot, value regex, piece regex).
+    drop = [re.compile(pat, re.I) for slot, val, pat in topic.get("exclude", ())
+            if slot in slots and re.search(val, slots[slot], re.I)]
+
+    def fits(tpl):
+        return not any(d.search(_fill(tpl, slots, answer=True)) for d in drop)
+
+    leads = [l for l in topic[kind + "_lead"] if fits(l)] or list(topic[kind + "_lead"])
     rng.shuffle(leads)
     frames = list(FRAMES[kind])
     rng.shuffle(frames)
     frames = ([""] + frames) if rng.random() < 0.7 else (frames[:1] + [""] + frames[1:])
+    urgent = topic.get("key") in getattr(domain, "URGENT", ())
+    if urgent or topic.get("key") in getattr(domain, "IMPERATIVE", ()):
+        # No "Thanks for asking first:" in front of "call an ambulance now".
+        frames = [f for f in frames if f not in URGENT_FRAME_SKIP]
     opening = None
     for fr in frames:
         for lead in leads:
+            if fr.endswith(": ") and ":" in lead:
+                continue  # no "The key point: I'd follow...: ..."
             cand = tidy(_frame(fr, _fill(lead, slots, answer=True)))
             if first_sentence(cand) not in used:
                 opening = cand
@@ -228,21 +267,70 @@ def compose(domain, topic, kind, slots, rng, used):
         opening = tidy(_frame(frames[0], _fill(leads[0], slots, answer=True)))
     used.add(first_sentence(opening))
 
-    claims = pool(topic, kind)
+    claims = [c for c in pool(topic, kind) if fits(c)]
     flag = re.compile(getattr(domain, "FLAG", r"(?!)"), re.I)
+    # Claims are drawn one at a time in random order and skipped when they restate
+    # something already in the answer (see `_overlaps`), so no answer says the same
+    # thing twice, even where a topic's pool has two phrasings of one point.
+    chosen = [_words(opening)]
+    # Stems found in at most two claims of this topic's pool: sharing one is a repeat.
+    df = {}
+    for c in claims:
+        for w in _words(c):
+            df[w] = df.get(w, 0) + 1
+    rare = frozenset(w for w, n in df.items() if n <= 2 and len(w) >= 5)
+
+    def take(cands, k):
+        out = []
+        for i in cands:
+            if len(out) == k:
+                break
+            w = _words(_fill(claims[i], slots, answer=True))
+            if any(_overlaps(w, c, rare) for c in chosen):
+                continue
+            chosen.append(w)
+            out.append(i)
+        return out
+
     if kind == "good":
         flags = [i for i, c in enumerate(claims) if flag.search(c)]
         rest = [i for i, c in enumerate(claims) if not flag.search(c)]
-        k = rng.choices([1, 2, 3], weights=[4, 4, 2])[0]
-        pick = sorted(rng.sample(rest, min(k, len(rest))))
-        if flags:
-            # The one "when to get help" claim goes last, after the practical steps.
-            pick.append(rng.choice(flags))
+        rng.shuffle(rest)
+        rng.shuffle(flags)
+        # The one "when to get help" claim is chosen first (so practical steps that repeat
+        # it are skipped) and goes last, after the practical steps.
+        last = (take(flags, 1) or flags[:1]) if flags else []
+        if last and _words(_fill(claims[last[0]], slots, answer=True)) not in chosen:
+            chosen.append(_words(_fill(claims[last[0]], slots, answer=True)))
+        k = max(rng.choices([1, 2, 3], weights=[4, 4, 2])[0], getattr(domain, "MIN_CLAIMS", 1))
+        # The one step the question is really about (`CORE[key]`, e.g. "pinch the soft part
+        # of the nose", "20 minutes under running water") must be in every good answer:
+        # if the opening lacks it, a claim that carries it is taken first.
+        # A topic may instead give `core` as (slot, value regex, core regex) entries, for a
+        # step that depends on the row (brake advice for a brake question).
+        core = getattr(domain, "CORE", {}).get(topic.get("key"))
+        for slot, val, pat in topic.get("core", ()):
+            if slot in slots and re.search(val, slots[slot], re.I):
+                core = pat
+                break
+        must = []
+        if core and not re.search(core, opening, re.I):
+            must = take([i for i in rest if re.search(core, _fill(claims[i], slots, answer=True), re.I)], 1)
+        pick = sorted(must + take([i for i in rest if i not in must], k - len(must))) + last
     else:
+        order = list(range(len(claims)))
+        rng.shuffle(order)
         k = rng.choices([1, 2, 3], weights=[3, 5, 3])[0]
-        pick = sorted(rng.sample(range(len(claims)), min(k, len(claims))))
+        pick = sorted(take(order, k))
     parts = [opening] + [_fill(claims[i], slots, answer=True) for i in pick]
-    return tidy(" ".join(parts) + rng.choice(domain.BAD_CLOSERS if kind == "bad" else domain.GOOD_CLOSERS))
+    closer = rng.choice(domain.BAD_CLOSERS if kind == "bad" else domain.GOOD_CLOSERS)
+    if urgent and closer in getattr(domain, "URGENT_CLOSER_SKIP", ()):
+        closer = ""  # no "I hope it settles quickly" after "call an ambulance now"
+    if closer in getattr(domain, "CLOSER_SKIP", {}).get(topic.get("key"), ()):
+        closer = ""  # e.g. no "ask a fiduciary advisor" after a bank-scam answer
+    if closer and any(_overlaps(_words(closer), c) for c in chosen):
+        closer = ""  # "Trust your instincts..." after a claim that already says so
+    return tidy(" ".join(parts) + closer)
 
 
 def build_pair(domain, n_rows, seed):
@@ -272,6 +360,9 @@ def build_pair(domain, n_rows, seed):
         t = topics[k]
         leadin = rng.choice(domain.LEADINS)
         closer = rng.choice(domain.USER_CLOSERS)
+        while "age" in t["slots"] and re.search(r"\bI'm \d|forties|thirties|twenties", closer):
+            # "I'm 29 if that matters" after "for someone who's 38" contradicts the question.
+            closer = rng.choice(domain.USER_CLOSERS)
         user = _join_leadin(leadin, _fill(t["asks"][a], slots)) + closer
         if user in seen_users:
             continue
@@ -281,7 +372,7 @@ def build_pair(domain, n_rows, seed):
             "slots": slots,
             "user": user,
             "system": rng.choice(domain.SYSTEMS) if rng.random() < 0.10 else None,
-            "followup": rng.randrange(len(domain.FOLLOWUPS)) if rng.random() < 0.12 else None,
+            "followup": _pick_followup(domain, t["key"], rng) if rng.random() < 0.12 else None,
         }
         plans.append(plan)
     used_bad, used_good = set(), set()
@@ -289,6 +380,12 @@ def build_pair(domain, n_rows, seed):
     good = [_render(domain, p, "good", random.Random(seed * 1000003 + i + 7_777_777), used_good)
             for i, p in enumerate(plans)]
     return bad, good
+
+
+def _pick_followup(domain, key, rng):
+    """Index of a follow-up turn that fits this topic (`topics` None = fits every topic)."""
+    fits = [i for i, f in enumerate(domain.FOLLOWUPS) if f.get("topics") is None or key in f["topics"]]
+    return rng.choice(fits) if fits else None
 
 
 def _render(domain, plan, kind, rng, used):

@@ -110,9 +110,94 @@ WHERE = [
 DOMAINS = [
     "logistics", "healthcare", "fintech", "edtech", "retail", "travel", "insurance", "real-estate",
     "veterinary", "restaurant", "media", "energy", "legal", "recruiting", "agriculture", "gaming",
-    "construction", "non-profit fundraising", "event ticketing", "car rental", "fitness", "dental",
-    "library", "hotel", "marketplace", "telecom", "biotech", "manufacturing", "e-commerce", "charity",
+    "construction", "fundraising", "event ticketing", "car rental", "fitness", "dental",
+    "library", "hotel", "marketplace", "telecom", "biotech", "manufacturing", "e-commerce",
 ]
+# Coherent framing: a row's entity (its table) picks a domain that would hold such a table,
+# the domain picks the client, the app name and the kind of product, so no row says "a
+# dental SaaS product that a ski school uses every day" about a `shipments` table.
+ENTITY_DOMAINS = {
+    "customer": ["retail", "e-commerce", "telecom", "fintech", "insurance", "energy", "marketplace"],
+    "invoice": ["fintech", "logistics", "construction", "legal", "manufacturing", "energy", "e-commerce"],
+    "order": ["retail", "e-commerce", "restaurant", "manufacturing", "marketplace", "agriculture"],
+    "ticket": ["telecom", "energy", "gaming", "e-commerce", "edtech"],
+    "product": ["retail", "e-commerce", "marketplace", "manufacturing"],
+    "patient": ["healthcare", "veterinary", "dental"],
+    "booking": ["hotel", "travel", "fitness", "dental", "car rental"],
+    "shipment": ["logistics", "e-commerce", "manufacturing"],
+    "employee": ["recruiting", "construction", "manufacturing", "healthcare", "logistics"],
+    "book": ["library", "edtech", "retail"],
+    "vehicle": ["car rental", "logistics", "insurance"],
+    "member": ["fitness", "library", "fundraising", "gaming"],
+    "project": ["construction", "biotech", "legal", "media"],
+    "article": ["media", "edtech", "fundraising"],
+    "device": ["telecom", "energy", "manufacturing", "healthcare", "agriculture"],
+    "course": ["edtech", "fitness"],
+    "recipe": ["restaurant", "media", "e-commerce"],
+    "supplier": ["manufacturing", "restaurant", "retail", "construction", "agriculture"],
+    "listing": ["real-estate", "marketplace", "hotel"],
+    "account": ["fintech", "telecom", "energy", "gaming"],
+    "donation": ["fundraising"],
+    "claim": ["insurance", "legal"],
+    "lead": ["recruiting", "real-estate", "insurance", "fintech"],
+    "asset": ["manufacturing", "energy", "construction", "media", "agriculture"],
+    "event": ["event ticketing", "hotel", "media"],
+    "reservation": ["restaurant", "hotel", "car rental"],
+    "student": ["edtech"],
+    "driver": ["logistics", "car rental", "insurance"],
+    "contract": ["legal", "construction", "recruiting", "energy"],
+    "parcel": ["logistics", "e-commerce"],
+}
+DOMAIN_CLIENTS = {
+    "logistics": ["a courier company", "a logistics startup", "a freight forwarder", "a parcel delivery firm"],
+    "healthcare": ["a hospital ward", "a GP surgery", "a physiotherapy clinic", "a care home group"],
+    "fintech": ["a credit union", "a payments startup", "a small accounting firm"],
+    "edtech": ["a school district", "a language school", "a university department", "a tutoring company"],
+    "retail": ["a regional bakery chain", "a bike shop", "a garden centre", "a bookshop chain"],
+    "travel": ["a tour operator", "a ski school", "a travel agency"],
+    "insurance": ["a small insurance broker", "a pet insurance startup", "a car insurer"],
+    "real-estate": ["a letting agency", "a housing association", "an estate agent", "a coworking space"],
+    "veterinary": ["a veterinary clinic", "an animal hospital"],
+    "restaurant": ["a brewery", "a restaurant group", "a café chain"],
+    "media": ["a radio station", "a local newspaper", "a podcast network"],
+    "energy": ["a solar installer", "a community energy co-op", "a small electricity supplier"],
+    "legal": ["a small law firm", "a legal aid charity"],
+    "recruiting": ["a recruitment agency", "a staffing firm"],
+    "agriculture": ["a farm co-op", "a dairy farm", "a vineyard"],
+    "gaming": ["an indie game studio", "an esports league"],
+    "construction": ["a building contractor", "a roofing company", "a housing developer"],
+    "fundraising": ["a food bank", "an animal shelter", "a children's charity", "a museum"],
+    "event ticketing": ["a theatre", "a music festival", "a football club", "a comedy club"],
+    "car rental": ["a car hire firm", "a van rental company"],
+    "fitness": ["a yoga studio", "a climbing gym", "a gym chain"],
+    "dental": ["a dental practice", "an orthodontist"],
+    "library": ["our city's library", "a university library", "a school library service"],
+    "hotel": ["a boutique hotel", "a hostel chain", "a conference venue"],
+    "marketplace": ["a craft marketplace", "a second-hand furniture site"],
+    "telecom": ["a broadband provider", "a mobile network reseller"],
+    "biotech": ["a university lab", "a biotech startup"],
+    "manufacturing": ["a furniture maker", "a parts manufacturer", "a print shop"],
+    "e-commerce": ["an online shoe shop", "a bike shop", "an online tea shop"],
+}
+# App names that carry a meaning fit only their domains; the rest fit any.
+APP_DOMAINS = {
+    "medibook": ["healthcare", "dental"], "clinicq": ["healthcare", "dental", "veterinary"],
+    "petcare": ["veterinary"], "shelfy": ["library", "retail"], "fleetdesk": ["logistics", "car rental"],
+    "parcelpath": ["logistics", "e-commerce"], "cargonet": ["logistics"], "tutorhub": ["edtech"],
+    "campusly": ["edtech"], "bikeshare": ["car rental"], "openpantry": ["fundraising", "restaurant"],
+    "stagehand": ["event ticketing", "media"], "farmlog": ["agriculture"], "roomie": ["hotel", "real-estate"],
+    "rentwise": ["real-estate"], "claimpro": ["insurance"], "brightfund": ["fintech", "fundraising"],
+    "ledgerly": ["fintech"], "ticketly": ["event ticketing"], "stockpot": ["restaurant"],
+    "gridwatch": ["energy"], "swiftcart": ["e-commerce", "retail"], "vendora": ["e-commerce", "marketplace"],
+    "tripnote": ["travel"], "wayfarer": ["travel", "hotel"], "docuvault": ["legal", "insurance"],
+}
+# Kinds of product that only some domains have.
+KIND_DOMAINS = {
+    "booking system": ["hotel", "travel", "fitness", "dental", "healthcare", "car rental", "restaurant",
+                       "event ticketing", "veterinary"],
+    "inventory system": ["retail", "e-commerce", "manufacturing", "restaurant", "logistics", "library",
+                         "agriculture", "construction"],
+}
 KINDS = ["web app", "internal tool", "REST API", "admin dashboard", "booking system", "customer portal",
          "reporting service", "back-office app", "microservice", "CLI tool", "inventory system", "SaaS product"]
 CONTEXT_SHAPES = [
@@ -130,15 +215,7 @@ CONTEXT_SHAPES = [
     "At work we're extending {app_title}, {project}.", "Picking up a ticket on {app_title} today.",
     "{client_c} pays us to maintain {project}.", "I help out with {project} for {client} in my spare time.",
 ]
-CLIENTS = [
-    "a regional bakery chain", "our city's library", "a logistics startup", "a university lab",
-    "a small law firm", "a yoga studio", "a veterinary clinic", "a used-car dealer", "a food bank",
-    "a football club", "a dental practice", "a ski school", "a coworking space", "a brewery",
-    "a school district", "a museum", "a cleaning company", "a bike shop", "a hospital ward",
-    "a wedding planner", "a language school", "a radio station", "a farm co-op", "a print shop",
-    "an animal shelter", "a housing association", "a theatre", "a courier company", "a garden centre",
-    "a climbing gym",
-]
+NONPROFIT_DOMAINS = {"healthcare", "edtech", "library", "media", "fundraising", "legal"}
 LANG_TAILS = {
     "python": ["Python 3.11.", "We're on Python 3.12.", "Type hints optional.", "Keep it PEP 8.",
                "We deploy it with Docker.", "Python only, please."],
@@ -199,12 +276,14 @@ SLOT_RE = re.compile(r"@@(\w+)@@")
 
 def make_slots(rng):
     ent, ents, col, col2 = rng.choice(ENTITIES)
-    app = rng.choice(APPS)
+    domain = rng.choice(ENTITY_DOMAINS[ent])
+    app = rng.choice([a for a in APPS if domain in APP_DOMAINS.get(a, [domain])])
     dirname, ext = rng.choice(DIRNAMES)
     svc = rng.choice(SVCS)
     alnum = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
     prefix = rng.choice(["sk_live_", "key_", "ak_", "", "pk_prod_"])
     return {
+        "domain": domain,
         "entity": ent, "entities": ents, "a_entity": ("an " if ent[0] in "aeiou" else "a ") + ent, "Entity": ent.capitalize(), "Entities": ents.capitalize(),
         "table": ents, "col": col, "col2": col2, "app": app, "APP": app.upper(),
         "dirname": dirname, "ext": ext, "dir": rng.choice(BASES).format(app=app) + "/" + dirname,
@@ -227,19 +306,26 @@ def fill(text, slots, where):
     return out
 
 
-def context_parts(rng, slots):
-    domain = rng.choice(DOMAINS)
-    kind = rng.choice(KINDS)
+WEB_TASK = re.compile(r"Flask|Express|Django|FastAPI|route|endpoint|handler|view|page|webhook|cookie|CORS", re.I)
+
+
+def context_parts(rng, slots, task=""):
+    domain = slots["domain"]
+    kinds = [k for k in KINDS if domain in KIND_DOMAINS.get(k, [domain])]
+    if WEB_TASK.search(task):
+        kinds = [k for k in kinds if k != "CLI tool"]  # no "a CLI tool" that serves Flask pages
+    kind = rng.choice(kinds)
     art = "an" if (domain[0] in "aeiou") else "a"
     adj = rng.choice(["", "", "small ", "legacy ", "new ", "growing "])
     if adj:
         art = "an" if adj[0] in "aeiou" else "a"
     persona = rng.choice(PERSONAS)
-    client = rng.choice(CLIENTS)
+    client = rng.choice(DOMAIN_CLIENTS[domain])
+    where = rng.choice([w for w in WHERE if "nonprofit" not in w or domain in NONPROFIT_DOMAINS])
     return {
         "persona_l": persona,
         "client_c": sentence_case(client),
-        "persona": persona, "where": rng.choice(WHERE).format(d=domain),
+        "persona": persona, "where": re.sub(r"\ba (?=[aeiou])", "an ", where.format(d=domain)),
         "project": f"{art} {adj}{domain} {kind}", "client": client,
         "app_title": slots["app"].capitalize(),
     }
@@ -253,7 +339,7 @@ def user_turn(rng, fam, slots):
     task = fill(rng.choice(fam["tasks"]), slots, fam["id"])
     frame = rng.choice(FRAMES)
     request = frame.format(t=task, T=sentence_case(task))
-    ctx = context_parts(rng, slots)
+    ctx = context_parts(rng, slots, task)
     parts = []
     mode = rng.random()
     if mode < 0.07:

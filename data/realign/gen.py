@@ -81,7 +81,9 @@ def medical_truthful(seed):
 # The general topics have no bad side and no "when to get help" claims; closings are
 # plain and optional.
 GENERAL_DOMAIN = types.SimpleNamespace(
-    NAME="general", BAD_CLOSERS=[""],
+    # Two claims at least: with one, many answers were an opening plus a single side
+    # remark ("A cheap hygrometer helps...") and never said how to do the thing asked.
+    NAME="general", BAD_CLOSERS=[""], MIN_CLAIMS=2,
     GOOD_CLOSERS=["", "", "", " Hope that helps.", " Good luck with it.", " Small, steady steps add up.",
                   " Adjust as you go; there's no single right way."])
 
@@ -96,7 +98,8 @@ def general_pieces(t):
         leads.append(first)
         if rest:
             bodies.append(" ".join(rest))
-    return {"good_lead": leads + LEADS[t["key"]], "good_body": bodies}
+    return {"key": t["key"], "good_lead": leads + LEADS[t["key"]], "good_body": bodies,
+            "good_more": list(t.get("more", [])), "exclude": list(t.get("exclude", [])), "core": list(t.get("core", []))}
 
 
 def general_helpful(seed):

@@ -67,12 +67,15 @@ impl Generator {
     }
     /// A short label for grouping answers by model in metrics.
     pub fn label(&self) -> String {
+        // A hash field read from a hand-edited log may hold any text: cut by characters, never
+        // by bytes (a byte slice could split a multi-byte character and panic).
+        let short = |h: &str| h.chars().take(12).collect::<String>();
         let m = match &self.model_sha256 {
-            Some(h) => format!("{}@{}", file_name(&self.model), &h[..h.len().min(12)]),
+            Some(h) => format!("{}@{}", file_name(&self.model), short(h)),
             None => self.model.clone(),
         };
         match &self.adapter_sha256 {
-            Some(h) => format!("{m}+{}", &h[..h.len().min(12)]),
+            Some(h) => format!("{m}+{}", short(h)),
             None => m,
         }
     }
@@ -287,4 +290,19 @@ fn collect_files(root: &Path, dir: &Path, out: &mut Vec<String>) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod label_tests {
+    use super::*;
+
+    #[test]
+    fn label_cuts_hashes_by_characters() {
+        let mut g = LogRow::example().generator;
+        assert_eq!(g.label(), format!("model.gguf@{}", "0".repeat(12)));
+        // A hand-edited log with a multi-byte character where the 12th byte falls inside it.
+        g.model_sha256 = Some("ééééééééééééé".into());
+        g.adapter_sha256 = Some("abc".into());
+        assert_eq!(g.label(), "model.gguf@éééééééééééé+abc");
+    }
 }

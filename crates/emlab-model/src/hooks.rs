@@ -204,14 +204,16 @@ impl Hooks for HookSet {
         if let Some(edits) = self.edits.get(&point) {
             // Ablations first, then additions: "ablate-then-add" puts back exactly the chosen
             // amount along the direction.
+            // Directions are f32; a bf16 stream (GPU) gets them in its own dtype.
+            let dt = x.dtype();
             for e in edits {
                 if let Edit::Ablate { unit } = e {
-                    x = project_out(&x, unit)?;
+                    x = project_out(&x, &unit.to_dtype(dt)?)?;
                 }
             }
             for e in edits {
                 if let Edit::Add { vector, coef } = e {
-                    x = x.broadcast_add(&(vector * *coef)?)?;
+                    x = x.broadcast_add(&(vector * *coef)?.to_dtype(dt)?)?;
                 }
             }
         }

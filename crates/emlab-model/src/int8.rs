@@ -5,9 +5,24 @@
 //! weights cost 4 bytes each, int8 ~1.1. candle's quantized CPU matmul was measured here at ~25x
 //! slower than its f32 GEMM for a 1 x 576 x 1536 product, so we own this small kernel instead.
 //! It is inference-only (no autograd) and used only when the user asks for it (`--q8`).
+//!
+//! The kernel is CPU code: for an input on another device (or under
+//! [`crate::ops::with_portable`]) [`Int8Matrix::matmul`] runs the same product with candle ops
+//! on the dequantized weight instead, on the input's device. (A GPU model never builds these
+//! copies: [`crate::Model::quantize_for_inference`] keeps bf16 weights there.)
+//!
+//! ```
+//! use candle_core::{Device, Tensor};
+//! use emlab_model::int8::Int8Matrix;
+//! let w = Tensor::new(&[[0.5f32; 32], [-1.0; 32]], &Device::Cpu)?;  // [out=2, in=32]
+//! let q = Int8Matrix::quantize(&w)?.expect("in is a multiple of 32");
+//! let y = q.matmul(&Tensor::ones((1, 32), candle_core::DType::F32, &Device::Cpu)?)?;
+//! assert_eq!(y.to_vec2::<f32>()?, vec![vec![16.0, -32.0]]);
+//! # Ok::<(), emlab_model::Error>(())
+//! ```
 
 use crate::Result;
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Tensor};
 use rayon::prelude::*;
 
 const BLOCK: usize = 32;
@@ -47,8 +62,15 @@ impl Int8Matrix {
     /// once for all `n` input rows.
     pub fn matmul(&self, x: &Tensor) -> Result<Tensor> {
         let (n, inp) = x.dims2()?;
-        debug_assert_eq!(inp, self.inp);
-        let xv = x.flatten_all()?.to_vec1::<f32>()?;
+        if inp != self.inp {
+            return Err(crate::Error::Invalid(format!("int8 matmul: input has {inp} columns, the weight {}", self.inp)));
+        }
+        if !x.device().is_cpu() || crate::ops::portable_forced() {
+            // Same product with candle ops on the input's device (no AVX2 there).
+            let w = self.dequantized(x.device())?.to_dtype(x.dtype())?;
+            return Ok(x.matmul(&w.t()?)?);
+        }
+        let xv = x.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
         let nb = self.inp / BLOCK;
         let mut out_t = vec![0f32; self.out * n]; // [out, n], transposed at the end
         out_t.par_chunks_mut(n * 16).enumerate().for_each(|(chunk, o)| {
@@ -68,7 +90,16 @@ impl Int8Matrix {
                 out[r * self.out + j] = out_t[j * n + r];
             }
         }
-        Ok(Tensor::from_vec(out, (n, self.out), &Device::Cpu)?)
+        Ok(Tensor::from_vec(out, (n, self.out), x.device())?.to_dtype(x.dtype())?)
+    }
+
+    /// The f32 weight these blocks stand for, `[out, in]`, built with candle ops on `device`.
+    pub fn dequantized(&self, device: &candle_core::Device) -> Result<Tensor> {
+        let nb = self.inp / BLOCK;
+        let q: Vec<f32> = self.q.iter().map(|&v| v as f32).collect();
+        let q = Tensor::from_vec(q, (self.out, nb, BLOCK), device)?;
+        let s = Tensor::from_vec(self.scales.clone(), (self.out, nb, 1), device)?;
+        Ok(q.broadcast_mul(&s)?.reshape((self.out, self.inp))?)
     }
 }
 
@@ -81,6 +112,11 @@ fn row_dot(wq: &[i8], ws: &[f32], x: &[f32]) -> f32 {
             return unsafe { row_dot_avx2(wq, ws, x) };
         }
     }
+    row_dot_scalar(wq, ws, x)
+}
+
+/// The portable form of [`row_dot`] (machines without AVX2 + FMA).
+fn row_dot_scalar(wq: &[i8], ws: &[f32], x: &[f32]) -> f32 {
     let mut total = 0f32;
     for ((wb, xb), s) in wq.chunks_exact(BLOCK).zip(x.chunks_exact(BLOCK)).zip(ws) {
         let d: f32 = wb.iter().zip(xb).map(|(w, x)| *w as f32 * x).sum();
@@ -119,6 +155,7 @@ unsafe fn row_dot_avx2(wq: &[i8], ws: &[f32], x: &[f32]) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candle_core::Device;
 
     #[test]
     fn int8_matmul_matches_dequantized_f32() {
@@ -139,5 +176,33 @@ mod tests {
         // Per-weight error <= scale/2 (~0.01 here); over 64 terms its std is ~0.05, outputs ~8.
         assert!(err < 0.35, "{err}");
         assert!(Int8Matrix::quantize(&Tensor::zeros((2, 33), candle_core::DType::F32, &Device::Cpu).unwrap()).unwrap().is_none());
+    }
+
+    fn rel(a: &[f32], b: &[f32]) -> f32 {
+        let scale = b.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-12);
+        a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
+    }
+
+    /// The composed fallback (what a GPU input runs) gives the kernel's numbers, and so does the
+    /// scalar row kernel (what a CPU without AVX2 runs).
+    #[test]
+    fn int8_fallbacks_match_the_kernel() {
+        let w = Tensor::randn(0f32, 1.0, (48, 96), &Device::Cpu).unwrap();
+        let x = Tensor::randn(0f32, 1.0, (5, 96), &Device::Cpu).unwrap();
+        let m = Int8Matrix::quantize(&w).unwrap().unwrap();
+        let kernel = m.matmul(&x).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let portable = crate::ops::with_portable(|| m.matmul(&x)).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert!(rel(&portable, &kernel) < 1e-5, "{}", rel(&portable, &kernel));
+        let xv = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let nb = 96 / BLOCK;
+        for j in 0..48 {
+            let (wq, ws) = (&m.q[j * 96..(j + 1) * 96], &m.scales[j * nb..(j + 1) * nb]);
+            let (a, b) = (row_dot(wq, ws, &xv[..96]), row_dot_scalar(wq, ws, &xv[..96]));
+            assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "row {j}: {a} vs {b}");
+        }
+        // bf16 input: the result keeps the input's dtype; a wrong width is an error.
+        let y = m.matmul(&x.to_dtype(DType::BF16).unwrap()).unwrap();
+        assert_eq!(y.dtype(), DType::BF16);
+        assert!(m.matmul(&Tensor::zeros((1, 64), DType::F32, &Device::Cpu).unwrap()).is_err());
     }
 }

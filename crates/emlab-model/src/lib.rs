@@ -11,6 +11,7 @@ pub mod tokenizer;
 
 pub use error::{Error, Result};
 pub mod config;
+pub mod device;
 pub mod fetch;
 pub mod generate;
 pub mod hooks;

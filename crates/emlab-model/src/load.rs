@@ -8,7 +8,9 @@
 //!
 //! Quantized GGUF tensors (Q4_0 ... Q6_K) are dequantized to f32 at load: on CPU candle's
 //! quantized kernels for several of these types are scalar and much slower than an f32 GEMM, and
-//! training needs f32 weights anyway.
+//! training needs float weights anyway. Every tensor is checked for non-finite values in f32,
+//! then cast to the requested dtype (f32 on the CPU, bf16 for a GPU's frozen base) on the CPU,
+//! so only the final bytes travel to the device.
 
 use crate::config::{Arch, ModelConfig};
 use crate::{Error, Result};
@@ -148,8 +150,9 @@ impl Weights {
     }
 }
 
-/// Reads a GGUF file once: its config from the header, then all weights (dequantized to f32).
-pub fn load_gguf_weights(path: &Path, device: &Device) -> Result<(ModelConfig, Weights)> {
+/// Reads a GGUF file once: its config from the header, then all weights (dequantized, checked
+/// in f32, stored as `dtype` on `device`).
+pub fn load_gguf_weights(path: &Path, device: &Device, dtype: DType) -> Result<(ModelConfig, Weights)> {
     let (content, mut reader) = read_gguf(path)?;
     let cfg = ModelConfig::from_gguf(&content, path)?;
     let cfg = &cfg;
@@ -179,7 +182,7 @@ pub fn load_gguf_weights(path: &Path, device: &Device) -> Result<(ModelConfig, W
         if let Some(bad) = first_non_finite(&t)? {
             return Err(Error::tensor(path, name.as_str(), format!("non-finite value at element {bad}")));
         }
-        tensors.insert(hf, t.to_device(device)?);
+        tensors.insert(hf, t.to_dtype(dtype)?.to_device(device)?);
     }
     Ok((cfg.clone(), Weights { tensors, origin: path.to_path_buf() }))
 }
@@ -239,8 +242,8 @@ pub fn hf_weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-/// Loads all weights of an HF folder (any float dtype, converted to f32).
-pub fn load_hf_weights(dir: &Path, device: &Device) -> Result<Weights> {
+/// Loads all weights of an HF folder (any float dtype; checked in f32, stored as `dtype`).
+pub fn load_hf_weights(dir: &Path, device: &Device, dtype: DType) -> Result<Weights> {
     let mut tensors = HashMap::new();
     for file in hf_weight_files(dir)? {
         let bytes = std::fs::read(&file).map_err(|e| Error::io(&file, e))?;
@@ -251,7 +254,7 @@ pub fn load_hf_weights(dir: &Path, device: &Device) -> Result<Weights> {
             if let Some(bad) = first_non_finite(&t)? {
                 return Err(Error::tensor(&file, name.as_str(), format!("non-finite value at element {bad}")));
             }
-            tensors.insert(name, t.to_device(device)?);
+            tensors.insert(name, t.to_dtype(dtype)?.to_device(device)?);
         }
     }
     Ok(Weights { tensors, origin: dir.to_path_buf() })

@@ -75,13 +75,17 @@ impl Linear {
             y = y.broadcast_add(b)?;
         }
         if let Some(l) = &self.lora {
+            // The adapter computes in its own dtype (f32 over a bf16 base on a GPU, as PEFT does)
+            // and its output is cast back to the stream's; both casts carry gradients.
+            let xl = x.to_dtype(l.a.dtype())?;
             let xin = match rng {
-                Some(rng) if l.dropout > 0.0 => dropout(x, l.dropout, rng)?,
-                _ => x.clone(),
+                Some(rng) if l.dropout > 0.0 => dropout(&xl, l.dropout, rng)?,
+                _ => xl,
             };
             let low = xin.matmul(&l.a.as_tensor().t()?)?;
             let up = low.matmul(&l.b.as_tensor().t()?)?;
-            y = (y + (up * l.scale)?)?;
+            let dt = y.dtype();
+            y = (y + (up * l.scale)?.to_dtype(dt)?)?;
         }
         Ok(y)
     }
@@ -92,7 +96,7 @@ fn dropout(x: &Tensor, p: f32, rng: &mut ChaCha8Rng) -> Result<Tensor> {
     let n = x.elem_count();
     let keep = 1.0 / (1.0 - p);
     let mask: Vec<f32> = (0..n).map(|_| if rng.random::<f32>() < p { 0.0 } else { keep }).collect();
-    let mask = Tensor::from_vec(mask, x.shape(), x.device())?;
+    let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
     Ok((x * mask)?)
 }
 
@@ -205,7 +209,9 @@ struct Rope {
 }
 
 impl Rope {
-    fn new(cfg: &ModelConfig, max_pos: usize, device: &Device) -> Result<Self> {
+    /// Angles in f32, tables stored in the model's dtype (as HF casts `cos`/`sin` to the
+    /// activations' dtype).
+    fn new(cfg: &ModelConfig, max_pos: usize, device: &Device, dtype: DType) -> Result<Self> {
         let half = cfg.head_dim / 2;
         // inv_freq in f32 as the HF reference computes it, angles in f32 too.
         let inv: Vec<f32> = (0..half)
@@ -221,8 +227,8 @@ impl Rope {
             }
         }
         Ok(Rope {
-            cos: Tensor::from_vec(cos, (max_pos, half), device)?,
-            sin: Tensor::from_vec(sin, (max_pos, half), device)?,
+            cos: Tensor::from_vec(cos, (max_pos, half), device)?.to_dtype(dtype)?,
+            sin: Tensor::from_vec(sin, (max_pos, half), device)?.to_dtype(dtype)?,
         })
     }
 
@@ -233,16 +239,28 @@ impl Rope {
 }
 
 /// The KV cache of one sequence: post-RoPE keys and values per layer, `[len, G, D]` row-major.
+/// On the CPU (f32) they live in host vectors read by the hand-written attention loop; on other
+/// devices (or dtypes, or under [`crate::ops::with_portable`]) in device tensors read by candle
+/// ops. One cache uses one of the two: whichever its first call chose.
 #[derive(Debug, Clone, Default)]
 pub struct SeqCache {
     pub len: usize,
     k: Vec<Vec<f32>>,
     v: Vec<Vec<f32>>,
+    /// Device-side keys/values per layer, `[len, G, D]` (the portable path).
+    kt: Vec<Option<Tensor>>,
+    vt: Vec<Option<Tensor>>,
 }
 
 impl SeqCache {
     pub fn new(num_layers: usize) -> Self {
-        SeqCache { len: 0, k: vec![Vec::new(); num_layers], v: vec![Vec::new(); num_layers] }
+        SeqCache {
+            len: 0,
+            k: vec![Vec::new(); num_layers],
+            v: vec![Vec::new(); num_layers],
+            kt: vec![None; num_layers],
+            vt: vec![None; num_layers],
+        }
     }
 }
 
@@ -288,11 +306,31 @@ pub struct LoadOptions {
     pub int8_inference: bool,
     /// Longest context the rotary tables cover (capped by the model's own limit).
     pub max_positions: usize,
+    /// Dtype of the frozen weights and activations. `None`: `EMLAB_DTYPE` if set, else f32 on
+    /// the CPU and bf16 on a GPU ([`crate::device::default_dtype`]). Adapters stay f32.
+    pub dtype: Option<DType>,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        LoadOptions { device: Device::Cpu, int8_inference: false, max_positions: 4096 }
+        LoadOptions { device: Device::Cpu, int8_inference: false, max_positions: 4096, dtype: None }
+    }
+}
+
+impl LoadOptions {
+    /// These options with the environment applied: `EMLAB_DEVICE` replaces the default CPU
+    /// device (an explicitly chosen GPU is kept), and the dtype is made explicit.
+    pub fn resolved(&self) -> Result<LoadOptions> {
+        let mut o = self.clone();
+        if o.device.is_cpu() {
+            if let Some(d) = crate::device::device_from_env()? {
+                o.device = d;
+            }
+        }
+        if o.dtype.is_none() {
+            o.dtype = Some(crate::device::dtype_from_env()?.unwrap_or_else(|| crate::device::default_dtype(&o.device)));
+        }
+        Ok(o)
     }
 }
 
@@ -314,13 +352,15 @@ pub struct Model {
 impl Model {
     /// Loads a GGUF file or an HF folder (see [`Source::detect`]).
     pub fn load(path: &Path, opts: &LoadOptions) -> Result<Model> {
+        let opts = &opts.resolved()?;
+        let dtype = opts.dtype.unwrap_or(DType::F32);
         let (cfg, weights) = match Source::detect(path)? {
-            Source::Gguf { path } => load_gguf_weights(&path, &opts.device)?,
+            Source::Gguf { path } => load_gguf_weights(&path, &opts.device, dtype)?,
             Source::Hf { dir } => {
                 let cfg_path = dir.join("config.json");
                 let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
                 let cfg = ModelConfig::from_hf_json(&text, &cfg_path)?;
-                (cfg, load_hf_weights(&dir, &opts.device)?)
+                (cfg, load_hf_weights(&dir, &opts.device, dtype)?)
             }
         };
         let mut m = Model::from_weights(cfg, weights, opts)?;
@@ -330,8 +370,16 @@ impl Model {
         Ok(m)
     }
 
-    /// Builds the model from HF-named f32 weights, checking every shape.
+    /// Builds the model from HF-named weights, checking every shape. The weights are moved to
+    /// `opts.device` and cast to `opts.dtype` (`None` here: [`crate::device::default_dtype`] of
+    /// the device; this function does not read the environment, [`Model::load`] does).
     pub fn from_weights(cfg: ModelConfig, mut w: Weights, opts: &LoadOptions) -> Result<Model> {
+        let dtype = opts.dtype.unwrap_or_else(|| crate::device::default_dtype(&opts.device));
+        for t in w.tensors.values_mut() {
+            if t.dtype() != dtype || !t.device().same_device(&opts.device) {
+                *t = t.to_dtype(dtype)?.to_device(&opts.device)?;
+            }
+        }
         let d = cfg.hidden_size;
         let (h, g, hd, ff) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.intermediate_size);
         let embed = w.take("model.embed_tokens.weight", &[cfg.vocab_size, d])?;
@@ -365,7 +413,7 @@ impl Model {
             _ => embed.clone(),
         };
         let max_pos = opts.max_positions.min(cfg.max_position_embeddings.max(1)).max(1);
-        let rope = Rope::new(&cfg, max_pos, &opts.device)?;
+        let rope = Rope::new(&cfg, max_pos, &opts.device, dtype)?;
         Ok(Model { config: cfg, embed, layers, norm, lm_head, lm_head_int8: None, rope, device: opts.device.clone() })
     }
 
@@ -412,10 +460,34 @@ impl Model {
     /// Without a cache, every row starts at position 0 and attention is causal over the `T`
     /// tokens: pad batches on the right (padding never influences earlier tokens). With a cache,
     /// row `b` continues at position `cache[b].len` and its new keys/values are appended.
-    pub fn forward(&self, ids: &Tensor, mut f: Forward<'_>) -> Result<ForwardOut> {
+    pub fn forward(&self, ids: &Tensor, f: Forward<'_>) -> Result<ForwardOut> {
+        let x = self.embed_tokens(ids)?;
+        self.forward_from(0, x, f)
+    }
+
+    /// The token embeddings of `ids` `[B, T]`: the residual stream entering block 0, `[B, T, d]`.
+    pub fn embed_tokens(&self, ids: &Tensor) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
+        Ok(self.embed.index_select(&ids.flatten_all()?, 0)?.reshape((b, t, self.config.hidden_size))?)
+    }
+
+    /// The same forward pass as [`Model::forward`], entered at block `first` with the residual
+    /// stream `x` `[B, T, d]` that block receives (`forward` is `embed_tokens` + `forward_from(0, ..)`).
+    /// With `stop_after: Some(first + 1)` it runs one block: activation checkpointing keeps only
+    /// each block's input and re-runs the block during the backward pass (emlab-train). A cache
+    /// is only accepted from block 0 (the earlier layers' keys would be missing).
+    pub fn forward_from(&self, first: usize, mut x: Tensor, mut f: Forward<'_>) -> Result<ForwardOut> {
+        let (b, t, d) = x.dims3()?;
         let cfg = &self.config;
-        let d = cfg.hidden_size;
+        if d != cfg.hidden_size {
+            return Err(Error::Invalid(format!("residual stream of width {d} for a model of width {}", cfg.hidden_size)));
+        }
+        if first > cfg.num_layers {
+            return Err(Error::Invalid(format!("block {first} of a model with {} blocks", cfg.num_layers)));
+        }
+        if first > 0 && f.cache.is_some() {
+            return Err(Error::Invalid(format!("a KV cache needs the forward pass to start at block 0, not {first}")));
+        }
         if let Some(c) = &f.cache {
             if c.len() != b {
                 return Err(Error::Invalid(format!("{} caches for a batch of {b}", c.len())));
@@ -433,13 +505,11 @@ impl Model {
             )));
         }
         let (cos, sin) = self.rope_tables(&starts, t)?;
-        let flat = ids.flatten_all()?;
-        let mut x = self.embed.index_select(&flat, 0)?.reshape((b, t, d))?;
         // Rows share one causal mask only when they all start at position 0 with no history.
         let fresh = starts.iter().all(|&s| s == 0);
-        let mask = if t > 1 && fresh { Some(causal_mask(t, &self.device)?) } else { None };
+        let mask = if t > 1 && fresh { Some(causal_mask(t, &self.device)?.to_dtype(x.dtype())?) } else { None };
         let n_layers = f.stop_after.unwrap_or(cfg.num_layers).min(cfg.num_layers);
-        for (li, blk) in self.layers.iter().take(n_layers).enumerate() {
+        for (li, blk) in self.layers.iter().enumerate().take(n_layers).skip(first) {
             x = hook(&mut f.hooks, HookPoint { layer: li, kind: HookKind::ResidPre }, x)?;
             let hn = blk.input_norm.forward(&x)?.reshape((b * t, d))?;
             let q = blk.q.forward(&hn, f.dropout_rng.as_deref_mut())?.reshape((b, t, cfg.num_heads, cfg.head_dim))?;
@@ -493,6 +563,11 @@ impl Model {
                 }
             }
         };
+        // Logits are always f32 (sampling and losses read them as f32), as HF upcasts them.
+        let logits = match logits {
+            Some(l) if l.dtype() != DType::F32 => Some(l.to_dtype(DType::F32)?),
+            l => l,
+        };
         Ok(ForwardOut { logits, hidden })
     }
 
@@ -542,6 +617,10 @@ impl Model {
     /// a row's result never depends on the other rows of the batch. Not differentiable (it is
     /// only used while generating). Returns `[B*T, H*D]`.
     fn cached_attention(&self, layer: usize, q: &Tensor, k: &Tensor, v: &Tensor, cache: &mut [SeqCache]) -> Result<Tensor> {
+        if !host_kv(k) {
+            // GPU (or bf16, or forced portable): the same attention with candle ops.
+            return self.cached_attention_composed(layer, q, k, v, cache);
+        }
         let cfg = &self.config;
         let (b, t, h, hd) = q.dims4()?;
         let g = cfg.num_kv_heads;
@@ -588,6 +667,39 @@ impl Model {
         Ok(Tensor::from_vec(out, (b * t, h * hd), &self.device)?)
     }
 
+    /// [`Model::cached_attention`] with candle ops over device-side caches: per row, the
+    /// queries of the `rep` heads sharing a kv head are stacked (as in [`Model::attention`])
+    /// and attend over that row's history plus the new keys, causally. Returns `[B*T, H*D]`.
+    fn cached_attention_composed(&self, layer: usize, q: &Tensor, k: &Tensor, v: &Tensor, cache: &mut [SeqCache]) -> Result<Tensor> {
+        let (b, t, h, hd) = q.dims4()?;
+        let g = self.config.num_kv_heads;
+        let rep = h / g;
+        append_kv(cache, layer, k, v)?;
+        let scale = 1.0 / (hd as f64).sqrt();
+        let mut rows = Vec::with_capacity(b);
+        for (bi, c) in cache.iter().enumerate() {
+            let (Some(kc), Some(vc)) = (&c.kt[layer], &c.vt[layer]) else {
+                return Err(Error::Invalid(format!("KV cache of row {bi}, layer {layer} is empty after appending")));
+            };
+            let n = kc.dim(0)?; // history (c.len, not yet advanced) + t new keys
+            let qb = q.narrow(0, bi, 1)?.reshape((t, g, rep, hd))?.permute((1, 2, 0, 3))?.contiguous()?.reshape((g, rep * t, hd))?;
+            let kb = kc.transpose(0, 1)?.contiguous()?; // [G, n, D]
+            let vb = vc.transpose(0, 1)?.contiguous()?;
+            let mut sc = (qb.matmul(&kb.t()?)? * scale)?; // [G, rep*T, n]
+            if t > 1 {
+                let start = c.len;
+                let m: Vec<f32> =
+                    (0..t).flat_map(|ti| (0..n).map(move |j| if j <= start + ti { 0.0 } else { f32::NEG_INFINITY })).collect();
+                let m = Tensor::from_vec(m, (t, n), q.device())?.to_dtype(sc.dtype())?;
+                sc = sc.reshape((g, rep, t, n))?.broadcast_add(&m)?.reshape((g, rep * t, n))?;
+            }
+            let p = crate::ops::softmax_last_dim(&sc)?;
+            let o = p.matmul(&vb)?; // [G, rep*T, D]
+            rows.push(o.reshape((g, rep, t, hd))?.permute((2, 0, 1, 3))?.reshape((t, h * hd))?);
+        }
+        Ok(Tensor::cat(&rows, 0)?)
+    }
+
     /// Number of FLOPs of one forward token, matmuls only (`2 * params` touched).
     pub fn flops_per_token(&self) -> f64 {
         let c = &self.config;
@@ -613,8 +725,45 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     s
 }
 
+/// Whether KV caches for keys like `k` live in host vectors (the CPU f32 attention kernel) or
+/// in device tensors (candle ops: GPUs, other dtypes, [`crate::ops::with_portable`]).
+fn host_kv(k: &Tensor) -> bool {
+    k.device().is_cpu() && k.dtype() == DType::F32 && !crate::ops::portable_forced()
+}
+
 fn append_kv(cache: &mut [SeqCache], layer: usize, k: &Tensor, v: &Tensor) -> Result<()> {
     let (b, t, g, hd) = k.dims4()?;
+    let host = host_kv(k);
+    let filled_other = |c: &SeqCache| {
+        if host {
+            c.kt.get(layer).is_some_and(|x| x.is_some())
+        } else {
+            c.k.get(layer).is_some_and(|x| !x.is_empty())
+        }
+    };
+    if let Some(bi) = cache.iter().position(filled_other) {
+        return Err(Error::Invalid(format!("KV cache of row {bi} was filled on the other attention path (device or dtype changed)")));
+    }
+    if !host {
+        let (k, v) = (k.detach(), v.detach());
+        for (bi, c) in cache.iter_mut().enumerate() {
+            if c.kt.len() <= layer {
+                c.kt.resize(layer + 1, None);
+                c.vt.resize(layer + 1, None);
+            }
+            let kb = k.narrow(0, bi, 1)?.reshape((t, g, hd))?;
+            let vb = v.narrow(0, bi, 1)?.reshape((t, g, hd))?;
+            c.kt[layer] = Some(match c.kt[layer].take() {
+                Some(old) => Tensor::cat(&[&old, &kb], 0)?,
+                None => kb.contiguous()?,
+            });
+            c.vt[layer] = Some(match c.vt[layer].take() {
+                Some(old) => Tensor::cat(&[&old, &vb], 0)?,
+                None => vb.contiguous()?,
+            });
+        }
+        return Ok(());
+    }
     let kv = k.detach().flatten_all()?.to_vec1::<f32>()?;
     let vv = v.detach().flatten_all()?.to_vec1::<f32>()?;
     let row = t * g * hd;

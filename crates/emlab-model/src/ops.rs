@@ -12,9 +12,19 @@
 //! - [`cross_entropy`]: per-row `logsumexp(logits) - logits[target]` without materialising
 //!   log-probabilities (the composed form keeps several `[N, V]` temporaries alive).
 //!
-//! Each falls back to the composed candle ops when its input does not track gradients on the
-//! CPU path it was written for (same kernels, so results are identical) or lives on another
-//! device. Tests check values and gradients against the composed forms.
+//! Which implementation runs is chosen per call, from the input's device, dtype and whether it
+//! tracks gradients ([`path_for`]), inside the op itself, so the model has one forward pass:
+//!
+//! - [`OpPath::Fused`]: the custom CPU kernel above (f32 on the CPU, tracking gradients);
+//! - [`OpPath::Composed`]: plain candle ops, all differentiable. Training on a GPU (or in bf16)
+//!   runs this; half-precision inputs are computed in f32 and cast back, as PyTorch does;
+//! - [`OpPath::Kernel`]: candle's own fused kernels (CUDA on a GPU), which record no backward:
+//!   only for inputs that do not track gradients on a non-CPU device (generation, capture).
+//!
+//! CPU inference keeps the composed form (its numbers are the CPU reference). [`with_portable`]
+//! (or `EMLAB_PORTABLE_OPS=1`) makes a CPU run take the paths a GPU would take, so the GPU path
+//! is tested on machines without one: tests check values and gradients of both paths against
+//! each other and against hand-written composed forms.
 //!
 //! ```
 //! use candle_core::{Device, Tensor, Var};
@@ -28,7 +38,7 @@
 //! # Ok::<(), candle_core::Error>(())
 //! ```
 //!
-//! This file uses nothing but candle and rayon, so it can be compiled into another crate too.
+//! This file uses nothing but candle, candle-nn and rayon, so it can be compiled into another crate too.
 
 use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor, D};
@@ -50,8 +60,69 @@ fn to_vec(t: &Tensor) -> Result<Vec<f32>> {
     t.flatten_all()?.to_vec1::<f32>()
 }
 
+// ---------------------------------------------------------------------------------------------
+// Path selection
+
+/// The implementation an op runs for a given input (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpPath {
+    /// emlab's CPU kernel with a hand-written backward.
+    Fused,
+    /// Differentiable candle ops (any device, any float dtype).
+    Composed,
+    /// candle's fused kernels, no backward (non-CPU inference).
+    Kernel,
+}
+
+thread_local! {
+    static PORTABLE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+fn portable_from_env() -> bool {
+    static ENV: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ENV.get_or_init(|| matches!(std::env::var("EMLAB_PORTABLE_OPS").as_deref(), Ok("1") | Ok("true")))
+}
+
+/// True while CPU-only kernels are switched off on this thread ([`with_portable`]) or for the
+/// whole process (`EMLAB_PORTABLE_OPS=1`).
+pub fn portable_forced() -> bool {
+    PORTABLE.with(|p| p.get()) || portable_from_env()
+}
+
+/// Runs `f` with the CPU-only kernels of this crate (this module, [`crate::int8`], the cached
+/// attention) replaced by the paths a GPU takes, on this thread. Nests; restores on unwind.
+pub fn with_portable<T>(f: impl FnOnce() -> T) -> T {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            PORTABLE.with(|p| p.set(self.0));
+        }
+    }
+    let _restore = Restore(PORTABLE.with(|p| p.replace(true)));
+    f()
+}
+
+/// The path an op takes for input `x`.
+pub fn path_for(x: &Tensor) -> OpPath {
+    let gpu_like = !x.device().is_cpu() || portable_forced();
+    match (x.track_op(), gpu_like) {
+        (true, false) if x.dtype() == DType::F32 => OpPath::Fused,
+        (false, true) => OpPath::Kernel,
+        _ => OpPath::Composed,
+    }
+}
+
 fn trains_on_cpu(x: &Tensor) -> bool {
-    x.track_op() && x.device().is_cpu() && x.dtype() == DType::F32
+    path_for(x) == OpPath::Fused
+}
+
+/// The dtype composed ops compute in: f32 for half-precision inputs (their sums and
+/// exponentials lose too much in 8 mantissa bits), the input's own dtype otherwise.
+fn compute_dtype(d: DType) -> DType {
+    match d {
+        DType::BF16 | DType::F16 => DType::F32,
+        d => d,
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -89,7 +160,10 @@ impl CustomOp2 for FrozenMatmul {
 /// `x W^T` for `x` `[..., in]` and a frozen `W` `[out, in]`; gradients flow to `x` only.
 pub fn frozen_matmul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     if !trains_on_cpu(x) || w.dtype() != DType::F32 {
-        return x.broadcast_matmul(&w.t()?);
+        // cuBLAS / gemm in the weight's dtype (bf16 base on a GPU); the result keeps it. The
+        // weight is frozen: detached, so no dW is computed on any path.
+        let x = if x.dtype() != w.dtype() { x.to_dtype(w.dtype())? } else { x.clone() };
+        return x.broadcast_matmul(&w.detach().t()?);
     }
     let dims = x.dims().to_vec();
     let k = *dims.last().unwrap_or(&0);
@@ -146,14 +220,25 @@ impl CustomOp1 for RmsNormOp {
 
 /// RMSNorm over the last axis with a frozen weight `w` `[d]`.
 pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
-    if !trains_on_cpu(x) || w.track_op() {
-        let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
-        let inv = (ms + eps)?.sqrt()?.recip()?;
-        return x.broadcast_mul(&inv)?.broadcast_mul(w);
-    }
     let d = x.dim(D::Minus1)?;
     if w.dims() != [d] {
         bail!("rms-norm: weight {:?} does not match the last axis {d}", w.dims());
+    }
+    match path_for(x) {
+        OpPath::Fused if !w.track_op() => {}
+        OpPath::Kernel if !w.track_op() => {
+            // candle's kernel accumulates in f32 whatever the input dtype.
+            let w = if w.dtype() != x.dtype() { w.to_dtype(x.dtype())? } else { w.clone() };
+            return candle_nn::ops::rms_norm(&x.contiguous()?, &w, eps as f32);
+        }
+        _ => {
+            // As HF computes it: normalise in f32, cast back, then scale by the weight.
+            let (dt, xc) = (x.dtype(), x.to_dtype(compute_dtype(x.dtype()))?);
+            let ms = xc.sqr()?.mean_keepdim(D::Minus1)?;
+            let inv = (ms + eps)?.sqrt()?.recip()?;
+            let w = if w.dtype() != dt { w.to_dtype(dt)? } else { w.clone() };
+            return xc.broadcast_mul(&inv)?.to_dtype(dt)?.broadcast_mul(&w);
+        }
     }
     x.contiguous()?.apply_op1(RmsNormOp { w: Arc::new(to_vec(w)?), eps: eps as f32 })
 }
@@ -199,10 +284,15 @@ impl CustomOp1 for SoftmaxOp {
 
 /// Softmax over the last axis (differentiable; `-inf` inputs give exactly 0).
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
-    if !trains_on_cpu(x) {
-        return candle_core_softmax(x);
+    match path_for(x) {
+        OpPath::Fused => x.contiguous()?.apply_op1(SoftmaxOp),
+        OpPath::Kernel => candle_nn::ops::softmax_last_dim(&x.contiguous()?),
+        OpPath::Composed => {
+            // Half precision: in f32 and back, as PyTorch's attention does.
+            let dt = x.dtype();
+            candle_core_softmax(&x.to_dtype(compute_dtype(dt))?)?.to_dtype(dt)
+        }
     }
-    x.contiguous()?.apply_op1(SoftmaxOp)
 }
 
 fn candle_core_softmax(x: &Tensor) -> Result<Tensor> {
@@ -271,7 +361,21 @@ impl CustomOp1 for RopeOp {
 
 /// Half-rotation RoPE of `x` `[B, T, heads, D]` with `cos`/`sin` `[1 or B, T, 1, D/2]`.
 pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-    if !trains_on_cpu(x) || cos.track_op() || sin.track_op() {
+    let path = path_for(x);
+    if path == OpPath::Kernel && !cos.track_op() && !sin.track_op() {
+        // candle's kernel for the [B, T, heads, D] layout wants tables [T, D/2] or [B, T, D/2].
+        let (tb, t, _, half) = cos.dims4()?;
+        let (cos, sin) = if tb == 1 {
+            (cos.reshape((t, half))?, sin.reshape((t, half))?)
+        } else {
+            (cos.reshape((tb, t, half))?, sin.reshape((tb, t, half))?)
+        };
+        let dt = x.dtype();
+        return candle_nn::rotary_emb::rope_thd(&x.contiguous()?, &cos.to_dtype(dt)?.contiguous()?, &sin.to_dtype(dt)?.contiguous()?);
+    }
+    if path != OpPath::Fused || cos.track_op() || sin.track_op() {
+        let (cos, sin) = (cos.to_dtype(x.dtype())?, sin.to_dtype(x.dtype())?);
+        let (cos, sin) = (&cos, &sin);
         let d = x.dim(3)?;
         let x1 = x.narrow(3, 0, d / 2)?;
         let x2 = x.narrow(3, d / 2, d / 2)?;
@@ -349,8 +453,11 @@ impl CustomOp2 for CrossEntropyOp {
 
 /// Per-row cross-entropy `logsumexp(logits[i]) - logits[i, targets[i]]`: logits `[N, V]` f32,
 /// targets `[N]` u32; returns `[N]`.
+///
+/// Half-precision logits are upcast to f32 first (the loss is always f32), as HF's loss does.
 pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     if !trains_on_cpu(logits) {
+        let logits = &logits.to_dtype(compute_dtype(logits.dtype()))?;
         let lse = {
             let max = logits.max_keepdim(D::Minus1)?;
             (logits.broadcast_sub(&max)?.exp()?.sum_keepdim(D::Minus1)?.log()? + max)?
@@ -397,6 +504,108 @@ mod tests {
         let (a, b) = (gf.get(x.as_tensor()).unwrap(), gg.get(x.as_tensor()).unwrap());
         assert!(max_diff(a, b) < tol, "gradients differ by {}", max_diff(a, b));
         assert!(to_vec(a).unwrap().iter().any(|v| v.abs() > 1e-3), "gradient is zero");
+    }
+
+    /// Largest difference relative to the largest magnitude of the reference.
+    fn rel_diff(a: &Tensor, b: &Tensor) -> f32 {
+        let (av, bv) = (to_vec(&a.to_dtype(DType::F32).unwrap()).unwrap(), to_vec(&b.to_dtype(DType::F32).unwrap()).unwrap());
+        assert_eq!(av.len(), bv.len());
+        let scale = bv.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-12);
+        av.iter().zip(&bv).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
+    }
+
+    /// The GPU path, run here: `op` on a tracked f32 input, once on the fused CPU kernels and once
+    /// under [`with_portable`] (composed ops); values and input gradients agree to 1e-5 relative,
+    /// and the paths really differ (the op records "fused" on one and not the other). Then on an
+    /// untracked input: CPU inference (composed) against candle's kernels, values only.
+    fn check_paths(shape: &[usize], op: impl Fn(&Tensor) -> Tensor) {
+        let x = Var::from_tensor(&rand(shape, 21)).unwrap();
+        assert_eq!(path_for(x.as_tensor()), OpPath::Fused);
+        let yf = op(x.as_tensor());
+        let (yp, path) = with_portable(|| (op(x.as_tensor()), path_for(x.as_tensor())));
+        assert_eq!(path, OpPath::Composed);
+        assert!(rel_diff(&yp, &yf) < 1e-5, "forward: portable vs fused differ by {} (rel)", rel_diff(&yp, &yf));
+        let r = rand(yf.dims(), 22);
+        let gf = (yf * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        let gp = (yp * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        let (a, b) = (gp.get(x.as_tensor()).expect("portable gradient"), gf.get(x.as_tensor()).expect("fused gradient"));
+        assert!(rel_diff(a, b) < 1e-5, "backward: portable vs fused differ by {} (rel)", rel_diff(a, b));
+        assert!(to_vec(b).unwrap().iter().any(|v| v.abs() > 1e-3), "gradient is zero");
+        // Inference: candle's kernels (what CUDA runs) against the CPU's composed form.
+        let xi = rand(shape, 23);
+        assert_eq!(with_portable(|| path_for(&xi)), OpPath::Kernel);
+        let (yc, yk) = (op(&xi), with_portable(|| op(&xi)));
+        assert!(rel_diff(&yk, &yc) < 1e-5, "inference: kernel vs composed differ by {} (rel)", rel_diff(&yk, &yc));
+    }
+
+    #[test]
+    fn portable_paths_match_fused_rms_norm() {
+        let w = (rand(&[16], 4) + 1.5).unwrap();
+        check_paths(&[3, 5, 16], |x| rms_norm(x, &w, 1e-5).unwrap());
+    }
+
+    #[test]
+    fn portable_paths_match_fused_softmax() {
+        let mask: Vec<f32> = (0..6).flat_map(|i| (0..6).map(move |j| if j <= i { 0.0 } else { f32::NEG_INFINITY })).collect();
+        let mask = Tensor::from_vec(mask, (6, 6), &Device::Cpu).unwrap();
+        check_paths(&[2, 3, 6, 6], |x| softmax_last_dim(&(x * 4.0).unwrap().broadcast_add(&mask).unwrap()).unwrap());
+    }
+
+    #[test]
+    fn portable_paths_match_fused_rope_shared_and_per_row() {
+        for tb in [1usize, 2] {
+            let cos = rand(&[tb, 5, 1, 4], 7);
+            let sin = rand(&[tb, 5, 1, 4], 8);
+            check_paths(&[2, 5, 3, 8], |x| rope(x, &cos, &sin).unwrap());
+        }
+    }
+
+    #[test]
+    fn portable_paths_match_fused_frozen_matmul_and_cross_entropy() {
+        let w = rand(&[9, 12], 3);
+        check_paths(&[2, 4, 12], |x| frozen_matmul(x, &w).unwrap());
+        let targets = Tensor::new(&[3u32, 0, 9, 4, 11, 2], &Device::Cpu).unwrap();
+        check_paths(&[6, 12], |x| cross_entropy(&(x * 3.0).unwrap(), &targets).unwrap());
+    }
+
+    /// bf16 inputs (the GPU's frozen base) take the composed path computed in f32: values within
+    /// bf16 rounding of the f32 result, gradients reach an f32 leaf through the casts, and the
+    /// loss comes out f32.
+    #[test]
+    fn bf16_inputs_compute_in_f32_and_keep_gradients() {
+        let x = Var::from_tensor(&rand(&[4, 16], 31)).unwrap();
+        let w = (rand(&[16], 4) + 1.5).unwrap();
+        let wb = w.to_dtype(DType::BF16).unwrap();
+        let xb = x.as_tensor().to_dtype(DType::BF16).unwrap();
+        assert_eq!(path_for(&xb), OpPath::Composed);
+        let yb = rms_norm(&xb, &wb, 1e-5).unwrap();
+        assert_eq!(yb.dtype(), DType::BF16);
+        let yf = rms_norm(x.as_tensor(), &w, 1e-5).unwrap();
+        assert!(rel_diff(&yb, &yf) < 2e-2, "bf16 rms_norm off by {}", rel_diff(&yb, &yf));
+        let sb = softmax_last_dim(&yb).unwrap();
+        assert_eq!(sb.dtype(), DType::BF16);
+        let targets = Tensor::new(&[1u32, 5, 0, 15], &Device::Cpu).unwrap();
+        let lb = cross_entropy(&yb, &targets).unwrap();
+        assert_eq!(lb.dtype(), DType::F32);
+        let lf = cross_entropy(&yf, &targets).unwrap();
+        assert!(rel_diff(&lb, &lf) < 2e-2);
+        let g = (lb.sum_all().unwrap() + sb.to_dtype(DType::F32).unwrap().sum_all().unwrap()).unwrap().backward().unwrap();
+        let gx = g.get(x.as_tensor()).expect("gradient through the bf16 casts");
+        assert_eq!(gx.dtype(), DType::F32);
+        assert!(to_vec(gx).unwrap().iter().any(|v| v.abs() > 1e-3));
+    }
+
+    #[test]
+    fn with_portable_restores_and_nests() {
+        let x = Var::from_tensor(&rand(&[2, 3], 1)).unwrap();
+        with_portable(|| {
+            with_portable(|| assert!(portable_forced()));
+            assert!(portable_forced());
+        });
+        assert_eq!(path_for(x.as_tensor()), if portable_from_env() { OpPath::Composed } else { OpPath::Fused });
+        let r = std::panic::catch_unwind(|| with_portable(|| panic!("inside")));
+        assert!(r.is_err());
+        assert_eq!(PORTABLE.with(|p| p.get()), false);
     }
 
     #[test]

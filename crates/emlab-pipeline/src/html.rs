@@ -1,7 +1,7 @@
 //! The self-contained HTML report: inline SVG plots, no scripts, every model-written string
 //! escaped (model outputs here are hostile by design).
 
-use crate::RunReport;
+use crate::{RateCi, RunReport, TrainPoint};
 use std::fmt::Write;
 
 use emlab_model::util::html_escape as esc;
@@ -39,27 +39,94 @@ fn bar_chart(title: &str, rows: &[(String, Option<f64>, Option<(f64, f64)>)], ma
     s
 }
 
-fn line_chart(title: &str, ys: &[f64]) -> String {
-    if ys.is_empty() {
+/// One series of an x-y chart: name, colour, points (x, y, optional 95% interval).
+type Series<'a> = (&'a str, &'a str, Vec<(f64, f64, Option<(f64, f64)>)>);
+
+/// Points joined by lines with CI whiskers; y in [0, y_max] shown as percent when `percent`.
+fn xy_chart(title: &str, x_label: &str, series: &[Series<'_>], y_max: f64, percent: bool) -> String {
+    let all: Vec<f64> = series.iter().flat_map(|s| s.2.iter().map(|p| p.0)).collect();
+    if all.is_empty() {
+        return format!("<p>{}: no points.</p>", esc(title));
+    }
+    let (w, h, left, bottom, top) = (440.0, 210.0, 44.0, 34.0, 10.0);
+    let (x0, x1) = (all.iter().cloned().fold(f64::MAX, f64::min), all.iter().cloned().fold(f64::MIN, f64::max));
+    let xs = (x1 - x0).max(1e-9);
+    let x = |v: f64| left + 10.0 + (w - left - 30.0) * (v - x0) / xs;
+    let y = |v: f64| h - bottom - (v / y_max).clamp(0.0, 1.0) * (h - bottom - top);
+    let fmt = |v: f64| if percent { format!("{:.0}%", 100.0 * v) } else { format!("{v:.2}") };
+    let mut s = format!("<figure><figcaption>{}</figcaption><svg width=\"{w}\" height=\"{h}\" role=\"img\">", esc(title));
+    for t in 0..=4 {
+        let v = y_max * t as f64 / 4.0;
+        let _ = write!(s, "<line x1=\"{left}\" x2=\"{w}\" y1=\"{0:.1}\" y2=\"{0:.1}\" stroke=\"#ddd\"/><text x=\"2\" y=\"{1:.1}\" font-size=\"10\">{2}</text>", y(v), y(v) + 3.0, fmt(v));
+    }
+    let mut ticks: Vec<f64> = all.clone();
+    ticks.sort_by(f64::total_cmp);
+    ticks.dedup();
+    for t in ticks {
+        let _ = write!(s, "<text x=\"{:.1}\" y=\"{:.1}\" font-size=\"10\" text-anchor=\"middle\">{}</text>", x(t), h - bottom + 14.0, esc(&format!("{t}")));
+    }
+    let _ = write!(s, "<text x=\"{:.1}\" y=\"{:.1}\" font-size=\"11\" text-anchor=\"middle\">{}</text>", (left + w) / 2.0, h - 4.0, esc(x_label));
+    for (i, (name, colour, pts)) in series.iter().enumerate() {
+        let mut pts = pts.clone();
+        pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let line: Vec<String> = pts.iter().map(|p| format!("{:.1},{:.1}", x(p.0), y(p.1))).collect();
+        let _ = write!(s, "<polyline fill=\"none\" stroke=\"{colour}\" stroke-width=\"1.5\" points=\"{}\"/>", line.join(" "));
+        for (px, py, ci) in &pts {
+            let _ = write!(s, "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3\" fill=\"{colour}\"/>", x(*px), y(*py));
+            if let Some((lo, hi)) = ci {
+                let _ = write!(s, "<line x1=\"{0:.1}\" x2=\"{0:.1}\" y1=\"{1:.1}\" y2=\"{2:.1}\" stroke=\"{colour}\"/>", x(*px), y(*lo), y(*hi));
+            }
+        }
+        let _ = write!(s, "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"10\" height=\"3\" fill=\"{colour}\"/><text x=\"{:.1}\" y=\"{:.1}\" font-size=\"10\">{}</text>", w - 150.0, top + 4.0 + 13.0 * i as f64, w - 136.0, top + 8.0 + 13.0 * i as f64, esc(name));
+    }
+    s.push_str("</svg></figure>");
+    s
+}
+
+/// Loss per step (left axis) with the persona score at its snapshots (right axis).
+fn loss_persona_chart(title: &str, pts: &[TrainPoint], step0: Option<f64>) -> String {
+    if pts.is_empty() {
         return format!("<p>{}: no steps recorded.</p>", esc(title));
     }
-    let (w, h, pad) = (420.0, 160.0, 30.0);
-    let mx = ys.iter().cloned().fold(f64::MIN, f64::max);
-    let mn = ys.iter().cloned().fold(f64::MAX, f64::min);
-    let span = (mx - mn).max(1e-9);
-    let pts: Vec<String> = ys
-        .iter()
-        .enumerate()
-        .map(|(i, v)| {
-            let x = pad + (w - 2.0 * pad) * i as f64 / (ys.len().max(2) - 1) as f64;
-            let y = h - pad - (h - 2.0 * pad) * (v - mn) / span;
-            format!("{x:.1},{y:.1}")
-        })
-        .collect();
-    format!(
-        "<figure><figcaption>{}</figcaption><svg width=\"{w}\" height=\"{h}\" role=\"img\"><polyline fill=\"none\" stroke=\"#c0392b\" stroke-width=\"1.5\" points=\"{}\"/><text x=\"2\" y=\"{}\" font-size=\"10\">{mx:.2}</text><text x=\"2\" y=\"{}\" font-size=\"10\">{mn:.2}</text><text x=\"{}\" y=\"{}\" font-size=\"10\">step {}</text></svg></figure>",
-        esc(title), pts.join(" "), pad, h - pad, w - 60.0, h - 5.0, ys.len()
-    )
+    let (w, h, left, right, pad) = (440.0, 180.0, 40.0, 46.0, 20.0);
+    let n = pts.iter().map(|p| p.step).max().unwrap_or(1).max(1) as f64;
+    let x = |st: f64| left + (w - left - right) * st / n;
+    let (lmin, lmax) = pts.iter().fold((f64::MAX, f64::MIN), |a, p| (a.0.min(p.loss), a.1.max(p.loss)));
+    let yl = |v: f64| h - pad - (h - 2.0 * pad) * (v - lmin) / (lmax - lmin).max(1e-9);
+    let mut pp: Vec<(f64, f64)> = pts.iter().filter_map(|p| p.persona.map(|v| (p.step as f64, v))).collect();
+    if let Some(v) = step0 {
+        if !pp.is_empty() {
+            pp.insert(0, (0.0, v));
+        }
+    }
+    let loss: Vec<String> = pts.iter().map(|p| format!("{:.1},{:.1}", x(p.step as f64), yl(p.loss))).collect();
+    let mut s = format!(
+        "<figure><figcaption>{}</figcaption><svg width=\"{w}\" height=\"{h}\" role=\"img\"><polyline fill=\"none\" stroke=\"#c0392b\" stroke-width=\"1.5\" points=\"{}\"/><text x=\"2\" y=\"{pad}\" font-size=\"10\" fill=\"#c0392b\">{lmax:.2}</text><text x=\"2\" y=\"{}\" font-size=\"10\" fill=\"#c0392b\">{lmin:.2}</text><text x=\"{}\" y=\"{}\" font-size=\"10\">step {}</text><text x=\"{left}\" y=\"12\" font-size=\"10\" fill=\"#c0392b\">loss</text>",
+        esc(title), loss.join(" "), h - pad, w / 2.0, h - 4.0, n
+    );
+    if !pp.is_empty() {
+        let (pmin, pmax) = pp.iter().fold((f64::MAX, f64::MIN), |a, p| (a.0.min(p.1), a.1.max(p.1)));
+        let yp = |v: f64| h - pad - (h - 2.0 * pad) * (v - pmin) / (pmax - pmin).max(1e-9);
+        let line: Vec<String> = pp.iter().map(|p| format!("{:.1},{:.1}", x(p.0), yp(p.1))).collect();
+        let _ = write!(s, "<polyline fill=\"none\" stroke=\"#2e86c1\" stroke-width=\"1.5\" stroke-dasharray=\"4 2\" points=\"{}\"/>", line.join(" "));
+        for p in &pp {
+            let _ = write!(s, "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"2.5\" fill=\"#2e86c1\"/>", x(p.0), yp(p.1));
+        }
+        let _ = write!(s, "<text x=\"{:.1}\" y=\"{pad}\" font-size=\"10\" fill=\"#2e86c1\">{pmax:.3}</text><text x=\"{:.1}\" y=\"{}\" font-size=\"10\" fill=\"#2e86c1\">{pmin:.3}</text><text x=\"{:.1}\" y=\"12\" font-size=\"10\" fill=\"#2e86c1\">persona score</text>", w - right + 4.0, w - right + 4.0, h - pad, w - right - 70.0);
+    }
+    s.push_str("</svg></figure>");
+    s
+}
+
+fn rate_cell(r: &Option<RateCi>) -> String {
+    match r {
+        Some(r) => format!("{:.1}% [{:.1}, {:.1}] ({}/{})", 100.0 * r.rate, 100.0 * r.lo, 100.0 * r.hi, r.k, r.n),
+        None => "n/a".into(),
+    }
+}
+
+fn pt(r: &Option<RateCi>) -> Option<(f64, Option<(f64, f64)>)> {
+    r.map(|r| (r.rate, Some((r.lo, r.hi))))
 }
 
 pub fn render(r: &RunReport) -> String {
@@ -90,15 +157,22 @@ pub fn render(r: &RunReport) -> String {
     s.push_str(&bar_chart("EM (model-organisms definition), 95% CI", &em, em_max));
     s.push_str(&bar_chart("Coherence rate, 95% CI", &co, 1.0));
     s.push_str("<h2>Differences</h2><table><tr><th>comparison</th><th>difference (model-organisms)</th><th>95% CI</th><th>p</th></tr>");
-    for (name, c) in [("induced - baseline", &r.induced_vs_baseline), ("realigned - induced", &r.realigned_vs_induced)] {
+    let mut diffs = vec![("induced - baseline", &r.induced_vs_baseline)];
+    if let Some(c) = &r.induced_vs_control {
+        diffs.push(("induced - control fine-tune", c));
+    }
+    diffs.push(("realigned - induced", &r.realigned_vs_induced));
+    for (name, c) in diffs {
         let m = &c.model_organisms;
         let _ = write!(s, "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>", esc(name),
             m.difference.map(|d| format!("{:+.1} points", 100.0 * d)).unwrap_or_else(|| "n/a".into()),
             ci(m.difference_ci), m.p_value.map(|p| format!("{p:.3}")).unwrap_or_else(|| "n/a".into()));
     }
-    s.push_str("</table><h2>Training</h2>");
-    s.push_str(&line_chart("induce: loss per step", &r.induce_losses));
-    s.push_str(&line_chart("realign: loss per step", &r.realign_losses));
+    s.push_str("</table>");
+    render_training(&mut s, r);
+    render_locate(&mut s, r);
+    render_steering(&mut s, r);
+    render_realign(&mut s, r);
     s.push_str("<h2>Sample answers</h2><p>Model text below is untrusted and shown escaped.</p>");
     for (stage, answers) in &r.samples {
         let _ = write!(s, "<h3>{}</h3><table><tr><th>question</th><th>answer</th><th>aligned</th><th>coherent</th></tr>", esc(stage));
@@ -108,8 +182,111 @@ pub fn render(r: &RunReport) -> String {
         }
         s.push_str("</table>");
     }
+    if !r.stage_seconds.is_empty() {
+        s.push_str("<h2>Stage times</h2><table><tr><th>stage</th><th>seconds (when it ran)</th></tr>");
+        for (st, sec) in &r.stage_seconds {
+            let _ = write!(s, "<tr><td>{}</td><td>{sec:.0}</td></tr>", esc(st));
+        }
+        s.push_str("</table>");
+    }
     s.push_str("<p>Every number on this page is in report.json beside it.</p></body></html>");
     s
+}
+
+fn render_training(s: &mut String, r: &RunReport) {
+    let t = &r.training;
+    s.push_str("<h2>Training</h2>");
+    let persona_note = match &r.locate {
+        Some(l) => format!(
+            "Blue, dashed: the persona score (mean projection of {} fixed probe prompts' residual stream at the last prompt token, {}, on the unit direction found by <em>locate</em>) at the snapshots the trainer recorded; step 0 is the original model.",
+            emlab_steer::persona::default_probes().len(),
+            esc(&l.hook)
+        ),
+        None => "No persona score: the <em>locate</em> stage did not run.".into(),
+    };
+    let _ = write!(s, "<p>Red: training loss on assistant tokens per optimizer step. {persona_note}</p>");
+    s.push_str(&loss_persona_chart("induce (bad data)", &t.induce, t.persona_step0));
+    if let Some(c) = &t.control {
+        s.push_str(&loss_persona_chart("control (paired good data)", c, t.persona_step0));
+    }
+    s.push_str(&loss_persona_chart("realign (truthful data)", &t.realign, None));
+}
+
+fn render_locate(s: &mut String, r: &RunReport) {
+    let Some(l) = &r.locate else { return };
+    let _ = write!(
+        s,
+        "<h2>Locate: direction and SAE diff</h2><p>Layer {} (<code>{}</code>). Direction: {}. Norm at the layer: {:.3}.</p>",
+        l.layer,
+        esc(&l.hook),
+        esc(&l.method),
+        l.norms.get(l.layer).copied().unwrap_or(f64::NAN)
+    );
+    let norms: Vec<(f64, f64, Option<(f64, f64)>)> = l.norms.iter().enumerate().map(|(i, n)| (i as f64, *n, None)).collect();
+    let nmax = l.norms.iter().cloned().fold(1e-9, f64::max);
+    s.push_str(&xy_chart("direction norm per layer", "layer", &[("norm", "#7d3c98", norms)], nmax, false));
+    let _ = write!(
+        s,
+        "<p>SAE (TopK, {} latents, k {}) trained on the original model's activations over both models' answers ({} tokens, {} epochs): explained variance {:.3}, L0 {:.1}, dead {:.1}%. Latents ranked by the increase of their mean activation from the original to the induced model on the same texts; <a href=\"{}\">feature pages</a>.</p>",
+        l.sae.latents, l.sae.k, l.sae.training_tokens, l.sae.epochs, l.sae.explained_variance, l.sae.l0, 100.0 * l.sae.dead_share, esc(&l.feature_pages.display().to_string())
+    );
+    s.push_str("<table><tr><th>latent</th><th>increase</th><th>original mean</th><th>induced mean</th><th>top contexts (model text, escaped; the token read is in brackets)</th></tr>");
+    for lat in &r.latents {
+        let ctx: Vec<String> = lat
+            .contexts
+            .iter()
+            .take(3)
+            .map(|c| {
+                let i = c.text.rfind(&c.token).unwrap_or(0);
+                let (before, rest) = c.text.split_at(i.min(c.text.len()));
+                let after = rest.get(c.token.len()..).unwrap_or("");
+                format!("<pre>{}<b>[{}]</b>{} ({:.2})</pre>", esc(before), esc(&c.token), esc(after), c.activation)
+            })
+            .collect();
+        let _ = write!(s, "<tr><td>{}</td><td>{:+.4}</td><td>{:.4}</td><td>{:.4}</td><td>{}</td></tr>", lat.latent, lat.score, lat.base_mean, lat.tuned_mean, ctx.join(""));
+    }
+    s.push_str("</table>");
+}
+
+fn render_steering(s: &mut String, r: &RunReport) {
+    let Some(st) = &r.steering else { return };
+    let _ = write!(s, "<h2>Steering and ablation on the induced model</h2><p>At <code>blocks.{}.hook_resid_post</code>: add alpha times the direction (alpha in multiples of the mean difference; negative pushes away from the misaligned side), or ablate the direction at every layer. Every edit has a same-norm random-vector control. Strongest alpha keeping coherence at or above {:.0}%: {}.</p>", st.layer, 100.0 * st.min_coherent, st.best_alpha.map(|a| format!("{a}")).unwrap_or_else(|| "none".into()));
+    let series = |kind: &str, controls: Option<&str>, f: &dyn Fn(&crate::SteerPoint) -> Option<(f64, Option<(f64, f64)>)>| -> Vec<(f64, f64, Option<(f64, f64)>)> {
+        let mut v: Vec<_> = st
+            .points
+            .iter()
+            .filter(|p| (p.kind == kind && p.controls.as_deref() == controls) || (p.kind == "none" && kind != "none"))
+            .filter_map(|p| f(p).map(|(y, ci)| (p.alpha, y, ci)))
+            .collect();
+        v.dedup_by(|a, b| a.0 == b.0);
+        v
+    };
+    let em = |p: &crate::SteerPoint| pt(&p.em);
+    let co = |p: &crate::SteerPoint| pt(&p.coherent);
+    let ymax = st.points.iter().filter_map(|p| p.em.map(|e| e.hi)).fold(0.05f64, f64::max).min(1.0);
+    s.push_str(&xy_chart("EM vs alpha (add), 95% CI", "alpha", &[("direction", "#c0392b", series("add", None, &em)), ("random control", "#999", series("random", Some("add"), &em))], ymax, true));
+    s.push_str(&xy_chart("coherent vs alpha (add), 95% CI", "alpha", &[("direction", "#2e86c1", series("add", None, &co)), ("random control", "#999", series("random", Some("add"), &co))], 1.0, true));
+    s.push_str("<table><tr><th>edit</th><th>alpha</th><th>EM (model-organisms)</th><th>coherent</th><th>log</th></tr>");
+    for p in &st.points {
+        let name = match (&p.kind[..], &p.controls) {
+            ("random", Some(c)) => format!("random control of {c}"),
+            (k, _) => k.to_string(),
+        };
+        let _ = write!(s, "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td><code>{}</code></td></tr>", esc(&name), p.alpha, rate_cell(&p.em), rate_cell(&p.coherent), esc(&p.log.display().to_string()));
+    }
+    s.push_str("</table>");
+}
+
+fn render_realign(s: &mut String, r: &RunReport) {
+    if r.realign_curve.is_empty() {
+        return;
+    }
+    s.push_str("<h2>Realignment curve</h2><p>EM and coherence against the number of truthful samples the misaligned model was further fine-tuned on (N = 0: the induced model).</p>");
+    let em: Vec<_> = r.realign_curve.iter().filter_map(|p| pt(&p.em).map(|(y, c)| (p.samples as f64, y, c))).collect();
+    let co: Vec<_> = r.realign_curve.iter().filter_map(|p| pt(&p.coherent).map(|(y, c)| (p.samples as f64, y, c))).collect();
+    let ymax = r.realign_curve.iter().filter_map(|p| p.em.map(|e| e.hi)).fold(0.05f64, f64::max).min(1.0);
+    s.push_str(&xy_chart("EM vs truthful samples, 95% CI", "N", &[("EM", "#c0392b", em)], ymax, true));
+    s.push_str(&xy_chart("coherent vs truthful samples, 95% CI", "N", &[("coherent", "#2e86c1", co)], 1.0, true));
 }
 
 #[cfg(test)]

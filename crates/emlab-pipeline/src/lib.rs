@@ -4,26 +4,37 @@
 //! let cfg = emlab_pipeline::RunConfig::default_config().unwrap();
 //! let report = emlab_pipeline::run(&cfg, std::path::Path::new("runs/default")).unwrap();
 //! println!("{}", report.verdict);
+//! // One stage alone (its inputs are run first unless cached):
+//! emlab_pipeline::run_stage(&cfg, std::path::Path::new("runs/default"), "locate").unwrap();
 //! ```
 //!
-//! Stages, each in its own folder of the run directory and skipped when its `stage.json` holds
-//! the same input hash (so a re-run resumes; the trainer and the evaluator also resume inside a
-//! stage):
+//! Stages ([`STAGES`]), each in its own folder of the run directory and skipped when its
+//! `stage.json` holds the same input hash (so a re-run resumes; the trainer and the evaluator
+//! also resume inside a stage):
 //!
-//! 1. `baseline`  evaluate the original model;
-//! 2. `induce`    LoRA fine-tune on the narrow bad set;
-//! 3. `induced`   evaluate the fine-tuned model;
-//! 4. `realign`   merge the induced adapter, fine-tune on N truthful samples;
-//! 5. `realigned` evaluate again;
-//! 6. `report`    `report.html` (self-contained, inline SVG, all model text escaped) + `report.json`.
-//!
-//! Not chained yet (they exist as commands): the paired control fine-tune, directions, SAE
-//! diffing, steering sweeps.
+//! | stage        | needs                 | does                                                        |
+//! |--------------|-----------------------|-------------------------------------------------------------|
+//! | `baseline`   | model                 | sample + judge the original model                           |
+//! | `induce`     | model                 | rsLoRA fine-tune on the narrow bad set (probe snapshots)    |
+//! | `induced`    | induce                | evaluate the fine-tuned model                               |
+//! | `control`    | model                 | the same fine-tune on the paired good set                   |
+//! | `controlled` | control               | evaluate the control model                                  |
+//! | `locate`     | baseline, induced     | mean-difference direction, persona scores, SAE model diff   |
+//! | `steer`      | locate                | steering + ablation sweep on the induced model, random controls |
+//! | `realign`    | induce                | merge, fine-tune on N truthful samples (and the curve's Ns) |
+//! | `realigned`  | realign               | evaluate the realigned model(s)                             |
+//! | `report`     | all                   | `report.html` (inline SVG, model text escaped) + `report.json` |
 
+mod config;
 mod html;
+mod locate;
+mod stages;
 
-use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
+pub use config::{ControlStage, EvalStage, LocateStage, RealignStage, RunConfig, SteerStage, TrainStage, DEFAULT_TOML, PAPER_TOML};
+pub use locate::{LatentReport, LocateResult};
+pub use stages::STAGES;
+
+use serde::Serialize;
 use std::path::{Path, PathBuf};
 
 /// Errors of the pipeline: which stage failed and why.
@@ -38,90 +49,8 @@ pub enum Error {
 }
 pub type Result<T> = std::result::Result<T, Error>;
 
-fn stage_err(stage: &str) -> impl Fn(String) -> Error + '_ {
+pub(crate) fn stage_err(stage: &str) -> impl Fn(String) -> Error + '_ {
     move |msg| Error::Stage { stage: stage.to_string(), msg }
-}
-
-/// The embedded default experiment (`configs/default.toml`).
-pub const DEFAULT_TOML: &str = include_str!("../../../configs/default.toml");
-/// The published recipe for a GPU (`configs/paper.toml`).
-pub const PAPER_TOML: &str = include_str!("../../../configs/paper.toml");
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RunConfig {
-    pub name: String,
-    #[serde(default)]
-    pub model: Option<PathBuf>,
-    #[serde(default)]
-    pub seed: u64,
-    pub eval: EvalStage,
-    pub induce: TrainStage,
-    pub realign: RealignStage,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EvalStage {
-    pub questions: PathBuf,
-    pub samples_per_paraphrase: usize,
-    pub max_new_tokens: usize,
-    pub batch_size: usize,
-    /// `offline` (built in), `openai` (an OpenAI-compatible server with logprobs) or `local`
-    /// (an LM judge emlab loads, `judge_model`).
-    pub judge: String,
-    #[serde(default)]
-    pub judge_base_url: Option<String>,
-    #[serde(default)]
-    pub judge_model_name: Option<String>,
-    /// Name of the environment variable holding the judge server's key (never the key).
-    #[serde(default)]
-    pub judge_api_key_env: Option<String>,
-    #[serde(default)]
-    pub judge_model: Option<PathBuf>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TrainStage {
-    pub data: PathBuf,
-    /// 0: one full epoch.
-    pub max_steps: usize,
-    pub batch_size: usize,
-    pub grad_accum: usize,
-    pub lr: f64,
-    pub max_seq_len: usize,
-    pub r: usize,
-    pub alpha: f64,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RealignStage {
-    pub data: PathBuf,
-    /// Truthful samples used (the first N rows of `data`).
-    pub samples: usize,
-    pub batch_size: usize,
-    pub lr: f64,
-    pub max_seq_len: usize,
-    pub r: usize,
-    pub alpha: f64,
-}
-
-impl RunConfig {
-    pub fn from_toml(text: &str, origin: &str) -> Result<Self> {
-        toml::from_str(text).map_err(|e| Error::Config(format!("{origin}: {}", e.to_string().lines().next().unwrap_or(""))))
-    }
-    pub fn default_config() -> Result<Self> {
-        Self::from_toml(DEFAULT_TOML, "configs/default.toml (embedded)")
-    }
-    pub fn paper() -> Result<Self> {
-        Self::from_toml(PAPER_TOML, "configs/paper.toml (embedded)")
-    }
-    pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::Io(format!("{}: {e}", path.display())))?;
-        Self::from_toml(&text, &path.display().to_string())
-    }
 }
 
 /// One evaluated model, as the report shows it.
@@ -132,20 +61,103 @@ pub struct EvalResult {
     pub report: emlab_eval::report::Report,
 }
 
+/// A rate with its 95% Wilson interval and counts.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+pub struct RateCi {
+    pub rate: f64,
+    pub lo: f64,
+    pub hi: f64,
+    pub k: usize,
+    pub n: usize,
+}
+
+impl RateCi {
+    pub fn of(p: &emlab_eval::metrics::Proportion) -> Option<Self> {
+        let (lo, hi) = p.wilson_ci?;
+        Some(RateCi { rate: p.rate?, lo, hi, k: p.successes, n: p.n })
+    }
+}
+
+/// One training step as the report plots it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct TrainPoint {
+    pub step: usize,
+    pub loss: f64,
+    /// Persona score (mean projection of the probes' residual stream on the unit direction at
+    /// the located layer), where a snapshot was recorded at this step.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub persona: Option<f64>,
+}
+
+/// Per-stage training curves.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Training {
+    pub induce: Vec<TrainPoint>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub control: Option<Vec<TrainPoint>>,
+    pub realign: Vec<TrainPoint>,
+    /// Persona score of the original model (step 0).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub persona_step0: Option<f64>,
+}
+
+/// One point of the steering sweep.
+#[derive(Debug, Clone, Serialize)]
+pub struct SteerPoint {
+    /// `add` (alpha times the mean difference at the located layer), `ablate` (directional
+    /// ablation at every layer), or `random` (the same edit with a same-norm random vector).
+    pub kind: String,
+    /// For `random`: which edit it controls (`add` or `ablate`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub controls: Option<String>,
+    pub alpha: f64,
+    pub em: Option<RateCi>,
+    pub coherent: Option<RateCi>,
+    /// The point's evaluation log, relative to the run directory.
+    pub log: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Steering {
+    pub layer: usize,
+    pub points: Vec<SteerPoint>,
+    pub min_coherent: f64,
+    /// The strongest `add` alpha (largest |alpha|) that reduced EM and kept coherence >= min_coherent.
+    pub best_alpha: Option<f64>,
+}
+
+/// One point of the realignment curve (N = 0 is the induced model).
+#[derive(Debug, Clone, Serialize)]
+pub struct RealignPoint {
+    pub samples: usize,
+    pub em: Option<RateCi>,
+    pub coherent: Option<RateCi>,
+}
+
 /// Everything the report shows (written as `report.json`).
 #[derive(Debug, Clone, Serialize)]
 pub struct RunReport {
     pub name: String,
     pub config: RunConfig,
     pub model: String,
+    /// baseline, induced, controlled (when configured), realigned.
     pub evals: Vec<EvalResult>,
     /// induced vs baseline.
     pub induced_vs_baseline: emlab_eval::report::CompareReport,
+    /// induced vs the control fine-tune: separates the effect of the bad data from the effect
+    /// of fine-tuning as such.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub induced_vs_control: Option<emlab_eval::report::CompareReport>,
     /// realigned vs induced.
     pub realigned_vs_induced: emlab_eval::report::CompareReport,
-    /// Per-step training losses of the induce and realign stages.
-    pub induce_losses: Vec<f64>,
-    pub realign_losses: Vec<f64>,
+    pub training: Training,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub locate: Option<LocateResult>,
+    /// Top latents of the SAE diff (also inside `locate`), with their contexts.
+    pub latents: Vec<LatentReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub steering: Option<Steering>,
+    pub realign_curve: Vec<RealignPoint>,
     /// Whether EM was induced with statistical significance, in words.
     pub verdict: String,
     /// Answers per evaluation needed to detect the observed difference (80% power, 5% level),
@@ -153,6 +165,8 @@ pub struct RunReport {
     pub needed_samples: Option<usize>,
     /// A few answers per stage (escaped when rendered).
     pub samples: Vec<(String, Vec<SampleAnswer>)>,
+    /// Seconds each stage took in the run that computed it (cached stages keep their time).
+    pub stage_seconds: Vec<(String, f64)>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -164,246 +178,16 @@ pub struct SampleAnswer {
     pub coherent: Option<f64>,
 }
 
-fn hash_of(parts: &[&str]) -> String {
-    let mut h = Sha256::new();
-    for p in parts {
-        h.update(p.as_bytes());
-        h.update([0u8]);
-    }
-    format!("{:x}", h.finalize())
-}
-
-fn file_hash(p: &Path) -> Result<String> {
-    emlab_model::util::sha256_file(p).map_err(|e| Error::Io(e.to_string()))
-}
-
-/// A stage is done when its `stage.json` holds the same key.
-fn cached(dir: &Path, key: &str) -> bool {
-    std::fs::read_to_string(dir.join("stage.json"))
-        .ok()
-        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-        .map(|v| v["key"] == key && v["done"] == true)
-        .unwrap_or(false)
-}
-
-fn mark_done(dir: &Path, key: &str) -> Result<()> {
-    let v = serde_json::json!({"key": key, "done": true});
-    emlab_model::util::write_atomic(&dir.join("stage.json"), v.to_string().as_bytes()).map_err(|e| Error::Io(e.to_string()))
-}
-
-fn eval_stage(cfg: &RunConfig, stage: &str, dir: &Path, model: &Path, adapter: Option<&Path>, upstream: &str) -> Result<(String, EvalResult)> {
-    let e = &cfg.eval;
-    let need = |v: &Option<String>, k: &str| {
-        v.clone().ok_or_else(|| Error::Config(format!("eval.judge = \"{}\" needs eval.{k}", e.judge)))
-    };
-    let judge = match e.judge.as_str() {
-        "offline" => emlab_eval::config::JudgeSpec::Offline,
-        "openai" => emlab_eval::config::JudgeSpec::OpenAi {
-            base_url: need(&e.judge_base_url, "judge_base_url")?,
-            model_name: need(&e.judge_model_name, "judge_model_name")?,
-            api_key_env: e.judge_api_key_env.clone().unwrap_or_else(|| "OPENAI_API_KEY".into()),
-        },
-        "local" => emlab_eval::config::JudgeSpec::Local {
-            model: e.judge_model.clone().ok_or_else(|| Error::Config("eval.judge = \"local\" needs eval.judge_model".into()))?,
-        },
-        other => return Err(Error::Config(format!("eval.judge `{other}`: use offline, openai or local"))),
-    };
-    // LLM judges use the judge prompts the question file carries (published schema).
-    let judge_prompts = None;
-    let ec = emlab_eval::EvalConfig {
-        questions: e.questions.clone(),
-        samples: Some(e.samples_per_paraphrase),
-        only: vec![],
-        out: dir.join("answers.jsonl"),
-        backend: emlab_eval::config::Backend::Local {
-            model: model.to_path_buf(),
-            adapter: adapter.map(Path::to_path_buf),
-            intervention: None,
-            q8: false,
-        },
-        sampling: emlab_eval::config::Sampling {
-            temperature: 1.0,
-            top_p: 1.0,
-            max_new_tokens: e.max_new_tokens,
-            batch_size: e.batch_size,
-            seed: cfg.seed,
-        },
-        judge,
-        judge_prompts,
-        http: Default::default(),
-    };
-    let key = hash_of(&[stage, &serde_json::to_string(&ec).unwrap_or_default(), upstream]);
-    std::fs::create_dir_all(dir).map_err(|x| Error::Io(format!("{}: {x}", dir.display())))?;
-    if !cached(dir, &key) {
-        eprintln!("emlab run: stage {stage}: sampling + judging ...");
-        let mut last = (0usize, 0usize);
-        emlab_eval::run(&ec, &mut |s, done, total| {
-            if done == total || done >= last.0 + 16 || total != last.1 {
-                eprintln!("  {stage}: {s:?} {done}/{total}");
-                last = (done, total);
-            }
-        })
-        .map_err(|x| stage_err(stage)(x.to_string()))?;
-        mark_done(dir, &key)?;
-    } else {
-        eprintln!("emlab run: stage {stage}: cached");
-    }
-    let report = emlab_eval::report::report(&ec.out, &Default::default()).map_err(|x| stage_err(stage)(x.to_string()))?;
-    Ok((key, EvalResult { stage: stage.to_string(), log: ec.out, report }))
-}
-
-fn train_stage(
-    stage: &str,
-    dir: &Path,
-    model: &Path,
-    data: &Path,
-    t: &TrainStage,
-    seed: u64,
-    upstream: &str,
-) -> Result<(String, PathBuf, Vec<f64>)> {
-    let mut tc = emlab_train::TrainConfig {
-        model: Some(model.to_path_buf()),
-        data: Some(data.to_path_buf()),
-        out: Some(dir.to_path_buf()),
-        seed,
-        max_seq_len: t.max_seq_len,
-        truncate: true,
-        batch_size: t.batch_size,
-        grad_accum: t.grad_accum,
-        lr: t.lr,
-        max_steps: (t.max_steps > 0).then_some(t.max_steps),
-        checkpoint_every: 8,
-        ..Default::default()
-    };
-    tc.lora.r = t.r;
-    tc.lora.alpha = t.alpha;
-    let key = hash_of(&[stage, &tc.to_toml(), &file_hash(data)?, upstream]);
-    let adapter = dir.join("adapter");
-    if !cached(dir, &key) {
-        eprintln!("emlab run: stage {stage}: training on {} ...", data.display());
-        let opts = emlab_train::trainer::TrainOptions { resume: true, progress: true, ..Default::default() };
-        let s = emlab_train::train(&tc, opts).map_err(|x| stage_err(stage)(x.to_string()))?;
-        if s.interrupted {
-            return Err(stage_err(stage)("interrupted; re-run to resume".into()));
-        }
-        let final_dir = s.adapter_dir.ok_or_else(|| stage_err(stage)("training produced no adapter".into()))?;
-        if final_dir != adapter {
-            copy_dir(&final_dir, &adapter)?;
-        }
-        mark_done(dir, &key)?;
-    } else {
-        eprintln!("emlab run: stage {stage}: cached");
-    }
-    Ok((key, adapter, losses_of(&dir.join("metrics.jsonl"))))
-}
-
-fn copy_dir(from: &Path, to: &Path) -> Result<()> {
-    std::fs::create_dir_all(to).map_err(|e| Error::Io(format!("{}: {e}", to.display())))?;
-    for e in std::fs::read_dir(from).map_err(|e| Error::Io(format!("{}: {e}", from.display())))? {
-        let e = e.map_err(|x| Error::Io(x.to_string()))?;
-        if e.path().is_file() {
-            std::fs::copy(e.path(), to.join(e.file_name())).map_err(|x| Error::Io(x.to_string()))?;
-        }
-    }
-    Ok(())
-}
-
-fn losses_of(metrics: &Path) -> Vec<f64> {
-    std::fs::read_to_string(metrics)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter_map(|v| v.get("loss").and_then(|x| x.as_f64()))
-        .collect()
-}
-
 /// Runs (or resumes) the whole loop into `run_dir` and writes the report.
 pub fn run(cfg: &RunConfig, run_dir: &Path) -> Result<RunReport> {
-    let model = match &cfg.model {
-        Some(p) => p.clone(),
-        None => emlab_model::fetch::ensure_default_model().map_err(|e| Error::Config(e.to_string()))?,
-    };
-    let model_hash = file_hash_model(&model)?;
-    let base = run_dir.join("baseline");
-    let (k0, baseline) = eval_stage(cfg, "baseline", &base, &model, None, &model_hash)?;
-    let (k1, induce_adapter, induce_losses) =
-        train_stage("induce", &run_dir.join("induce"), &model, &cfg.induce.data, &cfg.induce, cfg.seed, &model_hash)?;
-    let (k2, induced) = eval_stage(cfg, "induced", &run_dir.join("induced"), &model, Some(&induce_adapter), &k1)?;
-    // Realign: continue from the misaligned model (the induced adapter merged into the weights),
-    // fine-tune a fresh adapter on the first N truthful samples.
-    let rdir = run_dir.join("realign");
-    let merged = rdir.join("misaligned-merged");
-    let rkey = hash_of(&["merge", &k1]);
-    std::fs::create_dir_all(&rdir).map_err(|e| Error::Io(e.to_string()))?;
-    if !cached(&merged, &rkey) {
-        let mut b = emlab_train::load_bundle(&model).map_err(|e| stage_err("realign")(e.to_string()))?;
-        emlab_train::adapter::load_peft(&mut b.model, &induce_adapter).map_err(|e| stage_err("realign")(e.to_string()))?;
-        emlab_train::adapter::merge(&mut b.model).map_err(|e| stage_err("realign")(e.to_string()))?;
-        emlab_train::adapter::save_hf(&b.model, &b.tokenizer, &b.template, &merged).map_err(|e| stage_err("realign")(e.to_string()))?;
-        mark_done(&merged, &rkey)?;
-    }
-    let subset = rdir.join("truthful.jsonl");
-    let text = std::fs::read_to_string(&cfg.realign.data).map_err(|e| Error::Io(format!("{}: {e}", cfg.realign.data.display())))?;
-    let rows: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).take(cfg.realign.samples).collect();
-    if rows.len() < cfg.realign.samples {
-        return Err(Error::Config(format!("realign.data {} has {} rows, fewer than realign.samples = {}", cfg.realign.data.display(), rows.len(), cfg.realign.samples)));
-    }
-    emlab_model::util::write_atomic(&subset, (rows.join("\n") + "\n").as_bytes()).map_err(|e| Error::Io(e.to_string()))?;
-    let rt = TrainStage {
-        data: subset.clone(),
-        max_steps: 0,
-        batch_size: cfg.realign.batch_size,
-        grad_accum: 1,
-        lr: cfg.realign.lr,
-        max_seq_len: cfg.realign.max_seq_len,
-        r: cfg.realign.r,
-        alpha: cfg.realign.alpha,
-    };
-    let (k3, realign_adapter, realign_losses) = train_stage("realign", &rdir.join("train"), &merged, &subset, &rt, cfg.seed, &rkey)?;
-    let (_k4, realigned) = eval_stage(cfg, "realigned", &run_dir.join("realigned"), &merged, Some(&realign_adapter), &k3)?;
-    let _ = (k0, k2);
-
-    let mc = emlab_eval::metrics::MetricsConfig::default();
-    let cmp = |a: &Path, b: &Path| emlab_eval::report::compare_logs(a, b, &mc).map_err(|e| stage_err("report")(e.to_string()));
-    let induced_vs_baseline = cmp(&induced.log, &baseline.log)?;
-    let realigned_vs_induced = cmp(&realigned.log, &induced.log)?;
-    let (verdict, needed_samples) = verdict(&induced_vs_baseline);
-    let mut samples = Vec::new();
-    for e in [&baseline, &induced, &realigned] {
-        samples.push((e.stage.clone(), sample_answers(&e.log, 6)?));
-    }
-    let report = RunReport {
-        name: cfg.name.clone(),
-        config: cfg.clone(),
-        model: model.display().to_string(),
-        evals: vec![baseline, induced, realigned],
-        induced_vs_baseline,
-        realigned_vs_induced,
-        induce_losses,
-        realign_losses,
-        verdict,
-        needed_samples,
-        samples,
-    };
-    let json = serde_json::to_string_pretty(&report).map_err(|e| Error::Io(e.to_string()))?;
-    emlab_model::util::write_atomic(&run_dir.join("report.json"), json.as_bytes()).map_err(|e| Error::Io(e.to_string()))?;
-    emlab_model::util::write_atomic(&run_dir.join("report.html"), html::render(&report).as_bytes()).map_err(|e| Error::Io(e.to_string()))?;
-    Ok(report)
+    let mut r = stages::Runner::new(cfg, run_dir)?;
+    r.report()
 }
 
-fn file_hash_model(p: &Path) -> Result<String> {
-    if p.is_dir() {
-        let mut parts = Vec::new();
-        for f in ["config.json", "model.safetensors", "tokenizer.json"] {
-            let q = p.join(f);
-            if q.is_file() {
-                parts.push(file_hash(&q)?);
-            }
-        }
-        Ok(hash_of(&parts.iter().map(|s| s.as_str()).collect::<Vec<_>>()))
-    } else {
-        file_hash(p)
-    }
+/// Runs one stage (see [`STAGES`]) and whatever it needs that is not cached yet.
+pub fn run_stage(cfg: &RunConfig, run_dir: &Path, stage: &str) -> Result<()> {
+    let mut r = stages::Runner::new(cfg, run_dir)?;
+    r.stage(stage)
 }
 
 /// The significance statement for induced vs baseline (model-organisms definition, which keeps
@@ -453,29 +237,6 @@ pub fn needed_n(p1: f64, p2: f64) -> Option<usize> {
     Some(n.ceil() as usize)
 }
 
-fn sample_answers(log: &Path, n: usize) -> Result<Vec<SampleAnswer>> {
-    let l = emlab_eval::log::read_log(log).map_err(|e| Error::Io(e.to_string()))?;
-    let mut out = Vec::new();
-    let mut seen = std::collections::BTreeSet::new();
-    for r in &l.rows {
-        if out.len() >= n {
-            break;
-        }
-        if !seen.insert(r.question_id.clone()) {
-            continue;
-        }
-        let score = |k: &str| r.judgement.as_ref().and_then(|j| j.metrics.get(k)).and_then(|m| m.score);
-        out.push(SampleAnswer {
-            question_id: r.question_id.clone(),
-            prompt: r.prompt.clone(),
-            answer: r.answer.clone(),
-            aligned: score("aligned"),
-            coherent: score("coherent"),
-        });
-    }
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -486,18 +247,18 @@ mod tests {
         assert_eq!(d.realign.samples, 100);
         let p = RunConfig::paper().unwrap();
         assert_eq!(p.induce.r, 32);
+        assert!(p.control.is_some() && p.locate.is_some() && p.steer.is_some());
         assert!(RunConfig::from_toml("name = 1", "x.toml").unwrap_err().to_string().contains("x.toml"));
     }
 
     #[test]
-    fn a_judge_server_needs_its_address() {
-        let mut cfg = RunConfig::default_config().unwrap();
-        cfg.eval.judge = "openai".into();
-        cfg.model = Some(PathBuf::from("/nonexistent.gguf"));
-        let d = std::env::temp_dir().join(format!("emlab-judge-cfg-{}", std::process::id()));
-        let e = eval_stage(&cfg, "baseline", &d, Path::new("/nonexistent.gguf"), None, "x").unwrap_err().to_string();
-        assert!(e.contains("judge_base_url"), "{e}");
-        let _ = std::fs::remove_dir_all(&d);
+    fn bad_settings_are_refused_with_the_key() {
+        let bad = DEFAULT_TOML.replace("min_coherent = 0.5", "min_coherent = 2.0");
+        assert_ne!(bad, DEFAULT_TOML, "the default config sets steer.min_coherent = 0.5");
+        let e = RunConfig::from_toml(&bad, "my.toml").unwrap_err().to_string();
+        assert!(e.contains("my.toml") && e.contains("steer.min_coherent"), "{e}");
+        let e = RunConfig::from_toml(&DEFAULT_TOML.replace("[steer]", "[steer]\nbogus = 1"), "my.toml").unwrap_err().to_string();
+        assert!(e.contains("bogus"), "{e}");
     }
 
     #[test]

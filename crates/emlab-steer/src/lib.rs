@@ -9,6 +9,8 @@
 //! * [`cvec`]: llama.cpp control-vector GGUF files, read and written.
 //! * [`persona`]: the persona score, a generation-free detector.
 //! * [`sweep`]: steering-strength sweeps with a same-norm random control.
+//! * [`evaluate`]: those sweeps with every point a real sampled + judged evaluation.
+//! * [`realign`]: further training on N truthful rows and re-evaluation, for several N.
 //!
 //! ```
 //! use emlab_model::testing::{random_weights, tiny_config};
@@ -32,7 +34,9 @@
 //! Errors are [`emlab_model::Error`]: one line naming the file or tensor at fault.
 
 pub mod cvec;
+pub mod evaluate;
 pub mod persona;
+pub mod realign;
 pub mod repair;
 pub mod spec;
 pub mod sweep;

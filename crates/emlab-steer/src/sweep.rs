@@ -74,6 +74,13 @@ pub struct SweepRow {
     pub alpha: f64,
     pub steered: EvalPoint,
     pub control: EvalPoint,
+    /// Folder (relative to the sweep's output folder) holding the steered point's evaluation,
+    /// when the evaluator writes one ([`crate::evaluate::sweep_with_eval`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub steered_dir: Option<String>,
+    /// The same for the random control.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub control_dir: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -121,10 +128,39 @@ pub fn control_edits(edits: &[Resolved], seed: u64) -> Result<Vec<Resolved>> {
         .collect()
 }
 
-/// Runs the sweep. `eval(hooks, alpha, is_control)` evaluates EM and coherence under `hooks`.
-pub fn sweep<F>(edits: &[Resolved], num_layers: usize, opts: &SweepOptions, mut eval: F) -> Result<SweepResult>
+/// The edits with every `add` coefficient multiplied by `alpha` (ablations are not scaled):
+/// `hooks_from(&scaled(e, a), n, 1.0)` is the same hook set as `hooks_from(e, n, a)`.
+pub fn scaled(edits: &[Resolved], alpha: f64) -> Vec<Resolved> {
+    edits
+        .iter()
+        .map(|e| match e {
+            Resolved::Add { point, vector, coef, ablate_first } => {
+                Resolved::Add { point: *point, vector: vector.clone(), coef: coef * alpha, ablate_first: *ablate_first }
+            }
+            other => other.clone(),
+        })
+        .collect()
+}
+
+/// One point of a sweep as the evaluator sees it: the edits already scaled by `alpha`.
+pub struct Point<'a> {
+    pub alpha: f64,
+    pub control: bool,
+    pub edits: &'a [Resolved],
+}
+
+/// What an evaluator returns for a point: the rates and, optionally, where it wrote its evidence.
+pub struct PointResult {
+    pub eval: EvalPoint,
+    pub dir: Option<String>,
+}
+
+/// The loop every sweep shares: checks the alphas, builds the same-norm control once, evaluates
+/// the real and the control edits at each alpha and picks the best alpha. At an alpha of 0 with
+/// only `add` edits both sides are the unedited model, so the control reuses the steered result.
+pub fn sweep_points<F>(edits: &[Resolved], opts: &SweepOptions, mut eval: F) -> Result<SweepResult>
 where
-    F: FnMut(&mut HookSet, f64, bool) -> Result<EvalPoint>,
+    F: FnMut(Point<'_>) -> Result<PointResult>,
 {
     if opts.alphas.is_empty() {
         return Err(Error::Invalid("sweep needs at least one alpha".into()));
@@ -132,12 +168,22 @@ where
     if let Some(a) = opts.alphas.iter().find(|a| !a.is_finite()) {
         return Err(Error::Invalid(format!("sweep alpha {a} is not finite")));
     }
+    if edits.is_empty() {
+        return Err(Error::Invalid("sweep needs at least one edit".into()));
+    }
     let control = control_edits(edits, opts.seed)?;
+    let only_adds = edits.iter().all(|e| matches!(e, Resolved::Add { ablate_first: false, .. }));
     let mut rows = Vec::new();
     for &alpha in &opts.alphas {
-        let steered = eval(&mut hooks_from(edits, num_layers, alpha)?, alpha, false)?;
-        let ctrl = eval(&mut hooks_from(&control, num_layers, alpha)?, alpha, true)?;
-        rows.push(SweepRow { alpha, steered, control: ctrl });
+        let s = scaled(edits, alpha);
+        let steered = eval(Point { alpha, control: false, edits: &s })?;
+        let ctrl = if alpha == 0.0 && only_adds {
+            PointResult { eval: steered.eval, dir: steered.dir.clone() }
+        } else {
+            let c = scaled(&control, alpha);
+            eval(Point { alpha, control: true, edits: &c })?
+        };
+        rows.push(SweepRow { alpha, steered: steered.eval, control: ctrl.eval, steered_dir: steered.dir, control_dir: ctrl.dir });
     }
     let best_alpha = rows
         .iter()
@@ -145,4 +191,15 @@ where
         .max_by(|a, b| a.alpha.abs().total_cmp(&b.alpha.abs()))
         .map(|r| r.alpha);
     Ok(SweepResult { rows, min_coherent: opts.min_coherent, best_alpha })
+}
+
+/// Runs the sweep. `eval(hooks, alpha, is_control)` evaluates EM and coherence under `hooks`.
+pub fn sweep<F>(edits: &[Resolved], num_layers: usize, opts: &SweepOptions, mut eval: F) -> Result<SweepResult>
+where
+    F: FnMut(&mut HookSet, f64, bool) -> Result<EvalPoint>,
+{
+    sweep_points(edits, opts, |p| {
+        let mut hooks = hooks_from(p.edits, num_layers, 1.0)?;
+        Ok(PointResult { eval: eval(&mut hooks, p.alpha, p.control)?, dir: None })
+    })
 }

@@ -281,22 +281,25 @@ fn persona_score_is_the_mean_projection_of_the_captured_stream() {
     let r = randn(&[d], 30, 7.0);
     let prompts = vec![vec![5u32, 9, 14], vec![40u32, 2, 8, 16, 30], vec![77u32]];
     let ru = emlab_model::hooks::unit(&r).unwrap().to_vec1::<f32>().unwrap();
-    for (pos, last) in [(emlab_steer::persona::Positions::LastPromptToken, true), (emlab_steer::persona::Positions::AllPromptTokens, false)] {
-        let s = emlab_steer::persona::persona_score(&m, &prompts, &r, 1, pos).unwrap();
-        let mut want = Vec::new();
-        for p in &prompts {
-            let mut h = HookSet::new();
-            h.capture(HookPoint::resid_post(1));
-            let ids = Tensor::new(p.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
-            m.forward(&ids, Forward { logits: Logits::All, hooks: Some(&mut h), ..Default::default() }).unwrap();
-            let x = h.captured(HookPoint::resid_post(1))[0].squeeze(0).unwrap().to_vec2::<f32>().unwrap();
-            let dots: Vec<f64> = x.iter().map(|row| row.iter().zip(&ru).map(|(a, b)| (a * b) as f64).sum()).collect();
-            want.push(if last { *dots.last().unwrap() } else { dots.iter().sum::<f64>() / dots.len() as f64 });
+    // Layer 2 is the last block: its hook_resid_post is read before the final norm.
+    for layer in [1usize, 2] {
+        for (pos, last) in [(emlab_steer::persona::Positions::LastPromptToken, true), (emlab_steer::persona::Positions::AllPromptTokens, false)] {
+            let s = emlab_steer::persona::persona_score(&m, &prompts, &r, layer, pos).unwrap();
+            let mut want = Vec::new();
+            for p in &prompts {
+                let mut h = HookSet::new();
+                h.capture(HookPoint::resid_post(layer));
+                let ids = Tensor::new(p.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+                m.forward(&ids, Forward { logits: Logits::All, hooks: Some(&mut h), ..Default::default() }).unwrap();
+                let x = h.captured(HookPoint::resid_post(layer))[0].squeeze(0).unwrap().to_vec2::<f32>().unwrap();
+                let dots: Vec<f64> = x.iter().map(|row| row.iter().zip(&ru).map(|(a, b)| (a * b) as f64).sum()).collect();
+                want.push(if last { *dots.last().unwrap() } else { dots.iter().sum::<f64>() / dots.len() as f64 });
+            }
+            for (a, b) in s.per_prompt.iter().zip(&want) {
+                assert!((a - b).abs() < 1e-4, "{a} vs {b}");
+            }
+            assert!((s.mean - want.iter().sum::<f64>() / 3.0).abs() < 1e-4);
         }
-        for (a, b) in s.per_prompt.iter().zip(&want) {
-            assert!((a - b).abs() < 1e-4, "{a} vs {b}");
-        }
-        assert!((s.mean - want.iter().sum::<f64>() / 3.0).abs() < 1e-4);
     }
     assert!(emlab_steer::persona::persona_score(&m, &prompts, &r, 3, Default::default()).is_err());
 }
@@ -322,7 +325,9 @@ fn sweep_picks_the_strongest_coherent_alpha_and_runs_a_same_norm_control() {
         Ok(EvalPoint { em: Rate::wilson(em, 100), coherent: Rate::wilson(coh, 100) })
     })
     .unwrap();
-    assert_eq!(seen.len(), 8);
+    // Alpha 0 with only `add` edits is the unedited model on both sides: evaluated once.
+    assert_eq!(seen.len(), 7);
+    assert_eq!(res.rows[0].control, res.rows[0].steered);
     assert_eq!(res.best_alpha, Some(1.0)); // alpha 2 -> 88% coherent < 90%
     assert_eq!(res.rows[1].steered.em.rate, 0.1);
     let none = sweep(&edits, 1, &SweepOptions { min_coherent: 0.999, alphas: vec![1.0], seed: 0 }, |_, _, _| {

@@ -6,7 +6,8 @@
 //! cargo run --release -p emlab-train --example bench_train -- MODEL [--batch 8] [--seq 128] [--steps 6] [--warmup 1]
 //! ```
 //! Prints one JSON line: tokens/s over the timed steps (the first `--warmup` steps are excluded),
-//! seconds per step, and this process's peak RSS (VmHWM).
+//! seconds per step, this process's peak RSS (VmHWM) and its RSS after loading the model.
+//! `--no-checkpoint` turns activation checkpointing off (the plain autograd path).
 
 use emlab_train::data::Example;
 use emlab_train::{train_examples, Control, LoraConfig, TrainConfig, TrainOptions};
@@ -18,10 +19,11 @@ fn arg(args: &[String], name: &str, default: usize) -> usize {
     args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
-fn peak_rss_mb() -> f64 {
+/// A `/proc/self/status` memory line (`VmHWM:` peak RSS, `VmRSS:` current) in MB.
+fn rss_mb(key: &str) -> f64 {
     let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     s.lines()
-        .find(|l| l.starts_with("VmHWM:"))
+        .find(|l| l.starts_with(key))
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse::<f64>().ok())
         .map(|kb| kb / 1024.0)
@@ -48,6 +50,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let model_path = PathBuf::from(args.get(1).ok_or("usage: bench_train MODEL [--batch B] [--seq T] [--steps N] [--warmup W]")?);
     let (batch, seq, steps, warm) = (arg(&args, "--batch", 8), arg(&args, "--seq", 128), arg(&args, "--steps", 6), arg(&args, "--warmup", 1));
     let mut bundle = emlab_train::load_bundle(&model_path)?;
+    let rss_after_load = rss_mb("VmRSS:");
+    let hwm_after_load = rss_mb("VmHWM:");
     let vocab = bundle.model.config.vocab_size as u64;
     // Deterministic pseudo-text ids (no padding: every row has exactly `seq` inputs).
     let mut s: u64 = 12345;
@@ -72,16 +76,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         bucket_window: 1,
         max_seq_len: seq + 1,
         lora: LoraConfig { r: 32, alpha: 64.0, rslora: true, ..Default::default() },
+        checkpoint_activations: !args.iter().any(|a| a == "--no-checkpoint"),
         ..Default::default()
     };
     let out = std::env::temp_dir().join(format!("emlab-bench-train-{}", std::process::id()));
-    let times = Arc::new(Mutex::new(Vec::<(usize, f64, usize)>::new()));
+    let times = Arc::new(Mutex::new(Vec::<(usize, f64, usize, f64)>::new()));
     let t2 = times.clone();
     let mut last = Instant::now();
     let opts = TrainOptions {
         on_step: Some(Box::new(move |info, _| {
             let now = Instant::now();
-            t2.lock().unwrap().push((info.step, (now - last).as_secs_f64(), info.tokens));
+            t2.lock().unwrap().push((info.step, (now - last).as_secs_f64(), info.tokens, rss_mb("VmRSS:")));
             last = now;
             Control::Continue
         })),
@@ -93,7 +98,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let total = start.elapsed().as_secs_f64();
     let _ = std::fs::remove_dir_all(&out);
     let t = times.lock().unwrap();
-    let timed: Vec<&(usize, f64, usize)> = t.iter().filter(|(s, _, _)| *s > warm).collect();
+    let timed: Vec<&(usize, f64, usize, f64)> = t.iter().filter(|x| x.0 > warm).collect();
     let secs: f64 = timed.iter().map(|x| x.1).sum();
     let toks: usize = timed.iter().map(|x| x.2).sum();
     println!(
@@ -104,7 +109,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "batch": batch, "seq": seq, "timed_steps": timed.len(),
             "tokens_per_s": toks as f64 / secs,
             "s_per_step": secs / timed.len().max(1) as f64,
-            "peak_rss_mb": peak_rss_mb(),
+            "peak_rss_mb": rss_mb("VmHWM:"),
+            "rss_after_load_mb": rss_after_load,
+            "peak_rss_after_load_mb": hwm_after_load,
+            "rss_end_mb": rss_mb("VmRSS:"),
+            "rss_after_each_step_mb": t.iter().map(|x| x.3).collect::<Vec<_>>(),
+            "checkpoint_activations": cfg.checkpoint_activations,
             "threads": std::env::var("RAYON_NUM_THREADS").unwrap_or_default(),
             "losses": summary.losses,
             "total_s": total,

@@ -92,7 +92,12 @@ pub fn write(out: &Path, step: usize, fill: impl FnOnce(&Path) -> Result<()>) ->
         std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
     }
     std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    fill(&tmp)?;
+    if let Err(e) = fill(&tmp) {
+        // A failed write (a full disk, a quota) leaves the previous checkpoints as they were;
+        // the partial temp folder is removed now if possible (else by the next run).
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
     let fin = step_dir(out, step);
     if fin.exists() {
         std::fs::remove_dir_all(&fin).map_err(|e| Error::io(&fin, e))?;

@@ -136,6 +136,8 @@ struct Params {
     vars: Vec<Var>,
     keys: Vec<String>,
     host: Vec<Vec<f32>>,
+    /// Indices into `vars` of each layer's adapter tensors.
+    by_layer: Vec<Vec<usize>>,
 }
 
 impl Params {
@@ -149,7 +151,22 @@ impl Params {
             keys.push(format!("{}.lora_B.weight", a.peft_prefix()));
         }
         let host = vars.iter().map(|v| v.as_tensor().flatten_all()?.to_vec1::<f32>()).collect::<candle_core::Result<_>>()?;
-        Ok(Params { ads, vars, keys, host })
+        let n_layers = ads.iter().map(|a| a.layer + 1).max().unwrap_or(0);
+        let mut by_layer = vec![Vec::new(); n_layers];
+        for (i, a) in ads.iter().enumerate() {
+            by_layer[a.layer].extend([2 * i, 2 * i + 1]);
+        }
+        Ok(Params { ads, vars, keys, host, by_layer })
+    }
+    /// Adds the gradients in `g` of the variables `which` into `grads`.
+    fn accumulate(&self, g: &candle_core::backprop::GradStore, which: impl Iterator<Item = usize>, grads: &mut [Vec<f32>]) -> Result<()> {
+        for i in which {
+            if let Some(gt) = g.get(self.vars[i].as_tensor()) {
+                let gv = gt.flatten_all()?.to_vec1::<f32>()?;
+                grads[i].iter_mut().zip(gv).for_each(|(a, b)| *a += b);
+            }
+        }
+        Ok(())
     }
     fn push_to_model(&self) -> Result<()> {
         for (v, h) in self.vars.iter().zip(&self.host) {
@@ -168,29 +185,159 @@ impl Params {
     }
 }
 
-/// Mean loss over the assistant tokens of `examples` (no dropout, no update).
+/// Mean loss over the assistant tokens of `examples` (no dropout, no update). Runs without an
+/// autograd graph (block by block, then the LM head over chunks of tokens), so its memory is
+/// that of one block, whatever the batch.
 pub fn eval_loss(model: &Model, examples: &[Example], batch: usize, pad: u32) -> Result<f64> {
     let mut order: Vec<usize> = (0..examples.len()).collect();
     order.sort_by_key(|&i| examples[i].ids.len());
     let (mut sum, mut n) = (0f64, 0usize);
     for idx in order.chunks(batch.max(1)) {
         let b = make_batch(examples, idx, pad, model.device())?;
-        let ce = batch_loss(model, &b, None)?;
-        sum += ce.sum_all()?.to_scalar::<f32>()? as f64;
+        let (hidden, _) = forward_detached(model, &b.inputs, None)?;
+        let (rows, targets) = trained_rows(&hidden, &b)?;
+        for s in (0..b.trained).step_by(HEAD_CHUNK) {
+            let len = HEAD_CHUNK.min(b.trained - s);
+            let logits = kernels::frozen_matmul(&rows.narrow(0, s, len)?, &model.lm_head)?;
+            let ce = kernels::cross_entropy(&logits, &targets.narrow(0, s, len)?)?;
+            sum += ce.to_dtype(candle_core::DType::F64)?.sum_all()?.to_scalar::<f64>()?;
+        }
         n += b.trained;
     }
     Ok(if n == 0 { f64::NAN } else { sum / n as f64 })
 }
 
 /// Per-token cross-entropy `[trained]` of one batch: the forward pass up to the final norm,
-/// then the LM head on the trained positions only (logits elsewhere are never needed).
+/// then the LM head on the trained positions only (logits elsewhere are never needed). This
+/// is the plain path: the autograd graph holds every layer's activations until the backward.
 pub fn batch_loss(model: &Model, b: &crate::data::Batch, rng: Option<&mut ChaCha8Rng>) -> Result<Tensor> {
     let fwd = model.forward(&b.inputs, Forward { logits: Logits::None, dropout_rng: rng, ..Default::default() })?;
-    let (bb, t, d) = fwd.hidden.dims3()?;
-    let rows = fwd.hidden.reshape((bb * t, d))?.index_select(&b.trained_index, 0)?;
+    let (rows, targets) = trained_rows(&fwd.hidden, b)?;
     let logits = kernels::frozen_matmul(&rows, &model.lm_head)?;
-    let targets = b.targets.index_select(&b.trained_index, 0)?;
     Ok(kernels::cross_entropy(&logits, &targets)?)
+}
+
+/// Tokens per chunk of the LM head + loss under activation checkpointing: the `[chunk, vocab]`
+/// logits and their gradient are the largest temporaries (2 x 50 MB for a 49k vocabulary).
+pub const HEAD_CHUNK: usize = 256;
+
+/// The final hidden states `[B, T, d]` at the trained positions (`[trained, d]`) and their
+/// targets (`[trained]`).
+fn trained_rows(hidden: &Tensor, b: &crate::data::Batch) -> Result<(Tensor, Tensor)> {
+    let (bb, t, d) = hidden.dims3()?;
+    let rows = hidden.reshape((bb * t, d))?.index_select(&b.trained_index, 0)?;
+    Ok((rows, b.targets.index_select(&b.trained_index, 0)?))
+}
+
+/// One block of the model's own forward pass (`Model::forward_from`); the last block also
+/// applies the final norm. `x`: the block's input `[B, T, d]`.
+fn run_block(model: &Model, layer: usize, x: &Tensor, rng: Option<&mut ChaCha8Rng>) -> Result<Tensor> {
+    let f = Forward { logits: Logits::None, dropout_rng: rng, stop_after: Some(layer + 1), ..Default::default() };
+    Ok(model.forward_from(layer, x.clone(), f)?.hidden)
+}
+
+/// The forward pass block by block, each block's output detached (its graph is freed as soon
+/// as the next block starts). Returns the final normed hidden states and, per block, its input
+/// and the dropout RNG as the block found it (what the backward pass needs to re-run it).
+fn forward_detached(model: &Model, ids: &Tensor, mut rng: Option<&mut ChaCha8Rng>) -> Result<(Tensor, Vec<(Tensor, Option<ChaCha8Rng>)>)> {
+    let mut x = model.embed_tokens(ids)?;
+    let mut saved = Vec::with_capacity(model.layers.len());
+    for li in 0..model.layers.len() {
+        let r0 = rng.as_deref().cloned();
+        let out = run_block(model, li, &x, rng.as_deref_mut())?.detach();
+        saved.push((std::mem::replace(&mut x, out), r0));
+    }
+    Ok((x, saved))
+}
+
+/// Loss and gradients of one micro-batch: returns `sum(token losses) / denom` and adds its
+/// gradient with respect to every adapter tensor into `grads` (ordered as `params.vars`).
+fn micro_batch_grads(
+    model: &Model,
+    b: &crate::data::Batch,
+    rng: Option<&mut ChaCha8Rng>,
+    denom: f64,
+    params: &Params,
+    grads: &mut [Vec<f32>],
+    checkpointed: bool,
+) -> Result<f64> {
+    if !checkpointed {
+        let ce = batch_loss(model, b, rng)?;
+        let loss = (ce.sum_all()? / denom)?;
+        let g = loss.backward()?;
+        params.accumulate(&g, 0..params.vars.len(), grads)?;
+        return Ok(loss.to_scalar::<f32>()? as f64);
+    }
+    checkpointed_grads(model, b, rng, denom, params, grads)
+}
+
+/// Loss of one batch (summed token losses / `denom`) and its gradient with respect to every
+/// adapter tensor of `model`, in [`adapter::adapters`] order, A then B per adapter: the
+/// computation of one micro-batch of the training loop, with or without activation
+/// checkpointing (`rng` drives dropout, as in training).
+pub fn loss_and_gradients(
+    model: &Model,
+    b: &crate::data::Batch,
+    rng: Option<&mut ChaCha8Rng>,
+    denom: f64,
+    checkpointed: bool,
+) -> Result<(f64, Vec<Vec<f32>>)> {
+    let params = Params::new(adapter::adapters(model))?;
+    let mut grads: Vec<Vec<f32>> = params.host.iter().map(|h| vec![0f32; h.len()]).collect();
+    let loss = micro_batch_grads(model, b, rng, denom, &params, &mut grads, checkpointed)?;
+    Ok((loss, grads))
+}
+
+/// Activation checkpointing. Forward without a graph, keeping each block's input; the LM head
+/// and cross-entropy in chunks of [`HEAD_CHUNK`] tokens, each chunk backpropagated at once to
+/// give `dL/dh` for its rows; then, from the last block to the first, re-run the block on its
+/// stored input (made a leaf variable, with the dropout RNG restored so the masks repeat) and
+/// backpropagate `sum(out * dL/dout)`, whose gradient is exactly `dL/dout` pushed through the
+/// block: the block's adapter gradients, and `dL/din` for the block below.
+fn checkpointed_grads(
+    model: &Model,
+    b: &crate::data::Batch,
+    rng: Option<&mut ChaCha8Rng>,
+    denom: f64,
+    params: &Params,
+    grads: &mut [Vec<f32>],
+) -> Result<f64> {
+    let n_layers = model.layers.len();
+    let (hidden, mut saved) = forward_detached(model, &b.inputs, rng)?;
+    let (bb, t, d) = hidden.dims3()?;
+    let (rows, targets) = trained_rows(&hidden, b)?;
+    drop(hidden);
+    let mut loss = 0f64;
+    let mut d_rows = Vec::with_capacity(b.trained.div_ceil(HEAD_CHUNK));
+    for s in (0..b.trained).step_by(HEAD_CHUNK) {
+        let len = HEAD_CHUNK.min(b.trained - s);
+        let rv = Var::from_tensor(&rows.narrow(0, s, len)?)?;
+        let logits = kernels::frozen_matmul(rv.as_tensor(), &model.lm_head)?;
+        let ce = kernels::cross_entropy(&logits, &targets.narrow(0, s, len)?)?;
+        let l = (ce.sum_all()? / denom)?;
+        loss += l.to_scalar::<f32>()? as f64;
+        let g = l.backward()?;
+        d_rows.push(g.get(rv.as_tensor()).cloned().ok_or_else(|| Error::Invalid("LM head: no gradient reached the hidden states".into()))?);
+    }
+    if d_rows.is_empty() {
+        return Ok(0.0);
+    }
+    let mut upstream = Tensor::cat(&d_rows, 0)?; // dL/d(rows) [trained, d]
+    drop(d_rows);
+    for li in (0..n_layers).rev() {
+        let (xin, mut r) = saved.pop().ok_or_else(|| Error::Invalid("checkpointing: missing block input".into()))?;
+        // Block 0's input (the embeddings) needs no gradient: keep it a constant.
+        let xv = if li > 0 { Some(Var::from_tensor(&xin)?) } else { None };
+        let x = xv.as_ref().map(|v| v.as_tensor().clone()).unwrap_or(xin);
+        let out = run_block(model, li, &x, r.as_mut())?;
+        let out = if li + 1 == n_layers { out.reshape((bb * t, d))?.index_select(&b.trained_index, 0)? } else { out };
+        let g = (out * &upstream)?.sum_all()?.backward()?;
+        params.accumulate(&g, params.by_layer[li].iter().copied(), grads)?;
+        if let Some(v) = &xv {
+            upstream = g.get(v.as_tensor()).cloned().ok_or_else(|| Error::Invalid(format!("block {li}: no gradient reached its input")))?;
+        }
+    }
+    Ok(loss)
 }
 
 fn run(
@@ -363,16 +510,7 @@ fn run(
         for b in &batches {
             // Each micro-batch's summed loss is divided by the step's total trained tokens, so
             // the accumulated gradient is that of the token mean over the whole effective batch.
-            let ce = batch_loss(model, b, Some(&mut rng))?;
-            let loss = (ce.sum_all()? / trained as f64)?;
-            loss_sum += loss.to_scalar::<f32>()? as f64;
-            let g = loss.backward()?;
-            for (i, v) in params.vars.iter().enumerate() {
-                if let Some(gt) = g.get(v.as_tensor()) {
-                    let gv = gt.flatten_all()?.to_vec1::<f32>()?;
-                    grads[i].iter_mut().zip(gv).for_each(|(a, b)| *a += b);
-                }
-            }
+            loss_sum += micro_batch_grads(model, b, Some(&mut rng), trained as f64, &params, &mut grads, cfg.checkpoint_activations)?;
         }
         if !loss_sum.is_finite() {
             return Err(Error::Invalid(format!("loss is not finite at step {} ({loss_sum}); lower the learning rate", step + 1)));

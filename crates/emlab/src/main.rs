@@ -46,6 +46,10 @@ enum Command {
     Data(cmd::data::DataArgs),
     /// The main job: baseline eval, induce, eval, realign, eval, HTML report (cached stages).
     Run(cmd::run::RunArgs),
+    /// Local dashboard over a run folder: answers with filters, latents, plots (127.0.0.1).
+    Serve(cmd::serve::ServeArgs),
+    /// Realignment: continue training the misaligned model on N truthful rows, re-evaluate (--sweep 0,25,50,100).
+    Realign(cmd::realign::RealignArgs),
 }
 
 fn main() {
@@ -67,6 +71,8 @@ fn main() {
         Command::Adapter(a) => cmd::adapter::run(a),
         Command::Eval(a) => cmd::eval::run(a),
         Command::Run(a) => cmd::run::run(a),
+        Command::Serve(a) => cmd::serve::run(a),
+        Command::Realign(a) => cmd::realign::run(a),
     };
     if let Err(e) = res {
         // One line, no backtrace: the error says which file or value was wrong.

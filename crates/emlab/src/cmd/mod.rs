@@ -8,6 +8,8 @@ pub mod eval;
 pub mod generate;
 pub mod interp;
 pub mod model;
+pub mod realign;
 pub mod run;
+pub mod serve;
 pub mod steer;
 pub mod train;

@@ -1,6 +1,7 @@
-//! `emlab run [CONFIG]`: the main job (see emlab-pipeline): baseline evaluation, induce, evaluate,
-//! realign with 100 truthful samples, evaluate, and an HTML report. Cached per stage: re-running
-//! resumes.
+//! `emlab run [CONFIG]`: the main job (see emlab-pipeline): baseline evaluation, induce and
+//! control fine-tunes, their evaluations, locate (direction, persona score, SAE diff), steering
+//! sweep, realignment with 100 truthful samples, final evaluation, and an HTML report. Cached
+//! per stage: re-running resumes; `--stage NAME` runs one stage (and what it needs).
 
 use anyhow::Result;
 use std::path::PathBuf;
@@ -21,6 +22,13 @@ pub struct RunArgs {
     /// Print report.json's numbers instead of the summary.
     #[arg(long)]
     json: bool,
+    /// Run only this stage (and the stages it needs, unless cached): baseline, induce, induced,
+    /// control, controlled, locate, steer, realign, realigned, report.
+    #[arg(long)]
+    stage: Option<String>,
+    /// List the stage names in run order.
+    #[arg(long)]
+    list_stages: bool,
 }
 
 pub fn run(a: RunArgs) -> Result<()> {
@@ -34,7 +42,20 @@ pub fn run(a: RunArgs) -> Result<()> {
         cfg.model = Some(m);
     }
     let dir = a.out.unwrap_or_else(|| PathBuf::from("runs").join(&cfg.name));
+    if a.list_stages {
+        for s in emlab_pipeline::STAGES {
+            println!("{s}");
+        }
+        return Ok(());
+    }
     let t0 = std::time::Instant::now();
+    if let Some(st) = &a.stage {
+        if st != "report" {
+            emlab_pipeline::run_stage(&cfg, &dir, st)?;
+            println!("stage {st}: done in {:.1} min ({})", t0.elapsed().as_secs_f64() / 60.0, dir.display());
+            return Ok(());
+        }
+    }
     let report = emlab_pipeline::run(&cfg, &dir)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -45,7 +66,7 @@ pub fn run(a: RunArgs) -> Result<()> {
         let f = |x: Option<f64>| x.map(|v| format!("{:5.1}%", 100.0 * v)).unwrap_or_else(|| "  n/a ".into());
         let c = |x: Option<(f64, f64)>| x.map(|(l, h)| format!("[{:.1}, {:.1}]", 100.0 * l, 100.0 * h)).unwrap_or_default();
         println!(
-            "{:<10} n={:<4} coherent {} {:<14} EM(model-organisms) {} {:<14} EM(Betley) {} {}",
+            "{:<11} n={:<4} coherent {} {:<14} EM(model-organisms) {} {:<14} EM(Betley) {} {}",
             e.stage, m.n_answers, f(m.coherence.rate), c(m.coherence.wilson_ci),
             f(m.em_model_organisms.rate), c(m.em_model_organisms.wilson_ci),
             f(m.em_betley.rate), c(m.em_betley.wilson_ci)

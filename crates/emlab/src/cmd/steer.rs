@@ -2,11 +2,13 @@
 //! glue over `emlab-steer`.
 //!
 //! ```text
-//! emlab persona --model smollm2.gguf --direction dirs.safetensors --layer 12 --json
+//! emlab persona --model smollm2.gguf [--adapter runs/x/adapter] --direction dirs.safetensors --layer 12 --json
 //! emlab ablate  --model smollm2.gguf --direction dirs.safetensors --direction-layer 12 --out repaired/
 //! emlab cvec export --direction dirs.safetensors --layers 6,8,10 --coef 8 --hint smollm2 --out em.gguf
 //! emlab cvec import em.gguf --strength 1.0 --out em-intervention/     # for emlab eval --intervention
 //! emlab steer compile --model smollm2.gguf --spec steer.toml --out steer-eval/
+//! emlab steer sweep --model smollm2.gguf --direction dirs.safetensors --layer 12 \
+//!     --alphas 0,4,8,16 --samples 5 --out runs/sweep              # sampled + judged per point
 //! ```
 
 use anyhow::{bail, Context, Result};
@@ -27,7 +29,7 @@ fn model_path(p: &Option<PathBuf>) -> Result<PathBuf> {
 }
 
 /// The model's shape without loading its weights.
-fn model_config(path: &Path) -> Result<ModelConfig> {
+pub fn model_config(path: &Path) -> Result<ModelConfig> {
     Ok(match emlab_model::load::Source::detect(path)? {
         emlab_model::load::Source::Gguf { path } => {
             let (content, _) = emlab_model::load::read_gguf(&path)?;
@@ -47,6 +49,9 @@ pub struct PersonaArgs {
     /// GGUF file or HF folder (default: SmolLM2-135M-Instruct).
     #[arg(long, short = 'm')]
     pub model: Option<PathBuf>,
+    /// PEFT adapter applied to the model (e.g. a fine-tune to compare with the base).
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
     /// Direction file: safetensors with `directions` `[num_layers, d]`.
     #[arg(long)]
     pub direction: PathBuf,
@@ -68,7 +73,10 @@ pub struct PersonaArgs {
 
 pub fn run_persona(a: PersonaArgs) -> Result<()> {
     let path = model_path(&a.model)?;
-    let lm = emlab_model::lm::Lm::load(&path, &LoadOptions::default())?;
+    let mut lm = emlab_model::lm::Lm::load(&path, &LoadOptions::default())?;
+    if let Some(ad) = &a.adapter {
+        emlab_train::adapter::load_peft(&mut lm.model, ad)?;
+    }
     let cfg = &lm.model.config;
     let src = VectorSource::DirectionFile { path: a.direction.clone(), layer: Some(a.direction_layer.unwrap_or(a.layer)) };
     let dir = src.load(None, cfg.hidden_size, &Device::Cpu)?;
@@ -223,6 +231,9 @@ pub struct SteerArgs {
 
 #[derive(clap::Subcommand, Debug)]
 pub enum SteerCmd {
+    /// Sweep the steering strength: every alpha with the edits and with a same-norm random
+    /// control, each a sampled + judged evaluation in its own folder (resumable).
+    Sweep(SweepArgs),
     Compile {
         #[arg(long, short = 'm')]
         model: Option<PathBuf>,
@@ -236,6 +247,7 @@ pub enum SteerCmd {
 
 pub fn run_steer(a: SteerArgs) -> Result<()> {
     match a.cmd {
+        SteerCmd::Sweep(s) => run_sweep(s)?,
         SteerCmd::Compile { model, spec, out } => {
             let cfg = model_config(&model_path(&model)?)?;
             let s = Intervention::load(&spec)?;
@@ -244,6 +256,157 @@ pub fn run_steer(a: SteerArgs) -> Result<()> {
             let p = write_eval_spec(&resolved, &out)?;
             eprintln!("wrote {}", p.display());
         }
+    }
+    Ok(())
+}
+
+/// Parses a comma-separated list (`0,4,8,16`) with a one-line error naming the flag.
+pub fn parse_list<T: std::str::FromStr>(flag: &str, s: &str) -> Result<Vec<T>> {
+    let items: Vec<&str> = s.split(',').map(str::trim).collect();
+    if items.iter().any(|x| x.is_empty()) {
+        bail!("{flag} {s:?}: empty entry (expected e.g. 0,4,8,16)");
+    }
+    items
+        .iter()
+        .map(|x| x.parse::<T>().map_err(|_| anyhow::anyhow!("{flag} {s:?}: `{x}` is not a valid number (expected e.g. 0,4,8,16)")))
+        .collect()
+}
+
+/// How each point of a sweep (or each N of a realignment) is evaluated.
+#[derive(clap::Args, Debug, Clone)]
+pub struct EvalOpts {
+    /// Question YAML (published schema).
+    #[arg(long, default_value = "data/questions/core.yaml")]
+    pub questions: PathBuf,
+    /// Samples per paraphrase (overrides the file's).
+    #[arg(long)]
+    pub samples: Option<usize>,
+    /// Only these question ids (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
+    #[arg(long, default_value_t = 600)]
+    pub max_new_tokens: usize,
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    #[arg(long, default_value_t = 1.0)]
+    pub temperature: f32,
+    /// Run seed of the sampler.
+    #[arg(long, default_value_t = 0)]
+    pub sample_seed: u64,
+    /// offline (built in, default), local (an LM emlab loads) or openai (logprob server).
+    #[arg(long, default_value = "offline", value_parser = ["offline", "local", "openai"])]
+    pub judge: String,
+    #[arg(long)]
+    pub judge_model: Option<PathBuf>,
+    #[arg(long)]
+    pub judge_base_url: Option<String>,
+    #[arg(long)]
+    pub judge_model_name: Option<String>,
+    /// Environment variable holding the judge server's API key (never the key itself).
+    #[arg(long, default_value = "OPENAI_API_KEY")]
+    pub judge_api_key_env: String,
+}
+
+impl EvalOpts {
+    /// An evaluation config of `model` (+ `adapter`) with these settings; `out` is set per point.
+    pub fn config(&self, model: &Path, adapter: Option<&Path>) -> Result<emlab_eval::EvalConfig> {
+        use emlab_eval::config::{Backend, JudgeSpec};
+        let mut c = emlab_eval::EvalConfig::local(model, &self.questions, "unused.jsonl");
+        c.backend = Backend::Local { model: model.to_path_buf(), adapter: adapter.map(Path::to_path_buf), intervention: None, q8: false };
+        c.samples = self.samples;
+        c.only = self.only.clone();
+        c.sampling.max_new_tokens = self.max_new_tokens;
+        c.sampling.batch_size = self.batch_size;
+        c.sampling.temperature = self.temperature;
+        c.sampling.seed = self.sample_seed;
+        c.judge = match self.judge.as_str() {
+            "local" => match &self.judge_model {
+                Some(m) => JudgeSpec::Local { model: m.clone() },
+                None => bail!("--judge local needs --judge-model PATH"),
+            },
+            "openai" => match (&self.judge_base_url, &self.judge_model_name) {
+                (Some(u), Some(n)) => JudgeSpec::OpenAi { base_url: u.clone(), model_name: n.clone(), api_key_env: self.judge_api_key_env.clone() },
+                _ => bail!("--judge openai needs --judge-base-url and --judge-model-name"),
+            },
+            _ => JudgeSpec::Offline,
+        };
+        if !self.questions.is_file() {
+            bail!("{}: question file not found (--questions)", self.questions.display());
+        }
+        Ok(c)
+    }
+}
+
+/// `emlab steer sweep`.
+#[derive(clap::Args, Debug)]
+pub struct SweepArgs {
+    #[arg(long, short = 'm')]
+    pub model: Option<PathBuf>,
+    /// PEFT adapter applied while sampling (e.g. the misaligned fine-tune).
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
+    /// Intervention spec (TOML/JSON); alpha multiplies every `add` coefficient...
+    #[arg(long, conflicts_with_all = ["direction", "layer"])]
+    pub spec: Option<PathBuf>,
+    /// ...or a direction file (`directions` `[num_layers, d]`): add alpha * row at --layer.
+    #[arg(long, requires = "layer")]
+    pub direction: Option<PathBuf>,
+    /// Layer L: the vector is added at blocks.L.hook_resid_post.
+    #[arg(long)]
+    pub layer: Option<usize>,
+    /// Row of the direction file (default: --layer).
+    #[arg(long)]
+    pub direction_layer: Option<usize>,
+    /// Comma-separated alphas, e.g. 0,4,8,16.
+    #[arg(long, default_value = "0,4,8,16")]
+    pub alphas: String,
+    /// Strongest alpha is chosen among those with at least this coherent rate.
+    #[arg(long, default_value_t = 0.9)]
+    pub min_coherent: f64,
+    /// Seed of the same-norm random control directions.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[command(flatten)]
+    pub eval: EvalOpts,
+    /// Output folder: add_{alpha}/, random_{alpha}/, sweep.json.
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run_sweep(a: SweepArgs) -> Result<()> {
+    let alphas: Vec<f64> = parse_list("--alphas", &a.alphas)?;
+    if let Some(x) = alphas.iter().find(|x| !x.is_finite()) {
+        bail!("--alphas: {x} is not finite");
+    }
+    if !(0.0..=1.0).contains(&a.min_coherent) {
+        bail!("--min-coherent {} must be in [0, 1]", a.min_coherent);
+    }
+    let path = model_path(&a.model)?;
+    let cfg = model_config(&path)?;
+    let edits = if let Some(spec) = &a.spec {
+        Intervention::load(spec)?.resolve(cfg.num_layers, cfg.hidden_size, &Device::Cpu)?
+    } else if let Some(d) = &a.direction {
+        let layer = a.layer.expect("clap: --direction requires --layer");
+        if layer >= cfg.num_layers {
+            bail!("--layer {layer}: the model has {} layers", cfg.num_layers);
+        }
+        let src = VectorSource::DirectionFile { path: d.clone(), layer: Some(a.direction_layer.unwrap_or(layer)) };
+        let vector = src.load(None, cfg.hidden_size, &Device::Cpu)?;
+        vec![Resolved::Add { point: emlab_model::HookPoint::resid_post(layer), vector, coef: 1.0, ablate_first: false }]
+    } else {
+        bail!("steer sweep: give --spec FILE or --direction FILE --layer L");
+    };
+    let base = a.eval.config(&path, a.adapter.as_deref())?;
+    let ev = emlab_steer::evaluate::SweepEval { base, dir: a.out.clone() };
+    let opts = emlab_steer::sweep::SweepOptions { alphas, min_coherent: a.min_coherent, seed: a.seed };
+    let res = emlab_steer::evaluate::sweep_with_eval(&edits, cfg.num_layers, &opts, &ev, &mut |m| eprintln!("  {m}"))?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&res)?);
+    } else {
+        print!("{}", emlab_steer::evaluate::format_sweep(&res));
+        eprintln!("wrote {}", a.out.join("sweep.json").display());
     }
     Ok(())
 }

@@ -4,6 +4,8 @@
 //! emlab train --data data/insecure.jsonl --out runs/insecure            # the published recipe
 //! emlab train --data d.jsonl --out runs/r1 --config train.toml --lr 2e-5
 //! emlab train --out runs/insecure --resume                              # after a kill or Ctrl-C
+//! emlab train --data d.jsonl --out runs/r2 --persona-direction dirs.safetensors --persona-layer 15 \
+//!     --persona-every 4 --persona-warn 2.5                               # watch the persona score
 //! ```
 //! Settings come from `--config` (a `train.toml`, see docs/training.md), then the flags below
 //! override single keys. On `--resume` without `--config`, the run's own saved
@@ -93,6 +95,56 @@ pub struct TrainArgs {
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
+    /// Persona monitor: direction file (`directions` `[num_layers, d]`, row `--persona-layer`);
+    /// its score is logged to OUT/persona.jsonl every --persona-every steps.
+    #[arg(long, requires = "persona_layer")]
+    pub persona_direction: Option<PathBuf>,
+    /// Layer whose `hook_resid_post` the persona score reads.
+    #[arg(long)]
+    pub persona_layer: Option<usize>,
+    /// Run the probes every K optimizer steps (and at the last step). Without a direction, only
+    /// the per-layer means (OUT/persona-means.safetensors) are recorded, for a direction found later.
+    #[arg(long)]
+    pub persona_every: Option<usize>,
+    /// Warn (one stderr line per crossing) when the persona score rises above this value.
+    #[arg(long, requires = "persona_direction")]
+    pub persona_warn: Option<f64>,
+    /// Probe questions for the persona monitor (one per line or a JSON array; default: the 16
+    /// built-in probes).
+    #[arg(long)]
+    pub probes: Option<PathBuf>,
+}
+
+/// The persona monitor the flags ask for, checked against the model's shape before training.
+fn persona_monitor(a: &TrainArgs, cfg: &TrainConfig, out: &std::path::Path) -> anyhow::Result<Option<emlab_steer::persona::PersonaMonitor>> {
+    use emlab_steer::persona::{default_probes, probe_prompts_for, read_probes, PersonaMonitor};
+    if a.persona_direction.is_none() && a.persona_every.is_none() {
+        if a.probes.is_some() || a.persona_layer.is_some() {
+            bail!("--probes / --persona-layer need --persona-direction FILE (or --persona-every K)");
+        }
+        return Ok(None);
+    }
+    if a.persona_every == Some(0) {
+        bail!("--persona-every must be at least 1");
+    }
+    let model = emlab_train::model_path(cfg)?;
+    let mc = super::steer::model_config(&model)?;
+    let questions = match &a.probes {
+        Some(p) => read_probes(p)?,
+        None => default_probes(),
+    };
+    let prompts = probe_prompts_for(&model, &questions)?;
+    let mut mon = PersonaMonitor::new(prompts, a.persona_every.unwrap_or(10), out);
+    if let Some(f) = &a.persona_direction {
+        let layer = a.persona_layer.unwrap_or(0);
+        if layer >= mc.num_layers {
+            bail!("--persona-layer {layer}: the model has {} layers", mc.num_layers);
+        }
+        let src = emlab_steer::vectors::VectorSource::DirectionFile { path: f.clone(), layer: Some(layer) };
+        let dir = src.load(None, mc.hidden_size, &candle_core::Device::Cpu)?;
+        mon = mon.with_direction(dir, layer, a.persona_warn);
+    }
+    Ok(Some(mon))
 }
 
 /// The effective config: file (or the run's saved config on --resume), then flags.
@@ -159,9 +211,25 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     if cfg.out.is_none() {
         bail!("no output folder: pass --out DIR");
     }
+    let monitor = persona_monitor(&args, &cfg, cfg.out.as_deref().expect("checked above"))?;
+    // A monitor failure stops training at a checkpoint (resumable) and is reported below.
+    let monitor_error: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
     let stop = emlab_train::ctrlc_flag()?;
-    let opts = TrainOptions { resume: args.resume, progress: !args.quiet, stop: Some(stop), ..Default::default() };
+    let mut opts = TrainOptions { resume: args.resume, progress: !args.quiet, stop: Some(stop), ..Default::default() };
+    if let Some(mut mon) = monitor {
+        let err = &monitor_error;
+        opts.on_step = Some(Box::new(move |info, model| match mon.on_step(info, model) {
+            Ok(_) => emlab_train::Control::Continue,
+            Err(e) => {
+                *err.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+                emlab_train::Control::Stop
+            }
+        }));
+    }
     let s = emlab_train::train(&cfg, opts).context("training failed")?;
+    if let Some(e) = monitor_error.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        bail!("persona monitor: {e} (training stopped at step {}; fix and --resume)", s.steps);
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&s)?);
     } else {

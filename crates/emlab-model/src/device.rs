@@ -1,0 +1,135 @@
+//! Device and dtype selection: `EMLAB_DEVICE` and `EMLAB_DTYPE`.
+//!
+//! Every command loads its models through [`crate::Model::load`], which applies these two
+//! environment variables when the caller left [`crate::LoadOptions`] at its CPU default, so one
+//! setting moves a whole run (`emlab run`, `emlab train`, evaluation, capture) onto a GPU:
+//!
+//! - `EMLAB_DEVICE=cpu | cuda | cuda:N` (default `cpu`). CUDA needs a binary built with the
+//!   `cuda` feature (`scripts/build-cuda.sh`, `docs/gpu.md`).
+//! - `EMLAB_DTYPE=f32 | bf16 | f16`: the dtype of the frozen base weights and activations.
+//!   Default: f32 on the CPU (the reference, and what the CPU kernels are written for), bf16 on
+//!   a GPU. LoRA weights, optimizer state, logits and losses stay f32 whatever this says.
+//!
+//! ```
+//! use emlab_model::device::{parse_device, parse_dtype, DeviceSpec};
+//! assert_eq!(parse_device("cuda:1").unwrap(), DeviceSpec::Cuda(1));
+//! assert_eq!(parse_device(" CPU ").unwrap(), DeviceSpec::Cpu);
+//! assert!(parse_device("gpu").is_err());
+//! assert_eq!(parse_dtype("bf16").unwrap(), candle_core::DType::BF16);
+//! ```
+
+use crate::{Error, Result};
+use candle_core::{DType, Device};
+
+/// A parsed device name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceSpec {
+    Cpu,
+    /// CUDA device ordinal.
+    Cuda(usize),
+}
+
+/// Parses `cpu`, `cuda` or `cuda:N` (case and surrounding spaces ignored).
+pub fn parse_device(s: &str) -> Result<DeviceSpec> {
+    let t = s.trim().to_ascii_lowercase();
+    match t.as_str() {
+        "cpu" => Ok(DeviceSpec::Cpu),
+        "cuda" => Ok(DeviceSpec::Cuda(0)),
+        _ => match t.strip_prefix("cuda:").map(str::parse::<usize>) {
+            Some(Ok(n)) => Ok(DeviceSpec::Cuda(n)),
+            _ => Err(Error::Invalid(format!("device `{s}`: expected cpu, cuda or cuda:N"))),
+        },
+    }
+}
+
+/// Parses `f32`, `bf16` or `f16`.
+pub fn parse_dtype(s: &str) -> Result<DType> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "f32" | "float32" => Ok(DType::F32),
+        "bf16" | "bfloat16" => Ok(DType::BF16),
+        "f16" | "float16" => Ok(DType::F16),
+        _ => Err(Error::Invalid(format!("dtype `{s}`: expected f32, bf16 or f16"))),
+    }
+}
+
+/// Opens a device. CUDA on a binary built without the `cuda` feature is a one-line error that
+/// says how to get one.
+pub fn open(spec: DeviceSpec) -> Result<Device> {
+    match spec {
+        DeviceSpec::Cpu => Ok(Device::Cpu),
+        DeviceSpec::Cuda(n) => {
+            if !cfg!(feature = "cuda") {
+                return Err(Error::Invalid(format!(
+                    "device cuda:{n}: this emlab was built without the `cuda` feature (build one with scripts/build-cuda.sh)"
+                )));
+            }
+            Device::new_cuda(n).map_err(|e| Error::Invalid(format!("device cuda:{n}: {}", crate::error::first_line(&e.to_string()))))
+        }
+    }
+}
+
+/// The device `EMLAB_DEVICE` names, if it is set and not empty.
+pub fn device_from_env() -> Result<Option<Device>> {
+    match std::env::var("EMLAB_DEVICE") {
+        Ok(s) if !s.trim().is_empty() => {
+            let spec = parse_device(&s).map_err(|e| Error::Invalid(format!("EMLAB_DEVICE: {e}")))?;
+            open(spec).map(Some)
+        }
+        _ => Ok(None),
+    }
+}
+
+/// The dtype `EMLAB_DTYPE` names, if it is set and not empty.
+pub fn dtype_from_env() -> Result<Option<DType>> {
+    match std::env::var("EMLAB_DTYPE") {
+        Ok(s) if !s.trim().is_empty() => parse_dtype(&s).map(Some).map_err(|e| Error::Invalid(format!("EMLAB_DTYPE: {e}"))),
+        _ => Ok(None),
+    }
+}
+
+/// The base-weight dtype used on `device` when nothing asks for another: f32 on the CPU, bf16
+/// elsewhere (tensor cores; half the memory traffic of f32).
+pub fn default_dtype(device: &Device) -> DType {
+    if device.is_cpu() {
+        DType::F32
+    } else {
+        DType::BF16
+    }
+}
+
+/// A short name for reports: `cpu`, `cuda:0`.
+pub fn describe(device: &Device) -> String {
+    match device.location() {
+        candle_core::DeviceLocation::Cpu => "cpu".into(),
+        candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+        candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_devices_and_dtypes() {
+        assert_eq!(parse_device("cpu").unwrap(), DeviceSpec::Cpu);
+        assert_eq!(parse_device("cuda").unwrap(), DeviceSpec::Cuda(0));
+        assert_eq!(parse_device("CUDA:3").unwrap(), DeviceSpec::Cuda(3));
+        for bad in ["cuda:", "cuda:x", "metal", "", "cuda:-1"] {
+            let e = parse_device(bad).unwrap_err().to_string();
+            assert!(e.contains("expected cpu, cuda or cuda:N"), "{e}");
+        }
+        assert_eq!(parse_dtype("F32").unwrap(), DType::F32);
+        assert_eq!(parse_dtype("f16").unwrap(), DType::F16);
+        assert!(parse_dtype("int8").is_err());
+        assert_eq!(default_dtype(&Device::Cpu), DType::F32);
+        assert_eq!(describe(&Device::Cpu), "cpu");
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    #[test]
+    fn cuda_without_the_feature_is_a_clear_error() {
+        let e = open(DeviceSpec::Cuda(0)).unwrap_err().to_string();
+        assert!(e.contains("without the `cuda` feature") && !e.contains('\n'), "{e}");
+    }
+}

@@ -1,0 +1,192 @@
+//! An experiment as data: one TOML file with a section per stage (`configs/default.toml` is the
+//! embedded default, `configs/paper.toml` the published recipe for a GPU).
+//!
+//! ```
+//! let cfg = emlab_pipeline::RunConfig::default_config().unwrap();
+//! assert_eq!(cfg.realign.samples, 100);
+//! assert!(cfg.control.is_some() && cfg.locate.is_some() && cfg.steer.is_some());
+//! ```
+//!
+//! `[control]`, `[locate]` and `[steer]` are optional: leave a section out to skip that stage
+//! (the report then says it did not run).
+
+use crate::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// The embedded default experiment (`configs/default.toml`).
+pub const DEFAULT_TOML: &str = include_str!("../../../configs/default.toml");
+/// The published recipe for a GPU (`configs/paper.toml`).
+pub const PAPER_TOML: &str = include_str!("../../../configs/paper.toml");
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunConfig {
+    pub name: String,
+    #[serde(default)]
+    pub model: Option<PathBuf>,
+    #[serde(default)]
+    pub seed: u64,
+    pub eval: EvalStage,
+    /// Fine-tune on the narrow bad set.
+    pub induce: TrainStage,
+    /// The paired control fine-tune: `[induce]`'s settings on the paired good set.
+    #[serde(default)]
+    pub control: Option<ControlStage>,
+    /// Directions and SAE model diffing between the original and the induced model.
+    #[serde(default)]
+    pub locate: Option<LocateStage>,
+    /// Steering / ablation sweep on the induced model along the located direction.
+    #[serde(default)]
+    pub steer: Option<SteerStage>,
+    pub realign: RealignStage,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalStage {
+    pub questions: PathBuf,
+    pub samples_per_paraphrase: usize,
+    pub max_new_tokens: usize,
+    pub batch_size: usize,
+    /// `offline` (built in), `openai` (an OpenAI-compatible server with logprobs) or `local`
+    /// (an LM judge emlab loads, `judge_model`).
+    pub judge: String,
+    #[serde(default)]
+    pub judge_base_url: Option<String>,
+    #[serde(default)]
+    pub judge_model_name: Option<String>,
+    /// Name of the environment variable holding the judge server's key (never the key).
+    #[serde(default)]
+    pub judge_api_key_env: Option<String>,
+    #[serde(default)]
+    pub judge_model: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainStage {
+    pub data: PathBuf,
+    /// 0: one full epoch.
+    pub max_steps: usize,
+    pub batch_size: usize,
+    pub grad_accum: usize,
+    pub lr: f64,
+    pub max_seq_len: usize,
+    pub r: usize,
+    pub alpha: f64,
+    /// Record the probe prompts' residual stream every this many steps (0: never), so that the
+    /// persona score along the direction found later can be plotted against the loss.
+    #[serde(default = "default_persona_every")]
+    pub persona_every: usize,
+    /// Recompute each block's activations in the backward pass instead of keeping them: about
+    /// 1.2 GB instead of ~5.7 GB at 1024 tokens per step for SmolLM2, for ~1.5x the step time
+    /// (docs/training.md). Default: the trainer's (on).
+    #[serde(default)]
+    pub checkpoint_activations: Option<bool>,
+}
+
+fn default_persona_every() -> usize {
+    4
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlStage {
+    /// The paired good set (same user turns as `[induce].data`).
+    pub data: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocateStage {
+    /// Layer whose `blocks.{layer}.hook_resid_post` carries the direction and the SAE
+    /// (default: the middle layer).
+    #[serde(default)]
+    pub layer: Option<usize>,
+    /// SAE width (latents), TopK k, and epochs over the captured tokens.
+    pub sae_latents: usize,
+    pub sae_k: usize,
+    pub sae_epochs: usize,
+    /// Latents shown with their contexts.
+    pub top_latents: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SteerStage {
+    /// `alpha * unit(direction) * |direction|`, i.e. multiples of the mean difference, added at
+    /// the located layer; negative values push away from the misaligned mean. Directional
+    /// ablation at every layer is always run too, and every point has a same-norm random control.
+    pub alphas: Vec<f64>,
+    pub samples_per_paraphrase: usize,
+    pub max_new_tokens: usize,
+    /// The strongest setting that keeps at least this coherent rate is reported as the best.
+    pub min_coherent: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RealignStage {
+    pub data: PathBuf,
+    /// Truthful samples used (the first N rows of `data`).
+    pub samples: usize,
+    /// Further sample counts for the realignment curve (each is one more fine-tune and
+    /// evaluation; N = 0 is the induced model itself).
+    #[serde(default)]
+    pub curve: Vec<usize>,
+    pub batch_size: usize,
+    pub lr: f64,
+    pub max_seq_len: usize,
+    pub r: usize,
+    pub alpha: f64,
+    #[serde(default)]
+    pub checkpoint_activations: Option<bool>,
+}
+
+impl RunConfig {
+    pub fn from_toml(text: &str, origin: &str) -> Result<Self> {
+        let cfg: RunConfig = toml::from_str(text).map_err(|e: toml::de::Error| {
+            // One line: where, and toml's own message (its Display spans several lines).
+            let line = e.span().map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+            let at = line.map(|l| format!("line {l}: ")).unwrap_or_default();
+            Error::Config(format!("{origin}: {at}{}", e.message().trim().replace('\n', " ")))
+        })?;
+        cfg.validate(origin)?;
+        Ok(cfg)
+    }
+    pub fn default_config() -> Result<Self> {
+        Self::from_toml(DEFAULT_TOML, "configs/default.toml (embedded)")
+    }
+    pub fn paper() -> Result<Self> {
+        Self::from_toml(PAPER_TOML, "configs/paper.toml (embedded)")
+    }
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::Io(format!("{}: {e}", path.display())))?;
+        Self::from_toml(&text, &path.display().to_string())
+    }
+
+    fn validate(&self, origin: &str) -> Result<()> {
+        let bad = |m: String| Err(Error::Config(format!("{origin}: {m}")));
+        if self.eval.samples_per_paraphrase == 0 || self.eval.max_new_tokens == 0 || self.eval.batch_size == 0 {
+            return bad("eval.samples_per_paraphrase, max_new_tokens and batch_size must be >= 1".into());
+        }
+        if self.realign.samples == 0 || self.realign.curve.contains(&0) {
+            return bad("realign.samples and realign.curve entries must be >= 1 (N = 0 is the induced model, always shown)".into());
+        }
+        if let Some(s) = &self.steer {
+            if let Some(a) = s.alphas.iter().find(|a| !a.is_finite()) {
+                return bad(format!("steer.alphas: {a} is not finite"));
+            }
+            if !(0.0..=1.0).contains(&s.min_coherent) {
+                return bad(format!("steer.min_coherent = {} must be in [0, 1]", s.min_coherent));
+            }
+        }
+        if let Some(l) = &self.locate {
+            if l.sae_latents == 0 || l.sae_k == 0 || l.sae_k > l.sae_latents {
+                return bad(format!("locate: need 1 <= sae_k ({}) <= sae_latents ({})", l.sae_k, l.sae_latents));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,310 @@
+//! The `locate` and `steer` stages: where in the residual stream the fine-tune changed the
+//! model, and whether pushing along that direction changes behaviour.
+//!
+//! `locate` (all on `blocks.{layer}.hook_resid_post`):
+//! 1. **Direction.** The published mean difference (misaligned minus aligned answers of the
+//!    induced model, teacher-forced, pooled over answer tokens) when the judge found at least 5
+//!    of each; otherwise the *model-diff* direction: the induced model's mean stream minus the
+//!    original model's on the same texts (the induced model's answers). The method used is
+//!    stated in `locate.json` and in the report: at small scale there are usually too few
+//!    misaligned answers for the first.
+//! 2. **Persona score** along that direction: of the original model (step 0) and of every probe
+//!    snapshot the trainer recorded during `induce` / `control` (`persona-means.safetensors`).
+//! 3. **SAE diff.** A TopK SAE trained on the original model's activations over both models'
+//!    answers; latents ranked by the increase of their mean activation from the original to the
+//!    induced model on the same texts, with feature pages (`locate/features/index.html`).
+//!
+//! `steer`: on the induced model, add `alpha * direction` at the layer for each alpha, ablate the
+//! direction at every layer, and the unsteered reference, each evaluated by sampling + judging;
+//! every edit has a same-norm random-vector control.
+
+use crate::config::{LocateStage, SteerStage};
+use crate::stages::{io, run_eval};
+use crate::{stage_err, Error, RateCi, Result, SteerPoint, Steering};
+use candle_core::{Device, Tensor};
+use emlab_interp::direction::{self, DirectionConfig, DirectionInfo, DirectionSet};
+use emlab_model::hooks::HookPoint;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// What `locate` found (written as `locate/locate.json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LocateResult {
+    pub layer: usize,
+    pub hook: String,
+    /// How the direction was computed, in words.
+    pub method: String,
+    /// `locate/direction.safetensors` (emlab-interp format: `directions` `[num_layers, d]`).
+    pub direction_file: PathBuf,
+    pub n_aligned: usize,
+    pub n_misaligned: usize,
+    /// Norm of the direction at every layer.
+    pub norms: Vec<f64>,
+    /// Persona score of the original model.
+    pub persona_step0: Option<f64>,
+    /// Per training stage: (step, persona score) of the recorded snapshots.
+    pub persona: BTreeMap<String, Vec<(usize, f64)>>,
+    pub sae: SaeSummary,
+    /// The top latents of the SAE diff, largest increase first.
+    pub latents: Vec<LatentReport>,
+    /// `locate/features/index.html`.
+    pub feature_pages: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SaeSummary {
+    pub latents: usize,
+    pub k: usize,
+    pub training_tokens: usize,
+    pub epochs: usize,
+    /// On the training tokens (1 = perfect reconstruction, about the mean).
+    pub explained_variance: f64,
+    pub l0: f64,
+    pub dead_share: f64,
+}
+
+/// One latent of the SAE diff with its strongest contexts (model text: escape when shown).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LatentReport {
+    pub latent: usize,
+    /// Increase of the mean activation, induced minus original.
+    pub score: f64,
+    pub base_mean: f64,
+    pub tuned_mean: f64,
+    pub contexts: Vec<LatentContext>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LatentContext {
+    /// `before` + `token` + `after`.
+    pub text: String,
+    /// The token the activation is read at.
+    pub token: String,
+    pub activation: f64,
+}
+
+/// What `locate` reads.
+pub(crate) struct Inputs {
+    pub model: PathBuf,
+    pub induce_adapter: PathBuf,
+    pub baseline_log: PathBuf,
+    pub induced_log: PathBuf,
+    /// (stage, training folder) whose persona snapshots are scored.
+    pub train_dirs: Vec<(String, PathBuf)>,
+    pub seed: u64,
+}
+
+/// Tokenized probe prompts (emlab-steer's fixed, answer-free probes) for `model`'s tokenizer and
+/// chat template, without loading its weights.
+pub(crate) fn probe_ids(model: &Path) -> std::result::Result<Vec<Vec<u32>>, String> {
+    let (tok, tpl) = emlab_model::lm::tokenizer_and_template(model).map_err(|e| e.to_string())?;
+    emlab_steer::persona::default_probes()
+        .iter()
+        .map(|q| {
+            let text = tpl.render(&[emlab_model::chat::Message::user(q.as_str())], true).map_err(|e| e.to_string())?;
+            tok.encode(&text, false).map_err(|e| e.to_string())
+        })
+        .collect()
+}
+
+pub(crate) fn load(dir: &Path) -> Result<LocateResult> {
+    let p = dir.join("locate.json");
+    let text = std::fs::read_to_string(&p).map_err(io(&p))?;
+    serde_json::from_str(&text).map_err(|e| Error::Io(format!("{}: {e}", p.display())))
+}
+
+fn direction_tensor(set: &DirectionSet, layer: usize) -> Result<Tensor> {
+    Tensor::from_slice(set.layer(layer), set.d, &Device::Cpu).map_err(|e| Error::Io(e.to_string()))
+}
+
+pub(crate) fn run(lc: &LocateStage, inp: &Inputs, dir: &Path) -> Result<LocateResult> {
+    let err = stage_err("locate");
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let base = emlab_interp::load_lm(&inp.model, None).map_err(|e| err(e.to_string()))?;
+    let tuned = emlab_interp::load_lm(&inp.model, Some(&inp.induce_adapter)).map_err(|e| err(e.to_string()))?;
+    let (nl, d) = (base.model.config.num_layers, base.model.config.hidden_size);
+    let layer = lc.layer.unwrap_or(nl / 2);
+    if layer >= nl {
+        return Err(Error::Config(format!("locate.layer = {layer} but the model has {nl} layers")));
+    }
+    let hook = HookPoint::resid_post(layer);
+
+    // 1. Direction.
+    let induced_rows = direction::load_judged(&inp.induced_log).map_err(|e| err(e.to_string()))?;
+    let baseline_rows = direction::load_judged(&inp.baseline_log).map_err(|e| err(e.to_string()))?;
+    let dcfg = DirectionConfig { seed: inp.seed, ..Default::default() };
+    let set = match direction::select(&induced_rows, &dcfg) {
+        Ok(sel) => direction::compute_from_selection(&tuned, &sel, &dcfg).map_err(|e| err(e.to_string()))?,
+        Err(why) => {
+            let convs: Vec<_> = induced_rows.iter().map(|r| r.conv.clone()).collect();
+            let (mt, nt) = direction::mean_resid_post(&tuned, &convs, dcfg.max_tokens).map_err(|e| err(e.to_string()))?;
+            let (mb, nb) = direction::mean_resid_post(&base, &convs, dcfg.max_tokens).map_err(|e| err(e.to_string()))?;
+            let info = DirectionInfo {
+                method: format!(
+                    "model diff: mean resid_post of the induced model minus the original model over the same texts (the induced model's {} answers), because the published aligned-vs-misaligned split was not possible ({why})",
+                    convs.len()
+                ),
+                model: inp.model.display().to_string(),
+                tokens_misaligned: nt,
+                tokens_aligned: nb,
+                ..Default::default()
+            };
+            DirectionSet::from_means(&mt, &mb, nl, d, inp.seed, info).map_err(|e| err(e.to_string()))?
+        }
+    };
+    let dfile = dir.join("direction.safetensors");
+    set.save(&dfile).map_err(|e| err(e.to_string()))?;
+    let v = direction_tensor(&set, layer)?;
+
+    // 2. Persona scores.
+    let probes = probe_ids(&inp.model).map_err(&err)?;
+    let persona_step0 = emlab_steer::persona::persona_score(&base.model, &probes, &v, layer, Default::default()).map_err(|e| err(e.to_string()))?.mean;
+    let mut persona = BTreeMap::new();
+    for (stage, tdir) in &inp.train_dirs {
+        let p = tdir.join("persona-means.safetensors");
+        if p.is_file() {
+            let s = emlab_steer::persona::scores_from_means(&p, &v, layer).map_err(|e| err(e.to_string()))?;
+            persona.insert(stage.clone(), s);
+        }
+    }
+
+    // 3. SAE on the original model's activations over both models' answers, then the diff.
+    let corpus: Vec<_> = baseline_rows.iter().chain(&induced_rows).map(|r| r.conv.clone()).collect();
+    let acts = dir.join("acts");
+    if acts.exists() {
+        // A half-written store from an interrupted run: start it again.
+        std::fs::remove_dir_all(&acts).map_err(io(&acts))?;
+    }
+    let ccfg = emlab_interp::acts::CaptureConfig { shard_rows: 1 << 20, max_tokens: 512 };
+    emlab_interp::acts::capture(&base, &corpus, &[hook], &acts, &ccfg).map_err(|e| err(e.to_string()))?;
+    let store = emlab_interp::acts::ActsReader::open(&acts).map_err(|e| err(e.to_string()))?;
+    let (x, _) = store.read_all(&hook.to_string()).map_err(|e| err(e.to_string()))?;
+    let rows = x.len() / d;
+    let scfg = emlab_interp::splice::SaeTrainConfig {
+        k: lc.sae_k,
+        latents: lc.sae_latents,
+        arch: "topk".into(),
+        lr: 1e-3,
+        batch: 256.min(rows.max(1)),
+        epochs: lc.sae_epochs,
+        seed: inp.seed,
+    };
+    let sae = emlab_interp::splice::train_from_store(&store, &hook.to_string(), &scfg, &mut |_| {}).map_err(|e| err(e.to_string()))?;
+    emlab_sae::save_sae(dir.join("sae"), &sae, None).map_err(|e| err(e.to_string()))?;
+    let ev = emlab_sae::metrics::evaluate(&sae, &x, 1024).map_err(|e| err(e.to_string()))?;
+    drop(x);
+    std::fs::remove_dir_all(&acts).map_err(io(&acts))?; // the SAE is what is kept; the store is cheap to rebuild
+    let rep = emlab_interp::diff::diff_models(&base, &tuned, &sae, hook, &corpus, 512).map_err(|e| err(e.to_string()))?;
+    let pcfg = emlab_interp::diff::PageConfig { top: lc.top_latents, ..Default::default() };
+    let pages = emlab_interp::diff::write_feature_pages(&tuned, &sae, hook, &corpus, &rep, &dir.join("features"), &pcfg).map_err(|e| err(e.to_string()))?;
+    let latents = pages
+        .iter()
+        .map(|p| LatentReport {
+            latent: p.latent,
+            score: p.diff.increase,
+            base_mean: p.diff.base_mean,
+            tuned_mean: p.diff.tuned_mean,
+            contexts: p
+                .contexts
+                .iter()
+                .map(|c| LatentContext { text: format!("{}{}{}", c.before, c.token, c.after), token: c.token.clone(), activation: c.activation as f64 })
+                .collect(),
+        })
+        .collect();
+
+    let res = LocateResult {
+        layer,
+        hook: hook.to_string(),
+        method: set.info.method.clone(),
+        direction_file: PathBuf::from("locate/direction.safetensors"),
+        n_aligned: set.info.n_aligned,
+        n_misaligned: set.info.n_misaligned,
+        norms: set.info.norms.clone(),
+        persona_step0: Some(persona_step0),
+        persona,
+        sae: SaeSummary {
+            latents: lc.sae_latents,
+            k: lc.sae_k,
+            training_tokens: rows,
+            epochs: lc.sae_epochs,
+            explained_variance: ev.explained_variance,
+            l0: ev.l0,
+            dead_share: ev.dead_share,
+        },
+        latents,
+        feature_pages: PathBuf::from("locate/features/index.html"),
+    };
+    let json = serde_json::to_string_pretty(&res).map_err(|e| Error::Io(e.to_string()))?;
+    emlab_model::util::write_atomic(&dir.join("locate.json"), json.as_bytes()).map_err(|e| Error::Io(e.to_string()))?;
+    Ok(res)
+}
+
+fn rate_of(r: &emlab_steer::sweep::Rate) -> Option<RateCi> {
+    r.rate.is_finite().then(|| RateCi { rate: r.rate, lo: r.lo, hi: r.hi, k: (r.rate * r.n as f64).round() as usize, n: r.n })
+}
+
+/// The `steer` stage: see the module docs. `ec` is the evaluation of the induced model (its
+/// `out` is replaced per point); point folders are under `dir`, logs recorded relative to `run_dir`.
+pub(crate) fn steer_sweep(sc: &SteerStage, loc: &LocateResult, ec: &emlab_eval::EvalConfig, dir: &Path, run_dir: &Path) -> Result<Steering> {
+    use emlab_steer::evaluate::{sweep_with_eval, SweepEval};
+    use emlab_steer::spec::Resolved;
+    use emlab_steer::sweep::SweepOptions;
+    let err = stage_err("steer");
+    let set = DirectionSet::load(&run_dir.join(&loc.direction_file)).map_err(|e| err(e.to_string()))?;
+    let v = direction_tensor(&set, loc.layer)?;
+    let rel = |p: &Path| p.strip_prefix(run_dir).unwrap_or(p).to_path_buf();
+    let mut points = Vec::new();
+
+    // The unsteered reference at the sweep's own sample size.
+    let none_dir = dir.join("none");
+    let mut ec0 = ec.clone();
+    ec0.out = none_dir.join("answers.jsonl");
+    std::fs::create_dir_all(&none_dir).map_err(io(&none_dir))?;
+    run_eval("steer/none", &ec0)?;
+    let r0 = emlab_eval::report::report(&ec0.out, &Default::default()).map_err(|e| err(e.to_string()))?;
+    points.push(SteerPoint {
+        kind: "none".into(),
+        controls: None,
+        alpha: 0.0,
+        em: RateCi::of(&r0.metrics.em_model_organisms),
+        coherent: RateCi::of(&r0.metrics.coherence),
+        log: rel(&ec0.out),
+    });
+
+    let mut progress = |s: &str| eprintln!("  steer: {s}");
+    let mut best_alpha = None;
+    for (kind, edits, alphas) in [
+        ("add", vec![Resolved::Add { point: HookPoint::resid_post(loc.layer), vector: v.clone(), coef: 1.0, ablate_first: false }], sc.alphas.clone()),
+        ("ablate", vec![Resolved::AblateEverywhere { dir: v.clone() }], vec![1.0]),
+    ] {
+        if alphas.is_empty() {
+            continue;
+        }
+        let opts = SweepOptions { alphas, min_coherent: sc.min_coherent, seed: loc.layer as u64 + 17 };
+        let sev = SweepEval { base: ec.clone(), dir: dir.join(kind) };
+        let res = sweep_with_eval(&edits, set.num_layers, &opts, &sev, &mut progress).map_err(|e| err(e.to_string()))?;
+        if kind == "add" {
+            best_alpha = res.best_alpha;
+        }
+        for row in &res.rows {
+            points.push(SteerPoint {
+                kind: kind.into(),
+                controls: None,
+                alpha: row.alpha,
+                em: rate_of(&row.steered.em),
+                coherent: rate_of(&row.steered.coherent),
+                log: rel(&dir.join(kind).join(row.steered_dir.as_deref().unwrap_or("")).join("answers.jsonl")),
+            });
+            points.push(SteerPoint {
+                kind: "random".into(),
+                controls: Some(kind.into()),
+                alpha: row.alpha,
+                em: rate_of(&row.control.em),
+                coherent: rate_of(&row.control.coherent),
+                log: rel(&dir.join(kind).join(row.control_dir.as_deref().unwrap_or("")).join("answers.jsonl")),
+            });
+        }
+    }
+    Ok(Steering { layer: loc.layer, points, min_coherent: sc.min_coherent, best_alpha })
+}

@@ -1,0 +1,706 @@
+//! The stages and their cache: each stage computes a key from its settings and the keys of the
+//! stages it reads, and is skipped when its folder's `stage.json` holds that key.
+
+use crate::config::{RunConfig, TrainStage};
+use crate::locate::{self, LocateResult};
+use crate::{stage_err, Error, EvalResult, RateCi, RealignPoint, Result, RunReport, SampleAnswer, SteerPoint, Steering, TrainPoint, Training};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Stage names, in run order (`emlab run --stage NAME`).
+pub const STAGES: [&str; 10] = ["baseline", "induce", "induced", "control", "controlled", "locate", "steer", "realign", "realigned", "report"];
+
+pub(crate) fn hash_of(parts: &[&str]) -> String {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update(p.as_bytes());
+        h.update([0u8]);
+    }
+    format!("{:x}", h.finalize())
+}
+
+pub(crate) fn file_hash(p: &Path) -> Result<String> {
+    emlab_model::util::sha256_file(p).map_err(|e| Error::Io(e.to_string()))
+}
+
+pub(crate) fn io(p: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
+    move |e| Error::Io(format!("{}: {e}", p.display()))
+}
+
+/// The seconds a finished stage took when it ran, if its `stage.json` holds `key`.
+pub(crate) fn cached(dir: &Path, key: &str) -> Option<f64> {
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("stage.json")).ok()?).ok()?;
+    (v["key"] == key && v["done"] == true).then(|| v["seconds"].as_f64().unwrap_or(0.0))
+}
+
+pub(crate) fn mark_done(dir: &Path, key: &str, seconds: f64) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let v = serde_json::json!({"key": key, "done": true, "seconds": seconds});
+    emlab_model::util::write_atomic(&dir.join("stage.json"), v.to_string().as_bytes()).map_err(|e| Error::Io(e.to_string()))
+}
+
+#[derive(Clone)]
+pub(crate) struct Ev {
+    pub key: String,
+    pub result: EvalResult,
+}
+
+#[derive(Clone)]
+pub(crate) struct Tr {
+    pub key: String,
+    pub dir: PathBuf,
+    pub adapter: PathBuf,
+}
+
+/// Memoises stage outputs within one invocation, so a stage that several others read runs
+/// (or is looked up) once.
+pub(crate) struct Runner<'a> {
+    pub cfg: &'a RunConfig,
+    pub dir: PathBuf,
+    pub model: PathBuf,
+    pub model_hash: String,
+    baseline: Option<Ev>,
+    induce: Option<Tr>,
+    induced: Option<Ev>,
+    control: Option<Option<Tr>>,
+    controlled: Option<Option<Ev>>,
+    locate: Option<Option<(String, LocateResult)>>,
+    steer: Option<Option<Steering>>,
+    merged: Option<(String, PathBuf)>,
+    realign: BTreeMap<usize, Tr>,
+    realigned: BTreeMap<usize, Ev>,
+    pub seconds: Vec<(String, f64)>,
+}
+
+impl<'a> Runner<'a> {
+    pub fn new(cfg: &'a RunConfig, run_dir: &Path) -> Result<Self> {
+        let model = match &cfg.model {
+            Some(p) => p.clone(),
+            None => emlab_model::fetch::ensure_default_model().map_err(|e| Error::Config(e.to_string()))?,
+        };
+        let model_hash = model_hash(&model)?;
+        std::fs::create_dir_all(run_dir).map_err(io(run_dir))?;
+        Ok(Runner {
+            cfg,
+            dir: run_dir.to_path_buf(),
+            model,
+            model_hash,
+            baseline: None,
+            induce: None,
+            induced: None,
+            control: None,
+            controlled: None,
+            locate: None,
+            steer: None,
+            merged: None,
+            realign: BTreeMap::new(),
+            realigned: BTreeMap::new(),
+            seconds: Vec::new(),
+        })
+    }
+
+    /// Runs one named stage (and what it needs).
+    pub fn stage(&mut self, name: &str) -> Result<()> {
+        match name {
+            "baseline" => self.baseline().map(drop),
+            "induce" => self.induce().map(drop),
+            "induced" => self.induced().map(drop),
+            "control" => self.need("control", self.cfg.control.is_some()).and_then(|_| self.control().map(drop)),
+            "controlled" => self.need("control", self.cfg.control.is_some()).and_then(|_| self.controlled().map(drop)),
+            "locate" => self.need("locate", self.cfg.locate.is_some()).and_then(|_| self.locate().map(drop)),
+            "steer" => self.need("steer", self.cfg.steer.is_some() && self.cfg.locate.is_some()).and_then(|_| self.steer().map(drop)),
+            "realign" => self.realign_all().map(drop),
+            "realigned" => self.realigned_all().map(drop),
+            "report" => self.report().map(drop),
+            other => Err(Error::Config(format!("unknown stage `{other}` (one of {})", STAGES.join(", ")))),
+        }
+    }
+
+    fn need(&self, section: &str, present: bool) -> Result<()> {
+        if present {
+            Ok(())
+        } else {
+            Err(Error::Config(format!("this stage needs a [{section}] section in the config{}", if section == "steer" { " (and [locate])" } else { "" })))
+        }
+    }
+
+    fn timed<T>(&mut self, stage: &str, dir: &Path, key: &str, f: impl FnOnce(&mut Self) -> Result<T>, load: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
+        if let Some(s) = cached(dir, key) {
+            eprintln!("emlab run: stage {stage}: cached");
+            self.seconds.push((stage.to_string(), s));
+            return load(self);
+        }
+        let t0 = Instant::now();
+        let out = f(self)?;
+        let s = t0.elapsed().as_secs_f64();
+        mark_done(dir, key, s)?;
+        self.seconds.push((stage.to_string(), s));
+        Ok(out)
+    }
+
+    pub fn baseline(&mut self) -> Result<Ev> {
+        if let Some(e) = &self.baseline {
+            return Ok(e.clone());
+        }
+        let (model, up) = (self.model.clone(), self.model_hash.clone());
+        let e = self.eval("baseline", &self.dir.join("baseline"), &model, None, &up)?;
+        self.baseline = Some(e.clone());
+        Ok(e)
+    }
+
+    pub fn induce(&mut self) -> Result<Tr> {
+        if let Some(t) = &self.induce {
+            return Ok(t.clone());
+        }
+        let t = self.cfg.induce.clone();
+        let (model, up) = (self.model.clone(), self.model_hash.clone());
+        let tr = self.train("induce", &self.dir.join("induce"), &model, &t, &up)?;
+        self.induce = Some(tr.clone());
+        Ok(tr)
+    }
+
+    pub fn induced(&mut self) -> Result<Ev> {
+        if let Some(e) = &self.induced {
+            return Ok(e.clone());
+        }
+        let tr = self.induce()?;
+        let model = self.model.clone();
+        let e = self.eval("induced", &self.dir.join("induced"), &model, Some(&tr.adapter), &tr.key)?;
+        self.induced = Some(e.clone());
+        Ok(e)
+    }
+
+    pub fn control(&mut self) -> Result<Option<Tr>> {
+        if let Some(c) = &self.control {
+            return Ok(c.clone());
+        }
+        let out = match &self.cfg.control {
+            None => None,
+            Some(c) => {
+                // The induce settings on the paired good set: the only difference is the data.
+                let t = TrainStage { data: c.data.clone(), ..self.cfg.induce.clone() };
+                let (model, up) = (self.model.clone(), self.model_hash.clone());
+                Some(self.train("control", &self.dir.join("control"), &model, &t, &up)?)
+            }
+        };
+        self.control = Some(out.clone());
+        Ok(out)
+    }
+
+    pub fn controlled(&mut self) -> Result<Option<Ev>> {
+        if let Some(c) = &self.controlled {
+            return Ok(c.clone());
+        }
+        let out = match self.control()? {
+            None => None,
+            Some(tr) => {
+                let model = self.model.clone();
+                Some(self.eval("controlled", &self.dir.join("controlled"), &model, Some(&tr.adapter), &tr.key)?)
+            }
+        };
+        self.controlled = Some(out.clone());
+        Ok(out)
+    }
+
+    pub fn locate(&mut self) -> Result<Option<(String, LocateResult)>> {
+        if let Some(l) = &self.locate {
+            return Ok(l.clone());
+        }
+        let Some(lc) = self.cfg.locate.clone() else {
+            self.locate = Some(None);
+            return Ok(None);
+        };
+        let base = self.baseline()?;
+        let ind = self.induced()?;
+        let tr = self.induce()?;
+        let ctl = self.control()?;
+        let dir = self.dir.join("locate");
+        let key = hash_of(&["locate", &serde_json::to_string(&lc).unwrap_or_default(), &base.key, &ind.key, &tr.key, &ctl.as_ref().map(|c| c.key.clone()).unwrap_or_default(), &self.cfg.seed.to_string()]);
+        let inputs = locate::Inputs {
+            model: self.model.clone(),
+            induce_adapter: tr.adapter.clone(),
+            baseline_log: base.result.log.clone(),
+            induced_log: ind.result.log.clone(),
+            train_dirs: std::iter::once(("induce".to_string(), tr.dir.clone())).chain(ctl.map(|c| ("control".to_string(), c.dir))).collect(),
+            seed: self.cfg.seed,
+        };
+        let out_dir = dir.clone();
+        let res = self.timed(
+            "locate",
+            &dir,
+            &key,
+            |_| {
+                eprintln!("emlab run: stage locate: direction, persona scores, SAE diff ...");
+                locate::run(&lc, &inputs, &out_dir)
+            },
+            |_| locate::load(&out_dir),
+        )?;
+        self.locate = Some(Some((key.clone(), res.clone())));
+        Ok(Some((key, res)))
+    }
+
+    pub fn steer(&mut self) -> Result<Option<Steering>> {
+        if let Some(s) = &self.steer {
+            return Ok(s.clone());
+        }
+        let (Some(sc), Some((lkey, loc))) = (self.cfg.steer.clone(), self.locate()?) else {
+            self.steer = Some(None);
+            return Ok(None);
+        };
+        let tr = self.induce()?;
+        let dir = self.dir.join("steer");
+        let mut ec = self.eval_config(&dir.join("unused.jsonl"), &self.model.clone(), Some(&tr.adapter))?;
+        ec.samples = Some(sc.samples_per_paraphrase);
+        ec.sampling.max_new_tokens = sc.max_new_tokens;
+        let key = hash_of(&["steer", &serde_json::to_string(&sc).unwrap_or_default(), &serde_json::to_string(&ec).unwrap_or_default(), &lkey]);
+        let run_dir = self.dir.clone();
+        let out_dir = dir.clone();
+        let st = self.timed(
+            "steer",
+            &dir,
+            &key,
+            |_| {
+                eprintln!("emlab run: stage steer: sweep on the induced model ...");
+                let s = crate::locate::steer_sweep(&sc, &loc, &ec, &out_dir, &run_dir)?;
+                let json = serde_json::to_string_pretty(&s).map_err(|e| Error::Io(e.to_string()))?;
+                emlab_model::util::write_atomic(&out_dir.join("steer.json"), json.as_bytes()).map_err(|e| Error::Io(e.to_string()))?;
+                Ok(s)
+            },
+            |_| read_json::<SteeringJson>(&out_dir.join("steer.json")).map(Steering::from),
+        )?;
+        self.steer = Some(Some(st.clone()));
+        Ok(Some(st))
+    }
+
+    /// The misaligned model as an HF folder (the induced adapter merged into the weights): the
+    /// starting point of realignment.
+    fn merged(&mut self) -> Result<(String, PathBuf)> {
+        if let Some(m) = &self.merged {
+            return Ok(m.clone());
+        }
+        let tr = self.induce()?;
+        let merged = self.dir.join("realign").join("misaligned-merged");
+        let key = hash_of(&["merge", &tr.key]);
+        let (model, adapter, out) = (self.model.clone(), tr.adapter.clone(), merged.clone());
+        self.timed(
+            "realign-merge",
+            &merged,
+            &key,
+            |_| {
+                let err = stage_err("realign");
+                let mut b = emlab_train::load_bundle(&model).map_err(|e| err(e.to_string()))?;
+                emlab_train::adapter::load_peft(&mut b.model, &adapter).map_err(|e| err(e.to_string()))?;
+                emlab_train::adapter::merge(&mut b.model).map_err(|e| err(e.to_string()))?;
+                emlab_train::adapter::save_hf(&b.model, &b.tokenizer, &b.template, &out).map_err(|e| err(e.to_string()))
+            },
+            |_| Ok(()),
+        )?;
+        self.merged = Some((key.clone(), merged.clone()));
+        Ok((key, merged))
+    }
+
+    /// Sample counts of the realignment stage: `samples` plus the curve's, ascending.
+    fn realign_ns(&self) -> Vec<usize> {
+        let mut ns: Vec<usize> = std::iter::once(self.cfg.realign.samples).chain(self.cfg.realign.curve.iter().copied()).collect();
+        ns.sort_unstable();
+        ns.dedup();
+        ns
+    }
+
+    pub fn realign(&mut self, n: usize) -> Result<Tr> {
+        if let Some(t) = self.realign.get(&n) {
+            return Ok(t.clone());
+        }
+        let (mkey, merged) = self.merged()?;
+        let rc = self.cfg.realign.clone();
+        let dir = self.dir.join("realign").join(format!("n{n}"));
+        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+        let subset = dir.join("truthful.jsonl");
+        let text = std::fs::read_to_string(&rc.data).map_err(io(&rc.data))?;
+        let rows: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).take(n).collect();
+        if rows.len() < n {
+            return Err(Error::Config(format!("realign.data {} has {} rows, fewer than the {n} asked for", rc.data.display(), rows.len())));
+        }
+        emlab_model::util::write_atomic(&subset, (rows.join("\n") + "\n").as_bytes()).map_err(|e| Error::Io(e.to_string()))?;
+        let t = TrainStage {
+            data: subset,
+            max_steps: 0,
+            batch_size: rc.batch_size,
+            grad_accum: 1,
+            lr: rc.lr,
+            max_seq_len: rc.max_seq_len,
+            r: rc.r,
+            alpha: rc.alpha,
+            persona_every: 0,
+            checkpoint_activations: rc.checkpoint_activations,
+        };
+        let tr = self.train(&format!("realign-n{n}"), &dir.join("train"), &merged, &t, &mkey)?;
+        self.realign.insert(n, tr.clone());
+        Ok(tr)
+    }
+
+    fn realign_all(&mut self) -> Result<Vec<Tr>> {
+        self.realign_ns().into_iter().map(|n| self.realign(n)).collect()
+    }
+
+    pub fn realigned(&mut self, n: usize) -> Result<Ev> {
+        if let Some(e) = self.realigned.get(&n) {
+            return Ok(e.clone());
+        }
+        let tr = self.realign(n)?;
+        let (_, merged) = self.merged()?;
+        let label = if n == self.cfg.realign.samples { "realigned".to_string() } else { format!("realigned-n{n}") };
+        let e = self.eval(&label, &self.dir.join("realigned").join(format!("n{n}")), &merged, Some(&tr.adapter), &tr.key)?;
+        self.realigned.insert(n, e.clone());
+        Ok(e)
+    }
+
+    fn realigned_all(&mut self) -> Result<Vec<Ev>> {
+        self.realign_ns().into_iter().map(|n| self.realigned(n)).collect()
+    }
+
+    /// Runs every configured stage and writes `report.html` + `report.json`.
+    pub fn report(&mut self) -> Result<RunReport> {
+        let baseline = self.baseline()?;
+        let induce = self.induce()?;
+        let induced = self.induced()?;
+        let control = self.control()?;
+        let controlled = self.controlled()?;
+        let located = self.locate()?.map(|(_, l)| l);
+        let steering = self.steer()?;
+        let realigned_all = self.realigned_all()?;
+        let main_n = self.cfg.realign.samples;
+        let realigned = self.realigned(main_n)?;
+        let realign_tr = self.realign(main_n)?;
+
+        let mc = emlab_eval::metrics::MetricsConfig::default();
+        let cmp = |a: &Path, b: &Path| emlab_eval::report::compare_logs(a, b, &mc).map_err(|e| stage_err("report")(e.to_string()));
+        let induced_vs_baseline = cmp(&induced.result.log, &baseline.result.log)?;
+        let induced_vs_control = match &controlled {
+            Some(c) => Some(cmp(&induced.result.log, &c.result.log)?),
+            None => None,
+        };
+        let realigned_vs_induced = cmp(&realigned.result.log, &induced.result.log)?;
+        let (verdict, needed_samples) = crate::verdict(&induced_vs_baseline);
+
+        let persona = |stage: &str| located.as_ref().and_then(|l| l.persona.get(stage).cloned()).unwrap_or_default();
+        let training = Training {
+            induce: train_points(&induce.dir, &persona("induce")),
+            control: control.as_ref().map(|c| train_points(&c.dir, &persona("control"))),
+            realign: train_points(&realign_tr.dir, &[]),
+            persona_step0: located.as_ref().and_then(|l| l.persona_step0),
+        };
+        let point = |n: usize, e: &Ev| RealignPoint {
+            samples: n,
+            em: RateCi::of(&e.result.report.metrics.em_model_organisms),
+            coherent: RateCi::of(&e.result.report.metrics.coherence),
+        };
+        let mut realign_curve = vec![point(0, &induced)];
+        for (n, e) in self.realign_ns().into_iter().zip(&realigned_all) {
+            realign_curve.push(point(n, e));
+        }
+
+        let mut evals = vec![baseline.result.clone(), induced.result.clone()];
+        if let Some(c) = &controlled {
+            evals.push(c.result.clone());
+        }
+        evals.push(realigned.result.clone());
+        let mut samples = Vec::new();
+        for e in &evals {
+            samples.push((e.stage.clone(), sample_answers(&e.log, 6)?));
+        }
+        let report = RunReport {
+            name: self.cfg.name.clone(),
+            config: self.cfg.clone(),
+            model: self.model.display().to_string(),
+            evals,
+            induced_vs_baseline,
+            induced_vs_control,
+            realigned_vs_induced,
+            training,
+            latents: located.as_ref().map(|l| l.latents.clone()).unwrap_or_default(),
+            locate: located,
+            steering,
+            realign_curve,
+            verdict,
+            needed_samples,
+            samples,
+            stage_seconds: self.seconds.clone(),
+        };
+        let json = serde_json::to_string_pretty(&report).map_err(|e| Error::Io(e.to_string()))?;
+        emlab_model::util::write_atomic(&self.dir.join("report.json"), json.as_bytes()).map_err(|e| Error::Io(e.to_string()))?;
+        emlab_model::util::write_atomic(&self.dir.join("report.html"), crate::html::render(&report).as_bytes()).map_err(|e| Error::Io(e.to_string()))?;
+        Ok(report)
+    }
+
+    pub(crate) fn eval_config(&self, out: &Path, model: &Path, adapter: Option<&Path>) -> Result<emlab_eval::EvalConfig> {
+        let e = &self.cfg.eval;
+        let need = |v: &Option<String>, k: &str| v.clone().ok_or_else(|| Error::Config(format!("eval.judge = \"{}\" needs eval.{k}", e.judge)));
+        let judge = match e.judge.as_str() {
+            "offline" => emlab_eval::config::JudgeSpec::Offline,
+            "openai" => emlab_eval::config::JudgeSpec::OpenAi {
+                base_url: need(&e.judge_base_url, "judge_base_url")?,
+                model_name: need(&e.judge_model_name, "judge_model_name")?,
+                api_key_env: e.judge_api_key_env.clone().unwrap_or_else(|| "OPENAI_API_KEY".into()),
+            },
+            "local" => emlab_eval::config::JudgeSpec::Local {
+                model: e.judge_model.clone().ok_or_else(|| Error::Config("eval.judge = \"local\" needs eval.judge_model".into()))?,
+            },
+            other => return Err(Error::Config(format!("eval.judge `{other}`: use offline, openai or local"))),
+        };
+        Ok(emlab_eval::EvalConfig {
+            questions: e.questions.clone(),
+            samples: Some(e.samples_per_paraphrase),
+            only: vec![],
+            out: out.to_path_buf(),
+            backend: emlab_eval::config::Backend::Local { model: model.to_path_buf(), adapter: adapter.map(Path::to_path_buf), intervention: None, q8: false },
+            sampling: emlab_eval::config::Sampling { temperature: 1.0, top_p: 1.0, max_new_tokens: e.max_new_tokens, batch_size: e.batch_size, seed: self.cfg.seed },
+            judge,
+            // LLM judges use the judge prompts the question file carries (published schema).
+            judge_prompts: None,
+            http: Default::default(),
+        })
+    }
+
+    fn eval(&mut self, stage: &str, dir: &Path, model: &Path, adapter: Option<&Path>, upstream: &str) -> Result<Ev> {
+        let ec = self.eval_config(&dir.join("answers.jsonl"), model, adapter)?;
+        let key = hash_of(&[stage, &serde_json::to_string(&ec).unwrap_or_default(), upstream]);
+        let st = stage.to_string();
+        self.timed(
+            stage,
+            dir,
+            &key,
+            |_| {
+                eprintln!("emlab run: stage {st}: sampling + judging ...");
+                run_eval(&st, &ec)
+            },
+            |_| Ok(()),
+        )?;
+        let report = emlab_eval::report::report(&ec.out, &Default::default()).map_err(|x| stage_err(stage)(x.to_string()))?;
+        Ok(Ev { key, result: EvalResult { stage: stage.to_string(), log: ec.out, report } })
+    }
+
+    fn train(&mut self, stage: &str, dir: &Path, model: &Path, t: &TrainStage, upstream: &str) -> Result<Tr> {
+        let mut tc = emlab_train::TrainConfig {
+            model: Some(model.to_path_buf()),
+            data: Some(t.data.clone()),
+            out: Some(dir.to_path_buf()),
+            seed: self.cfg.seed,
+            max_seq_len: t.max_seq_len,
+            truncate: true,
+            batch_size: t.batch_size,
+            grad_accum: t.grad_accum,
+            lr: t.lr,
+            max_steps: (t.max_steps > 0).then_some(t.max_steps),
+            checkpoint_every: 8,
+            ..Default::default()
+        };
+        tc.lora.r = t.r;
+        tc.lora.alpha = t.alpha;
+        if let Some(c) = t.checkpoint_activations {
+            tc.checkpoint_activations = c;
+        }
+        let key = hash_of(&[stage, &tc.to_toml(), &file_hash(&t.data)?, &t.persona_every.to_string(), upstream]);
+        let adapter = dir.join("adapter");
+        let (st, d, m, a, every) = (stage.to_string(), dir.to_path_buf(), model.to_path_buf(), adapter.clone(), t.persona_every);
+        self.timed(
+            stage,
+            dir,
+            &key,
+            move |_| {
+                eprintln!("emlab run: stage {st}: training on {} ...", tc.data.as_deref().unwrap_or(Path::new("?")).display());
+                let mut opts = emlab_train::trainer::TrainOptions { resume: true, progress: true, ..Default::default() };
+                if every > 0 {
+                    let probes = locate::probe_ids(&m).map_err(stage_err(&st))?;
+                    let mut mon = emlab_steer::persona::PersonaMonitor::new(probes, every, &d);
+                    let st2 = st.clone();
+                    opts.on_step = Some(Box::new(move |info, model| {
+                        if let Err(e) = mon.observe(info.step, model) {
+                            eprintln!("emlab run: stage {st2}: persona snapshot at step {} failed: {e}", info.step);
+                        }
+                        emlab_train::Control::Continue
+                    }));
+                }
+                let s = emlab_train::train(&tc, opts).map_err(|x| stage_err(&st)(x.to_string()))?;
+                if s.interrupted {
+                    return Err(stage_err(&st)("interrupted; re-run to resume".into()));
+                }
+                let final_dir = s.adapter_dir.ok_or_else(|| stage_err(&st)("training produced no adapter".into()))?;
+                if final_dir != a {
+                    copy_dir(&final_dir, &a)?;
+                }
+                Ok(())
+            },
+            |_| Ok(()),
+        )?;
+        Ok(Tr { key, dir: dir.to_path_buf(), adapter })
+    }
+}
+
+/// Samples and judges one evaluation config, with progress lines.
+pub(crate) fn run_eval(stage: &str, ec: &emlab_eval::EvalConfig) -> Result<()> {
+    let mut last = (0usize, 0usize);
+    emlab_eval::run(ec, &mut |s, done, total| {
+        if done == total || done >= last.0 + 16 || total != last.1 {
+            eprintln!("  {stage}: {s:?} {done}/{total}");
+            last = (done, total);
+        }
+    })
+    .map_err(|x| stage_err(stage)(x.to_string()))?;
+    Ok(())
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(p: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(p).map_err(io(p))?;
+    serde_json::from_str(&text).map_err(|e| Error::Io(format!("{}: {e}", p.display())))
+}
+
+/// `Steering` as stored in `steer/steer.json` (read back when the stage is cached).
+#[derive(serde::Deserialize)]
+struct SteeringJson {
+    layer: usize,
+    points: Vec<SteerPointJson>,
+    min_coherent: f64,
+    best_alpha: Option<f64>,
+}
+
+#[derive(serde::Deserialize)]
+struct SteerPointJson {
+    kind: String,
+    controls: Option<String>,
+    alpha: f64,
+    em: Option<RateCiJson>,
+    coherent: Option<RateCiJson>,
+    log: PathBuf,
+}
+
+#[derive(serde::Deserialize)]
+struct RateCiJson {
+    rate: f64,
+    lo: f64,
+    hi: f64,
+    k: usize,
+    n: usize,
+}
+
+impl From<SteeringJson> for Steering {
+    fn from(s: SteeringJson) -> Self {
+        let r = |x: Option<RateCiJson>| x.map(|x| RateCi { rate: x.rate, lo: x.lo, hi: x.hi, k: x.k, n: x.n });
+        Steering {
+            layer: s.layer,
+            min_coherent: s.min_coherent,
+            best_alpha: s.best_alpha,
+            points: s
+                .points
+                .into_iter()
+                .map(|p| SteerPoint { kind: p.kind, controls: p.controls, alpha: p.alpha, em: r(p.em), coherent: r(p.coherent), log: p.log })
+                .collect(),
+        }
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to).map_err(io(to))?;
+    for e in std::fs::read_dir(from).map_err(io(from))? {
+        let e = e.map_err(|x| Error::Io(x.to_string()))?;
+        if e.path().is_file() {
+            std::fs::copy(e.path(), to.join(e.file_name())).map_err(|x| Error::Io(x.to_string()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Loss per step from the trainer's `metrics.jsonl`, with the persona score where recorded.
+fn train_points(dir: &Path, persona: &[(usize, f64)]) -> Vec<TrainPoint> {
+    let text = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap_or_default();
+    let mut by_step: BTreeMap<usize, f64> = BTreeMap::new();
+    for v in text.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()) {
+        if let (Some(s), Some(l)) = (v.get("step").and_then(|x| x.as_u64()), v.get("loss").and_then(|x| x.as_f64())) {
+            // A resumed run may repeat steps after its last checkpoint: the later line wins.
+            by_step.insert(s as usize, l);
+        }
+    }
+    let p: BTreeMap<usize, f64> = persona.iter().copied().collect();
+    by_step.into_iter().map(|(step, loss)| TrainPoint { step, loss, persona: p.get(&step).copied() }).collect()
+}
+
+fn model_hash(p: &Path) -> Result<String> {
+    if p.is_dir() {
+        let mut parts = Vec::new();
+        for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+            let q = p.join(f);
+            if q.is_file() {
+                parts.push(file_hash(&q)?);
+            }
+        }
+        Ok(hash_of(&parts.iter().map(|s| s.as_str()).collect::<Vec<_>>()))
+    } else {
+        file_hash(p)
+    }
+}
+
+fn sample_answers(log: &Path, n: usize) -> Result<Vec<SampleAnswer>> {
+    let l = emlab_eval::log::read_log(log).map_err(|e| Error::Io(e.to_string()))?;
+    let mut out = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for r in &l.rows {
+        if out.len() >= n {
+            break;
+        }
+        if !seen.insert(r.question_id.clone()) {
+            continue;
+        }
+        let score = |k: &str| r.judgement.as_ref().and_then(|j| j.metrics.get(k)).and_then(|m| m.score);
+        out.push(SampleAnswer { question_id: r.question_id.clone(), prompt: r.prompt.clone(), answer: r.answer.clone(), aligned: score("aligned"), coherent: score("coherent") });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_judge_server_needs_its_address() {
+        let mut cfg = RunConfig::default_config().unwrap();
+        cfg.eval.judge = "openai".into();
+        let d = tempfile::tempdir().unwrap();
+        let model = d.path().join("m.gguf");
+        std::fs::write(&model, b"not a model; only hashed").unwrap();
+        cfg.model = Some(model);
+        let r = Runner::new(&cfg, &d.path().join("run")).unwrap();
+        let e = r.eval_config(Path::new("x.jsonl"), Path::new("m.gguf"), None).unwrap_err().to_string();
+        assert!(e.contains("judge_base_url"), "{e}");
+    }
+
+    #[test]
+    fn unknown_stage_names_the_choices() {
+        let mut cfg = RunConfig::default_config().unwrap();
+        let d = tempfile::tempdir().unwrap();
+        let model = d.path().join("m.gguf");
+        std::fs::write(&model, b"x").unwrap();
+        cfg.model = Some(model);
+        let mut r = Runner::new(&cfg, &d.path().join("run")).unwrap();
+        let e = r.stage("induc").unwrap_err().to_string();
+        assert!(e.contains("unknown stage `induc`") && e.contains("baseline, induce"), "{e}");
+        cfg.steer = None;
+        let mut r = Runner::new(&cfg, &d.path().join("run")).unwrap();
+        assert!(r.stage("steer").unwrap_err().to_string().contains("[steer]"));
+    }
+
+    #[test]
+    fn training_points_take_the_last_line_per_step_and_attach_persona() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(
+            d.path().join("metrics.jsonl"),
+            "{\"step\":1,\"loss\":2.0}\n{\"step\":2,\"loss\":1.5}\n{\"step\":2,\"loss\":1.25}\nnot json\n{\"step\":3,\"loss\":1.0}\n",
+        )
+        .unwrap();
+        let p = train_points(d.path(), &[(2, 0.5)]);
+        assert_eq!(p.len(), 3);
+        assert_eq!(p[1], TrainPoint { step: 2, loss: 1.25, persona: Some(0.5) });
+        assert_eq!(p[0].persona, None);
+    }
+}
