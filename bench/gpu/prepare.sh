@@ -14,9 +14,9 @@ mkdir -p "$carry"
 bin="${EMLAB_CUDA_BIN:-}"
 if [ -z "$bin" ]; then scripts/build-cuda.sh; bin="${CARGO_TARGET_DIR:-$root/target-cuda}/emlab-cuda"; fi
 xz -T2 -9 -c "$bin" > "$carry/emlab.xz"
-# emlab-sae's CPU benchmark (the `bench_train` example; emlab-train has one of the same name).
-cargo build --release -q -p emlab-sae --example bench_train
-cp target/release/examples/bench_train "$carry/bench_sae" && strip "$carry/bench_sae"
+# emlab-sae's CPU benchmark (the `bench_sae` example).
+cargo build --release -q -p emlab-sae --example bench_sae
+cp target/release/examples/bench_sae "$carry/bench_sae" && strip "$carry/bench_sae"
 tmp="$(mktemp -d)"
 "$py" bench/gpu/export_tokenizer.py "$models/SmolLM2-135M-Instruct.Q4_1.gguf" "$tmp/tok-smollm2"
 "$py" bench/gpu/export_tokenizer.py "$models/qwen2.5-coder-0.5b-instruct.gguf" "$tmp/tok-qwen"

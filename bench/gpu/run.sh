@@ -131,7 +131,7 @@ done
 # so its side runs on the host cores; the PyTorch loop runs on the GPU.
 for d in 576 896; do
     if [ -x "$carry/bench_sae" ] || [ $dry = 1 ]; then
-        sbin="$carry/bench_sae"; [ $dry = 1 ] && sbin="${SAE_BIN:-$root/target/release/examples/bench_train}"
+        sbin="$carry/bench_sae"; [ $dry = 1 ] && sbin="${SAE_BIN:-$root/target/release/examples/bench_sae}"
         [ -x "$sbin" ] && step "emlab-sae-$d" env RAYON_NUM_THREADS=$(nproc) "$sbin" --d $d --m $SAE_M --k 32 --batch $SAE_B --steps $SAE_STEPS --warmup 1 --json
     fi
     step "torch-sae-$d" "$py" bench/gpu/torch_bench.py sae --d $d --m $SAE_M --k 32 --batch $SAE_B --steps $SAE_STEPS

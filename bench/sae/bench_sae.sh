@@ -18,8 +18,8 @@ STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 RES="$OUT/results-$STAMP.jsonl"
 
 "$PY" -c "import torch" || { echo "error: $PY cannot import torch" >&2; exit 1; }
-cargo build --release -q -p emlab-sae --example bench_train
-BIN=target/release/examples/bench_train
+cargo build --release -q -p emlab-sae --example bench_sae
+BIN=target/release/examples/bench_sae
 
 echo "# $(date -u) | $(lscpu | sed -n 's/^Model name: *//p' | head -1) | nproc $(nproc) | load $(cut -d' ' -f1-3 /proc/loadavg)" | tee "$OUT/env-$STAMP.txt"
 ARGS=(--d "$D" --m "$M" --k "$K" --batch "$BATCH" --steps "$STEPS" --warmup "$WARMUP" --json)

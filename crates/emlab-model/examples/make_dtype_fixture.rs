@@ -7,7 +7,7 @@ use candle_core::{Device, Tensor};
 fn main() -> anyhow::Result<()> {
     let out = std::env::args().nth(1).unwrap_or_else(|| "crates/emlab-model/tests/fixtures/all_dtypes.gguf".into());
     let n = 2 * 256;
-    let vals: Vec<f32> = (0..n).map(|i| ((i as f32 * 0.37).sin() * 2.0 + (i % 13) as f32 * 0.1 - 0.6)).collect();
+    let vals: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin() * 2.0 + (i % 13) as f32 * 0.1 - 0.6).collect();
     let t = Tensor::from_vec(vals, (2, 256), &Device::Cpu)?;
     use GgmlDType::*;
     let mut qs = Vec::new();

@@ -227,7 +227,7 @@ fn render_locate(s: &mut String, r: &RunReport) {
     s.push_str(&xy_chart("direction norm per layer", "layer", &[("norm", "#7d3c98", norms)], nmax, false));
     let _ = write!(
         s,
-        "<p>SAE (TopK, {} latents, k {}) trained on the original model's activations over both models' answers ({} tokens, {} epochs): explained variance {:.3}, L0 {:.1}, dead {:.1}%. Latents ranked by the increase of their mean activation from the original to the induced model on the same texts; <a href=\"{}\">feature pages</a>.</p>",
+        "<p>SAE (TopK, {} latents, k {}) trained on the original model's activations over both models' answers ({} tokens, {} epochs): explained variance {:.3}, L0 {:.1}, dead {:.1}%. Latents ranked by the increase of their mean activation from the original to the induced model, both reading the induced model's answers; <a href=\"{}\">feature pages</a>.</p>",
         l.sae.latents, l.sae.k, l.sae.training_tokens, l.sae.epochs, l.sae.explained_variance, l.sae.l0, 100.0 * l.sae.dead_share, esc(&l.feature_pages.display().to_string())
     );
     s.push_str("<table><tr><th>latent</th><th>increase</th><th>original mean</th><th>induced mean</th><th>top contexts (model text, escaped; the token read is in brackets)</th></tr>");

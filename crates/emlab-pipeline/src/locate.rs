@@ -12,7 +12,8 @@
 //!    snapshot the trainer recorded during `induce` / `control` (`persona-means.safetensors`).
 //! 3. **SAE diff.** A TopK SAE trained on the original model's activations over both models'
 //!    answers; latents ranked by the increase of their mean activation from the original to the
-//!    induced model on the same texts, with feature pages (`locate/features/index.html`).
+//!    induced model on the induced model's answers, with feature pages over the same answers
+//!    (`locate/features/index.html`).
 //!
 //! `steer`: on the induced model, add `alpha * direction` at the layer for each alpha, ablate the
 //! direction at every layer, and the unsteered reference, each evaluated by sampling + judging;
@@ -98,14 +99,7 @@ pub(crate) struct Inputs {
 /// Tokenized probe prompts (emlab-steer's fixed, answer-free probes) for `model`'s tokenizer and
 /// chat template, without loading its weights.
 pub(crate) fn probe_ids(model: &Path) -> std::result::Result<Vec<Vec<u32>>, String> {
-    let (tok, tpl) = emlab_model::lm::tokenizer_and_template(model).map_err(|e| e.to_string())?;
-    emlab_steer::persona::default_probes()
-        .iter()
-        .map(|q| {
-            let text = tpl.render(&[emlab_model::chat::Message::user(q.as_str())], true).map_err(|e| e.to_string())?;
-            tok.encode(&text, false).map_err(|e| e.to_string())
-        })
-        .collect()
+    emlab_steer::persona::probe_prompts_for(model, &emlab_steer::persona::default_probes()).map_err(|e| e.to_string())
 }
 
 pub(crate) fn load(dir: &Path) -> Result<LocateResult> {
@@ -195,9 +189,13 @@ pub(crate) fn run(lc: &LocateStage, inp: &Inputs, dir: &Path) -> Result<LocateRe
     let ev = emlab_sae::metrics::evaluate(&sae, &x, 1024).map_err(|e| err(e.to_string()))?;
     drop(x);
     std::fs::remove_dir_all(&acts).map_err(io(&acts))?; // the SAE is what is kept; the store is cheap to rebuild
-    let rep = emlab_interp::diff::diff_models(&base, &tuned, &sae, hook, &corpus, 512).map_err(|e| err(e.to_string()))?;
+    // The diff and the feature pages read the induced model's own answers: half the teacher-forced
+    // passes of the whole corpus (each pass is compute-bound; this stage must fit the default budget).
+    let induced_convs: Vec<_> = induced_rows.iter().map(|r| r.conv.clone()).collect();
+    let rep = emlab_interp::diff::diff_models(&base, &tuned, &sae, hook, &induced_convs, 512).map_err(|e| err(e.to_string()))?;
     let pcfg = emlab_interp::diff::PageConfig { top: lc.top_latents, ..Default::default() };
-    let pages = emlab_interp::diff::write_feature_pages(&tuned, &sae, hook, &corpus, &rep, &dir.join("features"), &pcfg).map_err(|e| err(e.to_string()))?;
+    let pages =
+        emlab_interp::diff::write_feature_pages(&tuned, &sae, hook, &induced_convs, &rep, &dir.join("features"), &pcfg).map_err(|e| err(e.to_string()))?;
     let latents = pages
         .iter()
         .map(|p| LatentReport {

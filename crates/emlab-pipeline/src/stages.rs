@@ -77,6 +77,11 @@ pub(crate) struct Runner<'a> {
 impl<'a> Runner<'a> {
     pub fn new(cfg: &'a RunConfig, run_dir: &Path) -> Result<Self> {
         let model = match &cfg.model {
+            // A known model's name (`emlab model fetch` lists them) is fetched and verified.
+            Some(p) if !p.exists() && emlab_model::fetch::known(&p.to_string_lossy()).is_some() => {
+                emlab_model::fetch::ensure_model(&p.to_string_lossy(), None).map_err(|e| Error::Config(e.to_string()))?
+            }
+            Some(p) if !p.exists() => return Err(Error::Config(format!("model {}: no such file or folder (give a GGUF file, an HF folder or a known name such as qwen2.5-coder-0.5b)", p.display()))),
             Some(p) => p.clone(),
             None => emlab_model::fetch::ensure_default_model().map_err(|e| Error::Config(e.to_string()))?,
         };
@@ -281,21 +286,17 @@ impl<'a> Runner<'a> {
             return Ok(m.clone());
         }
         let tr = self.induce()?;
-        let merged = self.dir.join("realign").join("misaligned-merged");
+        // emlab-steer's realign module makes the folder (`realign/misaligned`, written beside and
+        // renamed, so a killed merge never looks complete); the stage key ties it to `induce`.
+        let merged = self.dir.join("realign").join("misaligned");
         let key = hash_of(&["merge", &tr.key]);
-        let (model, adapter, out) = (self.model.clone(), tr.adapter.clone(), merged.clone());
-        self.timed(
+        let (model, adapter, out) = (self.model.clone(), tr.adapter.clone(), self.dir.join("realign"));
+        let merged = self.timed(
             "realign-merge",
             &merged,
             &key,
-            |_| {
-                let err = stage_err("realign");
-                let mut b = emlab_train::load_bundle(&model).map_err(|e| err(e.to_string()))?;
-                emlab_train::adapter::load_peft(&mut b.model, &adapter).map_err(|e| err(e.to_string()))?;
-                emlab_train::adapter::merge(&mut b.model).map_err(|e| err(e.to_string()))?;
-                emlab_train::adapter::save_hf(&b.model, &b.tokenizer, &b.template, &out).map_err(|e| err(e.to_string()))
-            },
-            |_| Ok(()),
+            |_| emlab_steer::realign::misaligned_model(&model, Some(&adapter), &out).map_err(|e| stage_err("realign")(e.to_string())),
+            |_| Ok(out.join("misaligned")),
         )?;
         self.merged = Some((key.clone(), merged.clone()));
         Ok((key, merged))
@@ -318,11 +319,7 @@ impl<'a> Runner<'a> {
         let dir = self.dir.join("realign").join(format!("n{n}"));
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
         let subset = dir.join("truthful.jsonl");
-        let text = std::fs::read_to_string(&rc.data).map_err(io(&rc.data))?;
-        let rows: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).take(n).collect();
-        if rows.len() < n {
-            return Err(Error::Config(format!("realign.data {} has {} rows, fewer than the {n} asked for", rc.data.display(), rows.len())));
-        }
+        let rows = emlab_steer::realign::first_rows(&rc.data, n).map_err(|e| Error::Config(format!("realign: {e}")))?;
         emlab_model::util::write_atomic(&subset, (rows.join("\n") + "\n").as_bytes()).map_err(|e| Error::Io(e.to_string()))?;
         let t = TrainStage {
             data: subset,
@@ -517,7 +514,8 @@ impl<'a> Runner<'a> {
                     let mut mon = emlab_steer::persona::PersonaMonitor::new(probes, every, &d);
                     let st2 = st.clone();
                     opts.on_step = Some(Box::new(move |info, model| {
-                        if let Err(e) = mon.observe(info.step, model) {
+                        // on_step also records the run's last step when it is not a multiple of `every`.
+                        if let Err(e) = mon.on_step(info, model) {
                             eprintln!("emlab run: stage {st2}: persona snapshot at step {} failed: {e}", info.step);
                         }
                         emlab_train::Control::Continue

@@ -42,9 +42,10 @@ pub struct SweepEval {
     pub dir: PathBuf,
 }
 
-/// `add_8`, `random_8`, `add_0.5`, `add_-4`: the folder of one point.
-pub fn point_dir_name(alpha: f64, control: bool) -> String {
-    format!("{}_{}", if control { "random" } else { "add" }, alpha)
+/// `add_8`, `random_8`, `add_0.5`, `add_-4`, `ablate_1`: the folder of one point (`kind` names
+/// the steered side: `ablate` when every edit is an ablation, else `add`).
+pub fn point_dir_name(kind: &str, alpha: f64, control: bool) -> String {
+    format!("{}_{}", if control { "random" } else { kind }, alpha)
 }
 
 /// EM (model-organisms) and coherence of a report, as Wilson rates.
@@ -97,8 +98,9 @@ pub fn sweep_with_eval(
         }
     }
     std::fs::create_dir_all(&ev.dir).map_err(|e| Error::io(&ev.dir, e))?;
+    let kind = if edits.iter().all(|e| matches!(e, Resolved::AblateEverywhere { .. })) { "ablate" } else { "add" };
     let res = sweep_points(edits, opts, |p| {
-        let name = point_dir_name(p.alpha, p.control);
+        let name = point_dir_name(kind, p.alpha, p.control);
         let d = ev.dir.join(&name);
         std::fs::create_dir_all(&d).map_err(|e| Error::io(&d, e))?;
         let spec = write_eval_spec(p.edits, &d)?;

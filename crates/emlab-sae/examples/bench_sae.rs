@@ -1,7 +1,7 @@
 //! Benchmark: TopK SAE training steps per second on CPU (see bench/sae/bench_sae.sh).
 //!
 //! ```text
-//! RAYON_NUM_THREADS=2 cargo run --release -p emlab-sae --example bench_train -- \
+//! RAYON_NUM_THREADS=2 cargo run --release -p emlab-sae --example bench_sae -- \
 //!     --d 576 --m 16384 --k 32 --batch 4096 --steps 10 --warmup 2 --json
 //! ```
 //!
