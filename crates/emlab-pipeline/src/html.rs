@@ -237,10 +237,14 @@ fn render_locate(s: &mut String, r: &RunReport) {
             .iter()
             .take(3)
             .map(|c| {
-                let i = c.text.rfind(&c.token).unwrap_or(0);
-                let (before, rest) = c.text.split_at(i.min(c.text.len()));
-                let after = rest.get(c.token.len()..).unwrap_or("");
-                format!("<pre>{}<b>[{}]</b>{} ({:.2})</pre>", esc(before), esc(&c.token), esc(after), c.activation)
+                // `at` marks the token; a hand-edited report with a bad offset shows it unmarked.
+                let end = c.at + c.token.len();
+                match (c.text.get(..c.at), c.text.get(c.at..end), c.text.get(end..)) {
+                    (Some(b), Some(t), Some(a)) if t == c.token => {
+                        format!("<pre>{}<b>[{}]</b>{} ({:.2})</pre>", esc(b), esc(t), esc(a), c.activation)
+                    }
+                    _ => format!("<pre>{} ({:.2})</pre>", esc(&c.text), c.activation),
+                }
             })
             .collect();
         let _ = write!(s, "<tr><td>{}</td><td>{:+.4}</td><td>{:.4}</td><td>{:.4}</td><td>{}</td></tr>", lat.latent, lat.score, lat.base_mean, lat.tuned_mean, ctx.join(""));

@@ -80,8 +80,11 @@ pub struct LatentReport {
 pub struct LatentContext {
     /// `before` + `token` + `after`.
     pub text: String,
-    /// The token the activation is read at.
+    /// The token the activation is read at: `text[at..at + token.len()]`.
     pub token: String,
+    /// Byte offset of `token` in `text`.
+    #[serde(default)]
+    pub at: usize,
     pub activation: f64,
 }
 
@@ -206,7 +209,12 @@ pub(crate) fn run(lc: &LocateStage, inp: &Inputs, dir: &Path) -> Result<LocateRe
             contexts: p
                 .contexts
                 .iter()
-                .map(|c| LatentContext { text: format!("{}{}{}", c.before, c.token, c.after), token: c.token.clone(), activation: c.activation as f64 })
+                .map(|c| LatentContext {
+                    text: format!("{}{}{}", c.before, c.token, c.after),
+                    token: c.token.clone(),
+                    at: c.before.len(),
+                    activation: c.activation as f64,
+                })
                 .collect(),
         })
         .collect();
