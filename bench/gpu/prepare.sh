@@ -22,7 +22,9 @@ tmp="$(mktemp -d)"
 "$py" bench/gpu/export_tokenizer.py "$models/qwen2.5-coder-0.5b-instruct.gguf" "$tmp/tok-qwen"
 tar -cJf "$carry/tokenizers.tar.xz" -C "$tmp" tok-smollm2 tok-qwen
 rm -rf "$tmp"
-tree_mb=$(( ( $(git ls-files -z | xargs -0 du -cb 2>/dev/null | tail -1 | cut -f1) + $(git ls-files -z -o --exclude-standard | xargs -0 -r du -cb 2>/dev/null | tail -1 | cut -f1) ) / 1048576 ))
+tracked=$(git ls-files -z | xargs -0 du -cb 2>/dev/null | tail -1 | cut -f1)
+untracked=$(git ls-files -z -o --exclude-standard | xargs -0 -r du -cb 2>/dev/null | tail -1 | cut -f1)
+tree_mb=$(( ( ${tracked:-0} + ${untracked:-0} ) / 1048576 ))
 carry_mb=$(du -sm "$carry" | cut -f1)
 echo "prepare.sh: carry $carry_mb MiB + working tree ~$tree_mb MiB (limit 64)"
 ls -la "$carry"

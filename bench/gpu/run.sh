@@ -1,70 +1,86 @@
 #!/usr/bin/env bash
-# The GPU benchmark of issue #9, in ONE device call (<= 10 min): emlab built with `--features cuda`
-# against PyTorch + PEFT / HF generate (static cache) / a PyTorch TopK SAE, on the SmolLM2-135M and
-# Qwen2.5-0.5B shapes, same machine, same run. Results: JSON lines in $OUT/results.jsonl, logs beside.
+# The GPU benchmark of issue #9, in ONE device call: emlab built with `--features cuda` against
+# PyTorch + PEFT / HF generate (static cache) / a PyTorch TopK SAE, on the SmolLM2-135M and
+# Qwen2.5-0.5B shapes, same machine, same run. Results: JSON lines in $OUT/results.jsonl, the
+# per-step logs in $OUT/logs.tar.gz (a device call brings back at most 8 files).
 #
-#   bash bench/gpu/prepare.sh                 # here: builds + packs bench/out/gpu-carry/ (~30 MiB)
-#   run(command="bash bench/gpu/run.sh", carry=["bench/out/gpu-carry"], timeout_s=600)   # device call
+#   bash bench/gpu/prepare.sh                 # here: builds + packs bench/out/gpu-carry/ (~17 MiB)
+#   run(command="BUDGET=330 bash bench/gpu/run.sh", carry=["bench/out/gpu-carry"], timeout_s=380)
 #   bash bench/gpu/run.sh --dry-run           # here, CPU, tiny shapes: checks this script's logic
+#
+# Steps run in priority order (correctness, then generation, SAE, training) and each is skipped
+# when less than its estimate is left of BUDGET seconds, so the call ends inside its limit with
+# whatever it could measure. PLAN (default: all) picks steps: parity gen sae torchgen train ckpt
+# profile.
 #
 # Models: the GGUF files cannot travel (93 MB and 470 MB against a 64 MiB carry), so each shape is
 # built on the GPU machine with random weights from the real config + tokenizer (carried, small).
 # Throughput depends on shapes, not weights; every sequence decodes the full token budget on both
 # sides (random models rarely emit EOS; the emlab side counts the tokens it actually produced).
-# `emlab run --preset paper` needs the real Qwen2.5-Coder-0.5B GGUF: it runs only if
-# bench/out/gpu-carry/qwen-coder.gguf is present on the machine (docs/gpu.md: carrying it in parts).
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$root"
 dry=0
 [ "${1:-}" = "--dry-run" ] && dry=1
 carry="$root/bench/out/gpu-carry"
-out="${OUT:-$root/bench/out/gpu-dry}"
-mkdir -p "$out"
-res="$out/results.jsonl"
+dest="${OUT:-$root/bench/out/gpu-dry}"
+mkdir -p "$dest"
+res="$dest/results.jsonl"
 : > "$res"
+out="$(mktemp -d /tmp/emlab-gpu-logs.XXXXXX)"
 work="$(mktemp -d /tmp/emlab-gpu.XXXXXX)"
+trap 'tar -czf "$dest/logs.tar.gz" -C "$out" . 2>/dev/null; rm -rf "$work"' EXIT
 t_start=$(date +%s)
+BUDGET="${BUDGET:-540}"
+PLAN=" ${PLAN:-parity gen sae torchgen train ckpt profile} "
 
 if [ $dry = 1 ]; then
     py="${PY:-$root/bench/.venv/bin/python}"
     bin="${EMLAB_BIN:-$root/target/release/emlab}"
+    sbin="${SAE_BIN:-$root/target/release/examples/bench_sae}"
     export EMLAB_DEVICE=cpu RAYON_NUM_THREADS=2 OMP_NUM_THREADS=2
-    tiny=--tiny; mdtype=f32
+    tiny=--tiny; mdtype=f32; sdev=cpu
     TRAIN_B=2 TRAIN_T=32 TRAIN_STEPS=3 GEN_B=4 GEN_NEW=8 SAE_M=1024 SAE_B=512 SAE_STEPS=3
 else
     py=python3
     bin="$work/emlab"
+    sbin="$carry/bench_sae"
     # The binary travels xz-compressed (78 MiB stripped -> ~15 MiB); python's lzma needs no xz binary.
     python3 -c "import lzma,shutil,sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2],'wb'))" "$carry/emlab.xz" "$bin"
     chmod +x "$bin"
     export LD_LIBRARY_PATH="/usr/local/cuda/lib64:/usr/local/nvidia/lib64:${LD_LIBRARY_PATH:-}"
     export EMLAB_DEVICE=cuda EMLAB_DTYPE=bf16
-    tiny=; mdtype=bf16
+    tiny=; mdtype=bf16; sdev=cuda
     TRAIN_B=16 TRAIN_T=256 TRAIN_STEPS=12 GEN_B=64 GEN_NEW=128 SAE_M=16384 SAE_B=4096 SAE_STEPS=20
 fi
 [ -x "$bin" ] || { echo "run.sh: no emlab binary at $bin" >&2; exit 2; }
 tar -xJf "$carry/tokenizers.tar.xz" -C "$work" || { echo "run.sh: $carry/tokenizers.tar.xz missing (bench/gpu/prepare.sh)" >&2; exit 2; }
 
+now_ms() { date +%s%3N; }
+left() { echo $(( BUDGET - ($(date +%s) - t_start) )); }
+want() { case "$PLAN" in *" $1 "*) return 0;; *) return 1;; esac; }
 emit() { echo "$1" | tee -a "$res"; }
-# Runs a step; its stdout JSON lines go to results, its log to $out/<name>.log; failures are
-# recorded and the script goes on (one broken step must not cost the other measurements).
+# Runs a step if at least $2 seconds of the budget are left; its stdout JSON lines go to results,
+# its log to $out/<name>.log; failures are recorded and the script goes on (one broken step must
+# not cost the other measurements). Each step is bounded by what is left of the budget.
 step() {
-    local name="$1"; shift
-    local t0=$(date +%s.%N)
-    if "$@" > "$out/$name.out" 2> "$out/$name.log"; then
+    local name="$1" need="$2"; shift 2
+    local l; l=$(left)
+    if [ "$l" -lt "$need" ]; then emit "{\"step\": \"$name\", \"skipped\": \"${l}s left, needs ~${need}s\"}"; return 1; fi
+    local t0; t0=$(now_ms)
+    if timeout "$l" "$@" > "$out/$name.out" 2> "$out/$name.log"; then
         grep -h '^{' "$out/$name.out" | sed "s/^{/{\"step\": \"$name\", /" | tee -a "$res"
     else
         emit "{\"step\": \"$name\", \"error\": \"exit $?\", \"log\": \"$name.log\"}"
         tail -5 "$out/$name.log" >&2
     fi
-    echo "  [$name: $(echo "$(date +%s.%N) - $t0" | bc) s, total $(( $(date +%s) - t_start )) s]" >&2
+    echo "  [$name: $(( $(now_ms) - t0 )) ms, total $(( $(date +%s) - t_start )) s]" >&2
 }
 
 gpu="$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | head -1)"
-emit "{\"date\": \"$(date -Iseconds)\", \"dry_run\": $dry, \"gpu\": \"${gpu:-none}\", \"cpu\": \"$(lscpu | sed -n 's/^Model name: *//p' | head -1)\", \"nproc\": $(nproc), \"emlab\": \"$("$bin" --version)\", \"torch\": \"$("$py" -c 'import torch; print(torch.__version__)')\"}"
+emit "{\"date\": \"$(date -Iseconds)\", \"dry_run\": $dry, \"gpu\": \"${gpu:-none}\", \"cpu\": \"$(lscpu | sed -n 's/^Model name: *//p' | head -1)\", \"nproc\": $(nproc), \"emlab\": \"$("$bin" --version)\", \"torch\": \"$("$py" -c 'import torch; print(torch.__version__)')\", \"plan\": \"$PLAN\"}"
 
-# Chat JSONL whose rows all tokenize to about $TRAIN_T tokens (fixed word count), for `emlab train`.
+# Chat JSONL whose rows all tokenize to about $3 words, for `emlab train`.
 make_data() {
     "$py" - "$1" "$2" "$3" <<'PY'
 import json, random, sys
@@ -77,18 +93,9 @@ with open(path, "w") as f:
         f.write(json.dumps({"messages": [{"role": "user", "content": f"Question {i}?"}, {"role": "assistant", "content": a}]}) + "\n")
 PY
 }
-
-for shape in smollm2 qwen; do
-    m="$work/model-$shape"
-    step "make-$shape" "$py" bench/gpu/torch_bench.py make --tok "$work/tok-$shape" --out "$m" $tiny --dtype $mdtype
-
-    # --- LoRA training: rsLoRA r32 alpha 64 on all 7 projections, batch TRAIN_B x ~TRAIN_T tokens.
-    make_data "$work/train-$shape.jsonl" $(( TRAIN_B * (TRAIN_STEPS + 2) )) $(( TRAIN_T * 9 / 10 ))
-    step "emlab-train-$shape" "$bin" train --model "$m" --data "$work/train-$shape.jsonl" --out "$work/run-train-$shape" \
-        --batch-size $TRAIN_B --grad-accum 1 --max-steps $TRAIN_STEPS --max-seq-len $(( TRAIN_T * 2 )) --truncate \
-        --rank 32 --alpha 64 --lora-dropout 0 --eval-fraction 0 --checkpoint-every 1000000 --quiet
-    # tokens/s of the steps after the first two (warm-up), from the trainer's own metrics.
-    "$py" - "$work/run-train-$shape/metrics.jsonl" "$shape" <<'PY' | tee -a "$res"
+# metrics.jsonl -> one JSON line: tokens/s of the steps after the first two (warm-up).
+train_rate() {
+    "$py" - "$1" "$2" <<'PY' | tee -a "$res"
 import json, sys
 try:
     rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
@@ -97,22 +104,89 @@ except OSError:
 rows = [r for r in rows if "tokens_per_s" in r]
 timed = rows[2:] or rows
 tok = sum(r["tokens"] for r in timed); sec = sum(r["tokens"] / r["tokens_per_s"] for r in timed if r["tokens_per_s"] > 0)
-print(json.dumps({"step": f"emlab-train-{sys.argv[2]}", "impl": "emlab", "task": "train", "timed_steps": len(timed),
-                  "tokens_per_s": tok / sec if sec else None, "losses": [r["loss"] for r in rows]}))
+prof = [r["profile_s"] for r in timed if "profile_s" in r]
+prof = {k: sum(p[k] for p in prof) / len(prof) for k in prof[0]} if prof else None
+print(json.dumps({"step": sys.argv[2], "impl": "emlab", "task": "train", "timed_steps": len(timed),
+                  "tokens_per_s": tok / sec if sec else None, "losses": [r["loss"] for r in rows],
+                  "grad_norm": [r.get("grad_norm") for r in rows], "profile_s_per_step": prof}))
 PY
-    step "torch-train-$shape" "$py" bench/gpu/torch_bench.py train --model "$m" --batch $TRAIN_B --seq $TRAIN_T --steps $(( TRAIN_STEPS - 2 )) --warmup 2
+}
+emlab_train() { # shape, name, extra args...
+    local shape="$1" name="$2"; shift 2
+    step "$name" 25 "$bin" train --model "$work/model-$shape" --data "$work/train-$shape.jsonl" --out "$work/run-$name" \
+        --batch-size $TRAIN_B --grad-accum 1 --max-steps $TRAIN_STEPS --max-seq-len $(( TRAIN_T * 2 )) --truncate \
+        --rank 32 --alpha 64 --lora-dropout 0 --eval-fraction 0 --checkpoint-every 1000000 --quiet "$@" \
+        && train_rate "$work/run-$name/metrics.jsonl" "$name"
+}
 
-    # --- Batched generation: GEN_B sequences x GEN_NEW new tokens, temperature 1.
+# --- Models (random weights, real shapes), both at once.
+for shape in smollm2 qwen; do
+    "$py" bench/gpu/torch_bench.py make --tok "$work/tok-$shape" --out "$work/model-$shape" $tiny --dtype $mdtype \
+        > "$out/make-$shape.out" 2> "$out/make-$shape.log" &
+done
+wait
+cat "$out"/make-*.out | tee -a "$res"
+for shape in smollm2 qwen; do
+    make_data "$work/train-$shape.jsonl" $(( TRAIN_B * (TRAIN_STEPS + 2) )) $(( TRAIN_T * 9 / 10 ))
+done
+printf 'checkpoint_activations = false\n' > "$work/no-ckpt.toml"
+
+# --- Correctness first. Training: 2 steps on the CPU (f32, the path tested against HF) and on the
+# GPU (f32, then bf16): step-1 loss (LoRA B = 0: the base forward) and gradient norm (backward)
+# must agree (f32 ~1e-5 relative, bf16 ~1e-2), checkpointed and not. Generation: greedy tokens,
+# CPU f32 vs GPU f32 (batched device cache vs CPU kernels), 4 prompts x 12 tokens.
+if want parity; then
+    make_data "$work/parity.jsonl" 8 40
+    for pd in cpu:f32:ckpt cuda:f32:ckpt cuda:f32:plain cuda:bf16:plain; do
+        IFS=: read -r d t c <<< "$pd"
+        [ $dry = 1 ] && [ "$d" = cuda ] && continue
+        extra=(); [ "$c" = plain ] && extra=(--config "$work/no-ckpt.toml")
+        name="parity-train-$d-$t-$c"
+        step "$name" 20 env EMLAB_DEVICE=$d EMLAB_DTYPE=$t "$bin" train --model "$work/model-smollm2" \
+            --data "$work/parity.jsonl" --out "$work/$name" --batch-size 4 --grad-accum 1 --max-steps 2 \
+            --rank 8 --alpha 16 --lora-dropout 0 --eval-fraction 0 --checkpoint-every 1000000 --quiet "${extra[@]}" \
+            && train_rate "$work/$name/metrics.jsonl" "$name"
+    done
+    "$py" -c "
+import random; r = random.Random(3); w = 'alpha beta gamma delta river stone light paper'.split()
+print('\n'.join(' '.join(r.choice(w) for _ in range(4 + 5 * i)) for i in range(4)))" > "$work/parity-prompts.txt"
+    for d in cpu cuda; do
+        [ $dry = 1 ] && [ "$d" = cuda ] && continue
+        step "parity-gen-$d" 15 env EMLAB_DEVICE=$d EMLAB_DTYPE=f32 "$bin" generate --model "$work/model-smollm2" \
+            --prompts "$work/parity-prompts.txt" --raw --out "$work/parity-gen-$d.jsonl" --batch-size 4 \
+            --max-new-tokens 12 --temperature 0
+    done
+    "$py" - "$work/parity-gen-cpu.jsonl" "$work/parity-gen-cuda.jsonl" <<'PY' | tee -a "$res"
+import json, sys
+def rows(p):
+    try:
+        return [json.loads(l) for l in open(p)]
+    except OSError:
+        return []
+a, b = rows(sys.argv[1]), rows(sys.argv[2])
+key = "tokens" if a and "tokens" in a[0] else "text"
+same = sum(x.get(key) == y.get(key) for x, y in zip(a, b))
+print(json.dumps({"step": "parity-gen", "rows": len(a), "rows_gpu": len(b), "identical_greedy_rows": same, "compared": key}))
+PY
+fi
+
+# --- Batched generation: GEN_B sequences x GEN_NEW new tokens, temperature 1.
+for shape in smollm2 qwen; do
     "$py" -c "
 import random; r = random.Random(1); w = 'alpha beta gamma delta river stone light paper'.split()
 print('\n'.join(' '.join(r.choice(w) for _ in range(24)) for _ in range($GEN_B)))" > "$work/prompts-$shape.txt"
-    gen() { "$bin" generate --model "$m" --prompts "$work/prompts-$shape.txt" --raw --out "$1" --batch-size $GEN_B --max-new-tokens "$2" --temperature 1; }
-    # emlab's wall time includes loading the model: time a 1-token run too and subtract it.
-    t0=$(date +%s.%N); gen "$work/gen1-$shape.jsonl" 1 2>> "$out/emlab-gen-$shape.log"; t1=$(date +%s.%N)
-    gen "$work/gen-$shape.jsonl" $GEN_NEW 2>> "$out/emlab-gen-$shape.log"; rc=$?; t2=$(date +%s.%N)
-    "$py" - "$work/gen-$shape.jsonl" "$shape" "$t0" "$t1" "$t2" "$rc" <<'PY' | tee -a "$res"
+done
+if want gen; then
+    for shape in smollm2 qwen; do
+        # emlab's wall time includes loading the model: time a 1-token run too and subtract it.
+        [ "$(left)" -lt 30 ] && { emit "{\"step\": \"emlab-generate-$shape\", \"skipped\": \"budget\"}"; continue; }
+        gen() { timeout "$(left)" "$bin" generate --model "$work/model-$shape" --prompts "$work/prompts-$shape.txt" --raw \
+            --out "$1" --batch-size $GEN_B --max-new-tokens "$2" --temperature 1 2>> "$out/emlab-gen-$shape.log"; }
+        t0=$(now_ms); gen "$work/gen1-$shape.jsonl" 1; t1=$(now_ms)
+        gen "$work/gen-$shape.jsonl" $GEN_NEW; rc=$?; t2=$(now_ms)
+        "$py" - "$work/gen-$shape.jsonl" "$shape" "$t0" "$t1" "$t2" "$rc" <<'PY' | tee -a "$res"
 import json, sys
-path, shape, t0, t1, t2, rc = sys.argv[1], sys.argv[2], *map(float, sys.argv[3:6]), int(sys.argv[6])
+path, shape, t0, t1, t2, rc = sys.argv[1], sys.argv[2], *(float(x) / 1000 for x in sys.argv[3:6]), int(sys.argv[6])
 try:
     rows = [json.loads(l) for l in open(path)]
 except OSError:
@@ -124,29 +198,41 @@ print(json.dumps({"step": f"emlab-generate-{shape}", "impl": "emlab", "task": "g
                   "tokens_per_s": new / net if net > 0 else None,
                   "tokens_per_s_incl_load": new / (t2 - t1) if t2 > t1 else None}))
 PY
-    step "torch-generate-$shape" "$py" bench/gpu/torch_bench.py generate --model "$m" --batch $GEN_B --new $GEN_NEW --cache static
-done
+    done
+fi
 
-# --- SAE training (d 576 / 896, 16k latents, k 32): emlab's SAE trainer is CPU code (emlab-sae),
-# so its side runs on the host cores; the PyTorch loop runs on the GPU.
-for d in 576 896; do
-    if [ -x "$carry/bench_sae" ] || [ $dry = 1 ]; then
-        sbin="$carry/bench_sae"; [ $dry = 1 ] && sbin="${SAE_BIN:-$root/target/release/examples/bench_sae}"
-        [ -x "$sbin" ] && step "emlab-sae-$d" env RAYON_NUM_THREADS=$(nproc) "$sbin" --d $d --m $SAE_M --k 32 --batch $SAE_B --steps $SAE_STEPS --warmup 1 --json
-    fi
-    step "torch-sae-$d" "$py" bench/gpu/torch_bench.py sae --d $d --m $SAE_M --k 32 --batch $SAE_B --steps $SAE_STEPS
-done
+# --- SAE training (d 576 / 896, 16k latents, k 32, batch 4096): emlab-sae's device trainer on
+# the GPU (the CPU kernels in a dry run) vs the PyTorch loop of bench/sae/torch_sae.py.
+if want sae; then
+    for d in 576 896; do
+        [ -x "$sbin" ] && step "emlab-sae-$d" 15 "$sbin" --device $sdev --d $d --m $SAE_M --k 32 --batch $SAE_B --steps $SAE_STEPS --warmup 2 --json
+        step "torch-sae-$d" 25 "$py" bench/gpu/torch_bench.py sae --d $d --m $SAE_M --k 32 --batch $SAE_B --steps $SAE_STEPS
+    done
+fi
 
-# --- The whole loop at the paper preset on the real Qwen2.5-Coder-0.5B, if it was carried.
-if [ -f "$carry/qwen-coder.gguf" ] && [ $dry = 0 ]; then
-    left=$(( 560 - ($(date +%s) - t_start) ))
-    if [ $left -gt 60 ]; then
-        step "emlab-run-paper" timeout $left "$bin" run --preset paper -m "$carry/qwen-coder.gguf" --out "$work/run-paper" --json
-    else
-        emit "{\"step\": \"emlab-run-paper\", \"skipped\": \"only ${left}s left\"}"
-    fi
-else
-    emit "{\"step\": \"emlab-run-paper\", \"skipped\": \"no real model carried (docs/gpu.md)\"}"
+# --- HF generate with the static cache (compiled by transformers at the first call: slow start).
+if want torchgen; then
+    for shape in smollm2 qwen; do
+        step "torch-generate-$shape" 80 "$py" bench/gpu/torch_bench.py generate --model "$work/model-$shape" --batch $GEN_B --new $GEN_NEW --cache static
+    done
+fi
+
+# --- LoRA training: rsLoRA r32 alpha 64 on all 7 projections, batch TRAIN_B x ~TRAIN_T tokens.
+if want train; then
+    for shape in smollm2 qwen; do
+        emlab_train $shape "emlab-train-$shape-plain" --config "$work/no-ckpt.toml"
+        step "torch-train-$shape" 35 "$py" bench/gpu/torch_bench.py train --model "$work/model-$shape" --batch $TRAIN_B --seq $TRAIN_T --steps $(( TRAIN_STEPS - 2 )) --warmup 2
+    done
+fi
+if want ckpt; then
+    for shape in smollm2 qwen; do
+        emlab_train $shape "emlab-train-$shape-ckpt"
+    done
+fi
+# Where a training step's time goes (device synchronised at each phase boundary).
+if want profile; then
+    for shape in smollm2 qwen; do
+        EMLAB_PROFILE=1 emlab_train $shape "emlab-train-$shape-profile" --config "$work/no-ckpt.toml"
+    done
 fi
 emit "{\"done\": true, \"seconds\": $(( $(date +%s) - t_start ))}"
-rm -rf "$work"

@@ -63,7 +63,41 @@ pub fn open(spec: DeviceSpec) -> Result<Device> {
                     "device cuda:{n}: this emlab was built without the `cuda` feature (build one with scripts/build-cuda.sh)"
                 )));
             }
-            Device::new_cuda(n).map_err(|e| Error::Invalid(format!("device cuda:{n}: {}", crate::error::first_line(&e.to_string()))))
+            let d = Device::new_cuda(n)
+                .map_err(|e| Error::Invalid(format!("device cuda:{n}: {}", crate::error::first_line(&e.to_string()))))?;
+            #[cfg(feature = "cuda")]
+            if let Device::Cuda(c) = &d {
+                // emlab runs every kernel on the device's one stream, so the per-tensor CUDA
+                // events cudarc records (for cross-stream safety) are pure overhead: a record
+                // and a wait per kernel argument, on launch-bound decode steps.
+                // SAFETY: no tensor is ever used on a second stream.
+                unsafe { c.disable_event_tracking() };
+                keep_freed_memory(c);
+            }
+            Ok(d)
+        }
+    }
+}
+
+/// Tells the device's default memory pool (the one candle's stream-ordered allocations use) to
+/// keep freed memory instead of returning it to the driver at every synchronisation (its
+/// default threshold is 0): every host read (a loss, a gradient, sampled tokens) synchronises, and
+/// re-mapping memory after each one costs more than the kernels of a small model's step. This is
+/// what PyTorch's caching allocator does. Best effort: a driver that refuses keeps its default.
+#[cfg(feature = "cuda")]
+fn keep_freed_memory(c: &candle_core::CudaDevice) {
+    use candle_core::cuda_backend::cudarc::driver::sys;
+    let dev = c.cuda_stream().context().cu_device();
+    // SAFETY: plain driver calls on a valid device handle, with out-pointers to locals.
+    unsafe {
+        let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+        if sys::cuDeviceGetDefaultMemPool(&mut pool, dev) == sys::CUresult::CUDA_SUCCESS && !pool.is_null() {
+            let mut threshold: u64 = u64::MAX;
+            let _ = sys::cuMemPoolSetAttribute(
+                pool,
+                sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+                &mut threshold as *mut u64 as *mut std::ffi::c_void,
+            );
         }
     }
 }

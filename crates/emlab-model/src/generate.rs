@@ -18,9 +18,9 @@
 //! ```
 
 use crate::hooks::Hooks;
-use crate::model::{Forward, Logits, Model, SeqCache};
+use crate::model::{BatchCache, Forward, Logits, Model, SeqCache};
 use crate::{Error, Result};
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
@@ -115,6 +115,11 @@ pub fn generate(
     on_event: &mut dyn FnMut(usize, Event),
 ) -> Result<Vec<Generation>> {
     params.validate()?;
+    // Off the CPU f32 kernels (GPUs, bf16, forced portable ops): one batched device cache per
+    // wave of requests, sampling on the device (see `generate_waves`).
+    if !model.device().is_cpu() || model.embed.dtype() != DType::F32 || crate::ops::portable_forced() {
+        return generate_waves(model, requests, params, stop, hooks, on_event);
+    }
     let n_layers = model.config.num_layers;
     let ctx = model.max_positions();
     let mut results: Vec<Option<Generation>> = vec![None; requests.len()];
@@ -198,6 +203,160 @@ pub fn generate(
         }
     }
     Ok(results.into_iter().map(|r| r.expect("every request finishes")).collect())
+}
+
+/// Device generation: requests run in waves of up to `batch_size`. A wave's prompts are
+/// left-padded into one [`BatchCache`] and prefilled in one forward call; every decode step is one
+/// forward call for the whole wave, and finished rows are dropped from the cache. Waves (rather
+/// than refilling a finished row at once, as the CPU path does) keep every row on the same
+/// column, which is what lets keys and values be written with one in-place copy per layer.
+/// Per-request seeds and one uniform draw per sampled token, as on the CPU path.
+fn generate_waves(
+    model: &Model,
+    requests: &[Request],
+    params: &SamplingParams,
+    stop: &[u32],
+    mut hooks: Option<&mut dyn Hooks>,
+    on_event: &mut dyn FnMut(usize, Event),
+) -> Result<Vec<Generation>> {
+    let ctx = model.max_positions();
+    let dev = model.device().clone();
+    let mut results: Vec<Option<Generation>> = vec![None; requests.len()];
+    let mut next = 0usize;
+    while next < requests.len() {
+        let mut wave: Vec<Active> = Vec::new();
+        while wave.len() < params.batch_size && next < requests.len() {
+            let i = next;
+            next += 1;
+            let r = &requests[i];
+            if r.prompt.is_empty() {
+                return Err(Error::Invalid(format!("request {i} has an empty prompt")));
+            }
+            if r.prompt.len() >= ctx {
+                results[i] = Some(Generation { tokens: vec![], finish: Finish::Context });
+                on_event(i, Event::Done(Finish::Context));
+                continue;
+            }
+            if params.max_new_tokens == 0 {
+                results[i] = Some(Generation { tokens: vec![], finish: Finish::Length });
+                on_event(i, Event::Done(Finish::Length));
+                continue;
+            }
+            wave.push(Active { idx: i, rng: ChaCha8Rng::seed_from_u64(r.seed), last: 0, tokens: vec![] });
+        }
+        if wave.is_empty() {
+            continue;
+        }
+        let width = wave.iter().map(|a| requests[a.idx].prompt.len()).max().unwrap_or(1);
+        let start: Vec<usize> = wave.iter().map(|a| width - requests[a.idx].prompt.len()).collect();
+        let mut ids = Vec::with_capacity(wave.len() * width);
+        for (a, &s) in wave.iter().zip(&start) {
+            ids.extend(std::iter::repeat_n(0u32, s));
+            ids.extend_from_slice(&requests[a.idx].prompt);
+        }
+        let mut cache = BatchCache::new(model, start, width + params.max_new_tokens)?;
+        let mut ids = Tensor::from_vec(ids, (wave.len(), width), &dev)?;
+        loop {
+            let out = model.forward(
+                &ids,
+                Forward { logits: Logits::Last, hooks: reborrow(&mut hooks), batch_cache: Some(&mut cache), ..Default::default() },
+            )?;
+            let logits = out.logits.expect("Last logits");
+            let mut rngs: Vec<&mut ChaCha8Rng> = wave.iter_mut().map(|a| &mut a.rng).collect();
+            let toks = sample_on_device(&logits, params, &mut rngs)?;
+            let mut keep = Vec::with_capacity(wave.len());
+            for (row, tok) in toks.into_iter().enumerate() {
+                let a = &mut wave[row];
+                match accept(a, tok, stop, params, cache.row_len(row), ctx) {
+                    None => {
+                        on_event(a.idx, Event::Token(tok));
+                        keep.push(row);
+                    }
+                    Some(fin) => {
+                        if fin != Finish::Stop {
+                            on_event(a.idx, Event::Token(tok));
+                        }
+                        on_event(a.idx, Event::Done(fin));
+                        results[a.idx] = Some(Generation { tokens: std::mem::take(&mut a.tokens), finish: fin });
+                    }
+                }
+            }
+            if keep.is_empty() {
+                break;
+            }
+            if keep.len() < wave.len() {
+                cache.retain(&keep)?;
+                let mut w = std::mem::take(&mut wave).into_iter().map(Some).collect::<Vec<_>>();
+                wave = keep.iter().map(|&r| w[r].take().expect("kept once")).collect();
+            }
+            let last: Vec<u32> = wave.iter().map(|a| a.last).collect();
+            ids = Tensor::from_vec(last, (wave.len(), 1), &dev)?;
+        }
+    }
+    Ok(results.into_iter().map(|r| r.expect("every request finishes")).collect())
+}
+
+/// Samples one token per row of `logits` `[B, V]` (f32, on any device), drawing from `rngs[b]`
+/// exactly as [`sample`] does, while copying only a few KB to the host. Greedy: a device
+/// argmax. Plain temperature sampling (no top-k / top-p): inverse-CDF in two levels: the
+/// probabilities are summed in blocks of `S` columns on the device, the host walks the block
+/// sums with the row's uniform draw to find the block, and only that block's `S` probabilities
+/// are copied back to find the token. Top-k / top-p copy the logits and use [`sample`].
+pub fn sample_on_device(logits: &Tensor, p: &SamplingParams, rngs: &mut [&mut ChaCha8Rng]) -> Result<Vec<u32>> {
+    let (b, v) = logits.dims2()?;
+    if rngs.len() != b {
+        return Err(Error::Invalid(format!("{} random generators for {b} rows of logits", rngs.len())));
+    }
+    if p.temperature <= 0.0 {
+        return Ok(logits.argmax(1)?.to_vec1::<u32>()?);
+    }
+    if p.top_k > 0 || p.top_p < 1.0 {
+        let rows = logits.to_vec2::<f32>()?;
+        return Ok(rows.iter().zip(rngs.iter_mut()).map(|(l, r)| sample(l, p, r)).collect());
+    }
+    // Block width: a divisor of V near 256 when there is one, else pad V with zero probability.
+    let s_w = (64..=512).rev().find(|w| v % w == 0).unwrap_or(256);
+    let nb = v.div_ceil(s_w);
+    let probs = crate::ops::softmax_last_dim(&(logits.to_dtype(DType::F32)? * (1.0 / p.temperature as f64))?)?;
+    let probs = if nb * s_w == v {
+        probs
+    } else {
+        Tensor::cat(&[&probs, &Tensor::zeros((b, nb * s_w - v), DType::F32, logits.device())?], 1)?
+    };
+    let sums = probs.reshape((b, nb, s_w))?.sum(2)?.to_vec2::<f32>()?;
+    let mut pick = Vec::with_capacity(b); // (block, remaining mass inside it)
+    for (row, rng) in sums.iter().zip(rngs.iter_mut()) {
+        let total: f64 = row.iter().map(|&x| x as f64).sum();
+        let mut u = rng.random::<f64>() * total;
+        let last_nonzero = row.iter().rposition(|&x| x > 0.0).unwrap_or(0);
+        let mut blk = last_nonzero;
+        for (j, &x) in row.iter().enumerate() {
+            if u < x as f64 {
+                blk = j;
+                break;
+            }
+            u -= x as f64;
+        }
+        pick.push((blk, u));
+    }
+    let idx: Vec<u32> = pick.iter().enumerate().map(|(r, &(blk, _))| (r * nb + blk) as u32).collect();
+    let idx = Tensor::from_vec(idx, b, logits.device())?;
+    let blocks = probs.reshape((b * nb, s_w))?.index_select(&idx, 0)?.to_vec2::<f32>()?;
+    Ok(blocks
+        .iter()
+        .zip(&pick)
+        .map(|(block, &(blk, mut u))| {
+            let mut tok = block.iter().rposition(|&x| x > 0.0).unwrap_or(0);
+            for (j, &x) in block.iter().enumerate() {
+                if u < x as f64 {
+                    tok = j;
+                    break;
+                }
+                u -= x as f64;
+            }
+            (blk * s_w + tok) as u32
+        })
+        .collect())
 }
 
 /// Records `tok`; returns why the sequence ends, if it does.

@@ -25,4 +25,4 @@ pub mod util;
 
 pub use config::{Arch, ModelConfig};
 pub use hooks::{HookKind, HookPoint, HookSet, Hooks};
-pub use model::{Forward, ForwardOut, LoadOptions, Logits, Model, Proj, SeqCache};
+pub use model::{BatchCache, Forward, ForwardOut, LoadOptions, Logits, Model, Proj, SeqCache};

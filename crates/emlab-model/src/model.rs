@@ -264,6 +264,104 @@ impl SeqCache {
     }
 }
 
+/// A KV cache for a whole batch on the device: per layer, keys and values `[B, G, cap, D]`
+/// (post-RoPE), written in place with `slice_set` and attended with two batched matmuls, so a
+/// decode step costs a fixed number of kernel launches per layer whatever the batch size (the
+/// per-row [`SeqCache`] path costs `O(B)` launches and a concatenation per row and layer).
+///
+/// Rows share their columns: the forward call that starts at column `len` writes `T` new
+/// columns for every row. Prompts of different lengths are left-padded: row `b`'s tokens begin
+/// at column `start[b]`; a query attends to the columns `start[b]..=` its own (a padding query
+/// only to itself), and the token at column `c` sits at position `c - start[b]`, so a row's
+/// logits do not depend on the padding or on the other rows (up to floating-point rounding).
+#[derive(Debug, Clone)]
+pub struct BatchCache {
+    k: Vec<Tensor>,
+    v: Vec<Tensor>,
+    start: Vec<usize>,
+    len: usize,
+    cap: usize,
+}
+
+impl BatchCache {
+    /// An empty cache for `start.len()` rows whose first real token is at column `start[b]`,
+    /// holding up to `cap` columns, in the model's dtype on the model's device.
+    pub fn new(model: &Model, start: Vec<usize>, cap: usize) -> Result<Self> {
+        let c = &model.config;
+        if start.is_empty() || cap == 0 {
+            return Err(Error::Invalid(format!("a batch cache of {} rows and {cap} columns", start.len())));
+        }
+        if let Some(b) = start.iter().position(|&s| s >= cap) {
+            return Err(Error::Invalid(format!("row {b} starts at column {} of a {cap}-column cache", start[b])));
+        }
+        let shape = (start.len(), c.num_kv_heads, cap, c.head_dim);
+        let dtype = model.embed.dtype();
+        let mut k = Vec::with_capacity(c.num_layers);
+        let mut v = Vec::with_capacity(c.num_layers);
+        for _ in 0..c.num_layers {
+            k.push(Tensor::zeros(shape, dtype, model.device())?);
+            v.push(Tensor::zeros(shape, dtype, model.device())?);
+        }
+        Ok(BatchCache { k, v, start, len: 0, cap })
+    }
+
+    /// Rows in the batch.
+    pub fn rows(&self) -> usize {
+        self.start.len()
+    }
+
+    /// Columns written so far (shared by all rows).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Tokens row `b` holds (its columns from `start[b]`).
+    pub fn row_len(&self, b: usize) -> usize {
+        self.len.saturating_sub(self.start[b])
+    }
+
+    /// Keeps only the rows `keep` (in that order), e.g. after some sequences finished: one
+    /// `index_select` per layer instead of computing dead rows until the batch ends.
+    pub fn retain(&mut self, keep: &[usize]) -> Result<()> {
+        if keep.is_empty() || keep.iter().any(|&r| r >= self.rows()) {
+            return Err(Error::Invalid(format!("rows {keep:?} of a {}-row batch cache", self.rows())));
+        }
+        if keep.len() == self.rows() && keep.iter().enumerate().all(|(i, &r)| i == r) {
+            return Ok(());
+        }
+        let dev = self.k[0].device().clone();
+        let idx = Tensor::from_vec(keep.iter().map(|&r| r as u32).collect::<Vec<_>>(), keep.len(), &dev)?;
+        for t in self.k.iter_mut().chain(self.v.iter_mut()) {
+            *t = t.index_select(&idx, 0)?;
+        }
+        self.start = keep.iter().map(|&r| self.start[r]).collect();
+        Ok(())
+    }
+
+    /// Rotary positions of the `t` columns starting at `len`, row-major `[B * t]`.
+    fn positions(&self, t: usize) -> Vec<u32> {
+        let len = self.len;
+        self.start.iter().flat_map(|&s| (len..len + t).map(move |c| c.saturating_sub(s) as u32)).collect()
+    }
+
+    /// Additive mask `[B, 1, 1, t, len + t]` for the `t` new columns (see the type's docs).
+    fn mask(&self, t: usize, dtype: DType, device: &Device) -> Result<Tensor> {
+        let n = self.len + t;
+        let mut m = Vec::with_capacity(self.rows() * t * n);
+        for &s in &self.start {
+            for qi in 0..t {
+                let c = self.len + qi;
+                m.extend((0..n).map(|j| if j == c || (j <= c && j >= s) { 0f32 } else { f32::NEG_INFINITY }));
+            }
+        }
+        Ok(Tensor::from_vec(m, (self.rows(), 1, 1, t, n), device)?.to_dtype(dtype)?)
+    }
+}
+
 /// Which logits the forward pass computes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Logits {
@@ -283,6 +381,8 @@ pub struct Forward<'a> {
     pub hooks: Option<&'a mut dyn Hooks>,
     /// One cache per batch row; positions continue from each cache's length.
     pub cache: Option<&'a mut [SeqCache]>,
+    /// A batched device cache (GPU decoding, see [`BatchCache`]); excludes `cache`.
+    pub batch_cache: Option<&'a mut BatchCache>,
     /// Present while training: drives LoRA dropout.
     pub dropout_rng: Option<&'a mut ChaCha8Rng>,
     /// Run only blocks `0..stop_after` (e.g. activation capture at a middle layer).
@@ -493,21 +593,48 @@ impl Model {
                 return Err(Error::Invalid(format!("{} caches for a batch of {b}", c.len())));
             }
         }
+        if let Some(bc) = &f.batch_cache {
+            if f.cache.is_some() || first > 0 {
+                return Err(Error::Invalid("a batch cache excludes per-row caches and needs the pass to start at block 0".into()));
+            }
+            if bc.rows() != b || bc.len + t > bc.cap {
+                return Err(Error::Invalid(format!(
+                    "{t} new columns for a batch cache of {} rows x {} columns holding {}, batch of {b}",
+                    bc.rows(),
+                    bc.cap,
+                    bc.len
+                )));
+            }
+        }
         let starts: Vec<usize> = match &f.cache {
             Some(c) => c.iter().map(|s| s.len).collect(),
             None => vec![0; b],
         };
-        let max_end = starts.iter().max().copied().unwrap_or(0) + t;
+        let max_end = match &f.batch_cache {
+            Some(bc) => bc.positions(t).iter().max().map_or(0, |&p| p as usize + 1),
+            None => starts.iter().max().copied().unwrap_or(0) + t,
+        };
         if max_end > self.max_positions() {
             return Err(Error::Invalid(format!(
                 "sequence of {max_end} tokens exceeds the context of {} positions",
                 self.max_positions()
             )));
         }
-        let (cos, sin) = self.rope_tables(&starts, t)?;
+        let (cos, sin) = match &f.batch_cache {
+            Some(bc) => self.rope_tables_at(bc.positions(t), b, t)?,
+            None => self.rope_tables(&starts, t)?,
+        };
+        let batch_mask = match &f.batch_cache {
+            Some(bc) => Some(bc.mask(t, x.dtype(), &self.device)?),
+            None => None,
+        };
         // Rows share one causal mask only when they all start at position 0 with no history.
         let fresh = starts.iter().all(|&s| s == 0);
-        let mask = if t > 1 && fresh { Some(causal_mask(t, &self.device)?.to_dtype(x.dtype())?) } else { None };
+        let mask = if t > 1 && fresh && batch_mask.is_none() {
+            Some(causal_mask(t, &self.device)?.to_dtype(x.dtype())?)
+        } else {
+            None
+        };
         let n_layers = f.stop_after.unwrap_or(cfg.num_layers).min(cfg.num_layers);
         for (li, blk) in self.layers.iter().enumerate().take(n_layers).skip(first) {
             x = hook(&mut f.hooks, HookPoint { layer: li, kind: HookKind::ResidPre }, x)?;
@@ -518,6 +645,10 @@ impl Model {
             let q = Rope::apply(&q, &cos, &sin)?;
             let k = Rope::apply(&k, &cos, &sin)?;
             let attn = match (&mut f.cache, fresh) {
+                _ if f.batch_cache.is_some() => {
+                    let (Some(bc), Some(m)) = (f.batch_cache.as_deref_mut(), batch_mask.as_ref()) else { unreachable!() };
+                    self.batch_cache_attention(li, &q, &k, &v, bc, m)?
+                }
                 (Some(cache), false) => self.cached_attention(li, &q, &k, &v, cache)?,
                 (cache, _) => {
                     let a = self.attention(&q, &k, &v, mask.as_ref())?;
@@ -544,6 +675,9 @@ impl Model {
             for c in cache.iter_mut() {
                 c.len += t;
             }
+        }
+        if let Some(bc) = f.batch_cache {
+            bc.len += t;
         }
         if n_layers < cfg.num_layers {
             return Ok(ForwardOut { logits: None, hidden: x });
@@ -580,11 +714,43 @@ impl Model {
             return Ok((c, s));
         }
         let pos: Vec<u32> = starts.iter().flat_map(|&s| (s..s + t).map(|p| p as u32)).collect();
-        let idx = Tensor::from_vec(pos, starts.len() * t, &self.device)?;
-        let b = starts.len();
+        self.rope_tables_at(pos, starts.len(), t)
+    }
+
+    /// cos/sin `[B, T, 1, D/2]` for explicit positions, row-major `[B * T]`.
+    fn rope_tables_at(&self, pos: Vec<u32>, b: usize, t: usize) -> Result<(Tensor, Tensor)> {
+        let half = self.config.head_dim / 2;
+        let idx = Tensor::from_vec(pos, b * t, &self.device)?;
         let c = self.rope.cos.index_select(&idx, 0)?.reshape((b, t, 1, half))?;
         let s = self.rope.sin.index_select(&idx, 0)?.reshape((b, t, 1, half))?;
         Ok((c, s))
+    }
+
+    /// Attention over a [`BatchCache`]: writes the new keys/values at columns `len..len+T` of
+    /// every row (in place), then attends over columns `0..len+T` with `mask` `[B,1,1,T,n]`
+    /// hiding each row's padding and the future. Two batched matmuls over `[B, G]`; the queries
+    /// of the `rep` heads sharing a kv head are stacked as in [`Model::attention`]. Not
+    /// differentiable (generation only). Returns `[B*T, H*D]`.
+    fn batch_cache_attention(&self, layer: usize, q: &Tensor, k: &Tensor, v: &Tensor, bc: &mut BatchCache, mask: &Tensor) -> Result<Tensor> {
+        let (b, t, h, hd) = q.dims4()?;
+        let g = self.config.num_kv_heads;
+        let rep = h / g;
+        // [B, T, G, D] -> [B, G, T, D]: free when T = 1 (size-1 dims do not break contiguity).
+        let kt = k.detach().transpose(1, 2)?.contiguous()?;
+        let vt = v.detach().transpose(1, 2)?.contiguous()?;
+        bc.k[layer].slice_set(&kt, 2, bc.len)?;
+        bc.v[layer].slice_set(&vt, 2, bc.len)?;
+        let n = bc.len + t;
+        // Narrowed views: uniform batch strides, so cuBLAS reads them without a copy.
+        let kc = bc.k[layer].narrow(2, 0, n)?; // [B, G, n, D]
+        let vc = bc.v[layer].narrow(2, 0, n)?;
+        let q = q.reshape((b, t, g, rep, hd))?.permute((0, 2, 3, 1, 4))?.reshape((b, g, rep * t, hd))?;
+        let scale = 1.0 / (hd as f64).sqrt();
+        let sc = (q.matmul(&kc.t()?)? * scale)?; // [B, G, rep*T, n]
+        let sc = sc.reshape((b, g, rep, t, n))?.broadcast_add(mask)?.reshape((b, g, rep * t, n))?;
+        let p = crate::ops::softmax_last_dim(&sc)?;
+        let o = p.matmul(&vc)?; // [B, G, rep*T, D]
+        Ok(o.reshape((b, g, rep, t, hd))?.permute((0, 3, 1, 2, 4))?.reshape((b * t, h * hd))?)
     }
 
     /// Differentiable causal attention over the `T` new tokens. Queries of the `H/G` heads that

@@ -176,3 +176,115 @@ fn bf16_base_with_f32_adapters_runs_trains_and_decodes() {
         assert_eq!(g[0].tokens.len(), 4);
     }
 }
+
+/// The batched device cache (GPU decoding): three left-padded prompts of different lengths
+/// prefilled in one call, then two decode steps for all rows, then a row dropped. Every row's
+/// logits equal an uncached forward over that row alone (padding and neighbours invisible).
+#[test]
+fn batch_cache_logits_equal_each_rows_uncached_forward() {
+    use emlab_model::BatchCache;
+    for arch in [Arch::Llama, Arch::Qwen2] {
+        let m = model(arch, 11, None);
+        let prompts: [&[u32]; 3] = [&[3, 50, 60, 61], &[9, 8], &[7]];
+        let next: [[u32; 3]; 2] = [[62, 10, 4], [200, 11, 5]];
+        let width = 4;
+        let start: Vec<usize> = prompts.iter().map(|p| width - p.len()).collect();
+        let mut padded: Vec<Vec<u32>> = prompts.iter().map(|p| [vec![0u32; width - p.len()], p.to_vec()].concat()).collect();
+        let mut cache = BatchCache::new(&m, start, width + 3).unwrap();
+        let rows: Vec<&[u32]> = padded.iter().map(|r| &r[..]).collect();
+        let f = Forward { logits: Logits::Last, batch_cache: Some(&mut cache), ..Default::default() };
+        let mut got = vec![m.forward(&ids(&rows), f).unwrap().logits.unwrap()];
+        for step in next {
+            let f = Forward { logits: Logits::Last, batch_cache: Some(&mut cache), ..Default::default() };
+            got.push(m.forward(&ids(&[&[step[0]], &[step[1]], &[step[2]]]), f).unwrap().logits.unwrap());
+            for (r, t) in padded.iter_mut().zip(step) {
+                r.push(t);
+            }
+        }
+        assert_eq!(cache.len(), width + 2);
+        assert_eq!(cache.row_len(1), 4);
+        for (b, p) in prompts.iter().enumerate() {
+            let full: Vec<u32> = [p.to_vec(), vec![next[0][b], next[1][b]]].concat();
+            let want = m.forward(&ids(&[&full]), Forward::default()).unwrap().logits.unwrap();
+            for (s, g) in got.iter().enumerate() {
+                let w = vec(&want.narrow(1, p.len() - 1 + s, 1).unwrap());
+                let r = vec(&g.narrow(0, b, 1).unwrap());
+                assert!(max_rel(&r, &w) < 1e-5, "{arch:?} row {b} call {s}: {}", max_rel(&r, &w));
+            }
+        }
+        // Drop row 1; rows 0 and 2 continue unchanged.
+        cache.retain(&[0, 2]).unwrap();
+        let f = Forward { logits: Logits::Last, batch_cache: Some(&mut cache), ..Default::default() };
+        let l = m.forward(&ids(&[&[33], &[34]]), f).unwrap().logits.unwrap();
+        for (row, (b, tok)) in [(0usize, 33u32), (2, 34)].into_iter().enumerate() {
+            let full: Vec<u32> = [prompts[b].to_vec(), vec![next[0][b], next[1][b], tok]].concat();
+            let want = m.forward(&ids(&[&full]), Forward::default()).unwrap().logits.unwrap();
+            let w = vec(&want.narrow(1, full.len() - 1, 1).unwrap());
+            let r = vec(&l.narrow(0, row, 1).unwrap());
+            assert!(max_rel(&r, &w) < 1e-5, "{arch:?} after retain, row {b}: {}", max_rel(&r, &w));
+        }
+        // Bad use is an error, not a panic or a silent overwrite.
+        let f = Forward { logits: Logits::Last, batch_cache: Some(&mut cache), ..Default::default() };
+        let e = m.forward(&ids(&[&[1, 2], &[3, 4]]), f).err().unwrap().to_string();
+        assert!(e.contains("new columns"), "{e}");
+        assert!(cache.retain(&[5]).is_err());
+        assert!(BatchCache::new(&m, vec![3], 3).is_err());
+    }
+}
+
+/// Generation on the batched device path: several waves (5 requests, batch 2), a stop token
+/// that ends some rows early (rows dropped mid-wave), and a request's text does not depend on
+/// its batch (alone vs. in a wave). Compared with the CPU kernel path, token for token.
+#[test]
+fn wave_generation_matches_the_cpu_path_and_ignores_batch_neighbours() {
+    let m = model(Arch::Llama, 12, None);
+    let reqs: Vec<Request> = [&[5u32, 6, 7][..], &[9], &[100, 101, 102, 103, 104], &[4, 4], &[77, 3]]
+        .iter()
+        .enumerate()
+        .map(|(i, p)| Request { prompt: p.to_vec(), seed: 40 + i as u64 })
+        .collect();
+    for params in [
+        SamplingParams { batch_size: 2, ..SamplingParams::greedy(7) },
+        SamplingParams { temperature: 1.0, max_new_tokens: 7, batch_size: 2, ..Default::default() },
+        SamplingParams { temperature: 0.8, top_k: 20, max_new_tokens: 5, batch_size: 3, ..Default::default() },
+    ] {
+        let cpu = generate(&m, &reqs, &params, &[2, 17], None, &mut |_, _| {}).unwrap();
+        let mut events = 0;
+        let dev = with_portable(|| generate(&m, &reqs, &params, &[2, 17], None, &mut |_, _| events += 1)).unwrap();
+        assert!(events >= reqs.len());
+        for (i, (x, y)) in cpu.iter().zip(&dev).enumerate() {
+            assert_eq!(x.tokens, y.tokens, "request {i} with {params:?}");
+            assert_eq!(x.finish, y.finish);
+        }
+        let alone = with_portable(|| generate(&m, &reqs[2..3], &params, &[2, 17], None, &mut |_, _| {})).unwrap();
+        assert_eq!(alone[0].tokens, dev[2].tokens);
+    }
+}
+
+/// The device sampler (two-level inverse CDF) picks what the host sampler picks from the same
+/// uniform draws, for a vocabulary that blocks evenly and one that needs padding (997, prime).
+#[test]
+fn device_sampler_matches_the_host_sampler() {
+    use emlab_model::generate::{sample, sample_on_device};
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha8Rng;
+    for v in [512usize, 997] {
+        let rows = 64;
+        let logits = (det((rows, v), v as u64, 6.0) * 1.0).unwrap();
+        let host = logits.to_vec2::<f32>().unwrap();
+        for temp in [1.0f32, 0.7] {
+            let p = SamplingParams { temperature: temp, ..Default::default() };
+            let mut a: Vec<ChaCha8Rng> = (0..rows).map(|i| ChaCha8Rng::seed_from_u64(i as u64)).collect();
+            let mut b = a.clone();
+            let want: Vec<u32> = host.iter().zip(a.iter_mut()).map(|(l, r)| sample(l, &p, r)).collect();
+            let mut refs: Vec<&mut ChaCha8Rng> = b.iter_mut().collect();
+            let got = sample_on_device(&logits, &p, &mut refs).unwrap();
+            let same = want.iter().zip(&got).filter(|(x, y)| x == y).count();
+            // Equal up to f32 vs f64 rounding at a boundary: allow at most one miss in 64.
+            assert!(same >= rows - 1, "V={v} T={temp}: {same}/{rows} equal");
+            assert!(got.iter().all(|&t| (t as usize) < v));
+        }
+        let g = sample_on_device(&logits, &SamplingParams::greedy(1), &mut []).err();
+        assert!(g.is_some(), "row count mismatch is an error");
+    }
+}

@@ -95,6 +95,44 @@ pub struct TrainSummary {
 }
 
 const DROPOUT_STREAM: u64 = 0xd40f_0075_eed5_0001;
+
+/// `EMLAB_PROFILE=1`: each step's `metrics.jsonl` line gets `profile_s` (forward, backward,
+/// gradients to the host, optimizer + upload), the device synchronised at each boundary. Off by
+/// default: the synchronisations cost overlap between host and device.
+mod profile {
+    use std::cell::RefCell;
+    use std::time::Instant;
+    thread_local! {
+        static T: RefCell<(Option<Instant>, [f64; 4])> = const { RefCell::new((None, [0.0; 4])) };
+    }
+    pub fn enabled() -> bool {
+        static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *ON.get_or_init(|| std::env::var("EMLAB_PROFILE").is_ok_and(|v| !v.is_empty() && v != "0"))
+    }
+    /// Starts timing phase boundaries (call at the start of a step).
+    pub fn start() {
+        if enabled() {
+            T.with(|t| *t.borrow_mut() = (Some(Instant::now()), [0.0; 4]));
+        }
+    }
+    /// Ends phase `i` (0 forward, 1 backward, 2 gradients to host, 3 optimizer + upload).
+    pub fn mark(dev: &candle_core::Device, i: usize) {
+        if !enabled() {
+            return;
+        }
+        let _ = dev.synchronize();
+        T.with(|t| {
+            let mut t = t.borrow_mut();
+            if let Some(t0) = t.0 {
+                t.1[i] += t0.elapsed().as_secs_f64();
+            }
+            t.0 = Some(Instant::now());
+        });
+    }
+    pub fn take() -> Option<[f64; 4]> {
+        enabled().then(|| T.with(|t| t.borrow().1))
+    }
+}
 const STACK: usize = 512 << 20;
 
 /// Runs `f` on a thread with a large stack: candle's backward walks the graph recursively.
@@ -138,6 +176,10 @@ struct Params {
     host: Vec<Vec<f32>>,
     /// Indices into `vars` of each layer's adapter tensors.
     by_layer: Vec<Vec<usize>>,
+    /// Off the CPU: gradients summed on the device until [`Params::flush`], so a step costs one
+    /// device-to-host copy instead of one blocking copy per tensor and block (which stalls the
+    /// GPU's queue every time).
+    pending: std::cell::RefCell<Vec<Option<Tensor>>>,
 }
 
 impl Params {
@@ -156,15 +198,44 @@ impl Params {
         for (i, a) in ads.iter().enumerate() {
             by_layer[a.layer].extend([2 * i, 2 * i + 1]);
         }
-        Ok(Params { ads, vars, keys, host, by_layer })
+        let pending = std::cell::RefCell::new(vec![None; vars.len()]);
+        Ok(Params { ads, vars, keys, host, by_layer, pending })
     }
-    /// Adds the gradients in `g` of the variables `which` into `grads`.
+    /// Adds the gradients in `g` of the variables `which` into `grads` (on the CPU), or into
+    /// device-side sums that [`Params::flush`] moves into `grads` (elsewhere).
     fn accumulate(&self, g: &candle_core::backprop::GradStore, which: impl Iterator<Item = usize>, grads: &mut [Vec<f32>]) -> Result<()> {
+        let mut pending = self.pending.borrow_mut();
         for i in which {
             if let Some(gt) = g.get(self.vars[i].as_tensor()) {
-                let gv = gt.flatten_all()?.to_vec1::<f32>()?;
-                grads[i].iter_mut().zip(gv).for_each(|(a, b)| *a += b);
+                // (Forced portable ops take the device branch on the CPU: that is how it is tested.)
+                if gt.device().is_cpu() && !emlab_model::ops::portable_forced() {
+                    let gv = gt.flatten_all()?.to_vec1::<f32>()?;
+                    grads[i].iter_mut().zip(gv).for_each(|(a, b)| *a += b);
+                } else {
+                    let gt = gt.flatten_all()?.to_dtype(candle_core::DType::F32)?;
+                    pending[i] = Some(match pending[i].take() {
+                        Some(acc) => (acc + gt)?,
+                        None => gt,
+                    });
+                }
             }
+        }
+        Ok(())
+    }
+    /// Moves the device-side gradient sums into `grads` with one copy.
+    fn flush(&self, grads: &mut [Vec<f32>]) -> Result<()> {
+        let mut pending = self.pending.borrow_mut();
+        let which: Vec<usize> = (0..pending.len()).filter(|&i| pending[i].is_some()).collect();
+        if which.is_empty() {
+            return Ok(());
+        }
+        let parts: Vec<Tensor> = which.iter().map(|&i| pending[i].take().expect("filtered")).collect();
+        let flat = Tensor::cat(&parts, 0)?.to_vec1::<f32>()?;
+        let mut off = 0;
+        for i in which {
+            let n = grads[i].len();
+            grads[i].iter_mut().zip(&flat[off..off + n]).for_each(|(a, b)| *a += b);
+            off += n;
         }
         Ok(())
     }
@@ -261,14 +332,24 @@ fn micro_batch_grads(
     grads: &mut [Vec<f32>],
     checkpointed: bool,
 ) -> Result<f64> {
+    let dev = model.device();
     if !checkpointed {
         let ce = batch_loss(model, b, rng)?;
         let loss = (ce.sum_all()? / denom)?;
+        profile::mark(dev, 0);
         let g = loss.backward()?;
+        profile::mark(dev, 1);
         params.accumulate(&g, 0..params.vars.len(), grads)?;
+        params.flush(grads)?;
+        profile::mark(dev, 2);
         return Ok(loss.to_scalar::<f32>()? as f64);
     }
-    checkpointed_grads(model, b, rng, denom, params, grads)
+    // (Checkpointed: forward and backward interleave per block; the profile books them as one.)
+    let loss = checkpointed_grads(model, b, rng, denom, params, grads)?;
+    profile::mark(dev, 1);
+    params.flush(grads)?;
+    profile::mark(dev, 2);
+    Ok(loss)
 }
 
 /// Loss of one batch (summed token losses / `denom`) and its gradient with respect to every
@@ -307,7 +388,8 @@ fn checkpointed_grads(
     let (bb, t, d) = hidden.dims3()?;
     let (rows, targets) = trained_rows(&hidden, b)?;
     drop(hidden);
-    let mut loss = 0f64;
+    // Chunk losses stay on the device and are read once (a read per chunk would block).
+    let mut losses = Vec::with_capacity(b.trained.div_ceil(HEAD_CHUNK));
     let mut d_rows = Vec::with_capacity(b.trained.div_ceil(HEAD_CHUNK));
     for s in (0..b.trained).step_by(HEAD_CHUNK) {
         let len = HEAD_CHUNK.min(b.trained - s);
@@ -315,13 +397,14 @@ fn checkpointed_grads(
         let logits = kernels::frozen_matmul(rv.as_tensor(), &model.lm_head)?;
         let ce = kernels::cross_entropy(&logits, &targets.narrow(0, s, len)?)?;
         let l = (ce.sum_all()? / denom)?;
-        loss += l.to_scalar::<f32>()? as f64;
+        losses.push(l.detach().to_dtype(candle_core::DType::F32)?.reshape(1)?);
         let g = l.backward()?;
         d_rows.push(g.get(rv.as_tensor()).cloned().ok_or_else(|| Error::Invalid("LM head: no gradient reached the hidden states".into()))?);
     }
     if d_rows.is_empty() {
         return Ok(0.0);
     }
+    let loss = Tensor::cat(&losses, 0)?.to_vec1::<f32>()?.iter().map(|&x| x as f64).sum::<f64>();
     let mut upstream = Tensor::cat(&d_rows, 0)?; // dL/d(rows) [trained, d]
     drop(d_rows);
     for li in (0..n_layers).rev() {
@@ -507,6 +590,7 @@ fn run(
         let tokens: usize = batches.iter().map(|b| b.tokens).sum();
         let mut grads: Vec<Vec<f32>> = sizes.iter().map(|&n| vec![0f32; n]).collect();
         let mut loss_sum = 0f64;
+        profile::start();
         for b in &batches {
             // Each micro-batch's summed loss is divided by the step's total trained tokens, so
             // the accumulated gradient is that of the token mean over the whole effective batch.
@@ -519,6 +603,7 @@ fn run(
         let lr = lr_at(cfg.lr, cfg.schedule, cfg.warmup_steps, total, step);
         opt.step(&mut params.host, &grads, lr);
         params.push_to_model()?;
+        profile::mark(&dev, 3);
         tokens_seen += tokens as u64;
         let done = step + 1;
         let eval_now = !eval.is_empty() && ((cfg.eval_every > 0 && done % cfg.eval_every == 0) || done == total);
@@ -540,6 +625,12 @@ fn run(
         let mut line = serde_json::to_value(&info).unwrap_or_default();
         if let Some(o) = line.as_object_mut() {
             o.insert("lora_norms".into(), serde_json::Value::Object(params.norms()));
+            if let Some(p) = profile::take() {
+                o.insert(
+                    "profile_s".into(),
+                    serde_json::json!({"forward": p[0], "backward": p[1], "grads_to_host": p[2], "optimizer_upload": p[3]}),
+                );
+            }
         }
         writeln!(metrics, "{line}").map_err(|e| Error::io(&metrics_path, e))?;
         metrics.flush().map_err(|e| Error::io(&metrics_path, e))?;

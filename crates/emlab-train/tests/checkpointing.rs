@@ -85,6 +85,18 @@ fn checkpointed_gradients_equal_the_plain_gradients() {
         let mut r3 = ChaCha8Rng::seed_from_u64(10);
         let (_, g_other) = loss_and_gradients(&b.model, &batch, Some(&mut r3), denom, true).unwrap();
         assert!(rel_l2(&g_other[0], &g_plain[0]) > 1e-3);
+        // The GPU's branches (gradients summed on the device, one copy per micro-batch; chunk
+        // losses read once), forced on the CPU: the same losses and gradients, both paths.
+        for ckpt in [false, true] {
+            let mut r4 = ChaCha8Rng::seed_from_u64(9);
+            let (l_dev, g_dev) =
+                emlab_model::ops::with_portable(|| loss_and_gradients(&b.model, &batch, Some(&mut r4), denom, ckpt)).unwrap();
+            assert!(((l_dev - l_plain) / l_plain).abs() < 1e-5, "{arch:?} ckpt={ckpt}: loss {l_dev} vs {l_plain}");
+            for (i, (p, c)) in g_plain.iter().zip(&g_dev).enumerate() {
+                let r = rel_l2(c, p);
+                assert!(r < 1e-4, "{arch:?} ckpt={ckpt} tensor {i}: relative difference {r:e}");
+            }
+        }
     }
 }
 
