@@ -31,5 +31,12 @@ nice -n "${NICE:-10}" cargo build --release -p emlab --features cuda
 mkdir -p "$(dirname "$out")"
 cp "$CARGO_TARGET_DIR/release/emlab" "$out"
 strip "$out"
+# The SAE benchmark (emlab-sae's device trainer), for bench/gpu/run.sh. Its feature set differs
+# from the binary's, so the first build compiles candle once more (~15 min), later ones are quick.
+if [ "${WITH_SAE_BENCH:-1}" = 1 ]; then
+    nice -n "${NICE:-10}" cargo build --release -p emlab-sae --features cuda --example bench_sae
+    cp "$CARGO_TARGET_DIR/release/examples/bench_sae" "$(dirname "$out")/bench_sae-cuda"
+    strip "$(dirname "$out")/bench_sae-cuda"
+fi
 echo "build-cuda.sh: $out ($(du -m "$out" | cut -f1) MiB stripped); needs at run time:" >&2
 ldd "$out" | grep "not found" | awk '{print "  " $1}' >&2 || true

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Packs everything bench/gpu/run.sh needs on the GPU machine into bench/out/gpu-carry/ (ignored by
 # git; name it in the device call's `carry`): the CUDA build of emlab (stripped, xz: ~15 MiB), the
-# emlab-sae benchmark binary (CPU), the two models' tokenizers + configs (no weights), and checks
+# emlab-sae benchmark binary (CUDA), the two models' tokenizers + configs (no weights), and checks
 # that the whole call stays under the 64 MiB the device machine accepts.
 #   bash bench/gpu/prepare.sh           (needs bench/.venv with transformers: bench/setup-python.sh)
 set -euo pipefail
@@ -14,9 +14,11 @@ mkdir -p "$carry"
 bin="${EMLAB_CUDA_BIN:-}"
 if [ -z "$bin" ]; then scripts/build-cuda.sh; bin="${CARGO_TARGET_DIR:-$root/target-cuda}/emlab-cuda"; fi
 xz -T2 -9 -c "$bin" > "$carry/emlab.xz"
-# emlab-sae's CPU benchmark (the `bench_sae` example).
-cargo build --release -q -p emlab-sae --example bench_sae
-cp target/release/examples/bench_sae "$carry/bench_sae" && strip "$carry/bench_sae"
+# emlab-sae's benchmark (the `bench_sae` example) built with CUDA by scripts/build-cuda.sh.
+sae_bin="${EMLAB_CUDA_SAE_BIN:-$(dirname "$bin")/bench_sae-cuda}"
+[ -x "$sae_bin" ] || { echo "prepare.sh: no CUDA bench_sae at $sae_bin (scripts/build-cuda.sh builds it)" >&2; exit 1; }
+rm -f "$carry/bench_sae"
+xz -T2 -9 -c "$sae_bin" > "$carry/bench_sae.xz"
 tmp="$(mktemp -d)"
 "$py" bench/gpu/export_tokenizer.py "$models/SmolLM2-135M-Instruct.Q4_1.gguf" "$tmp/tok-smollm2"
 "$py" bench/gpu/export_tokenizer.py "$models/qwen2.5-coder-0.5b-instruct.gguf" "$tmp/tok-qwen"

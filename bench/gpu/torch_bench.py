@@ -118,23 +118,28 @@ def generate(a):
 
 
 def sae(a):
+    """One JSON line per (d, variant): `--d 576,896 --variants dense,sparse` runs four in one process."""
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "sae"))
     import torch_sae  # the CPU benchmark's TopK SAE, unchanged: built on the default device
-    data = [x.to(dev) for x in torch_sae.make_data(a.d, a.batch, 4)]  # CPU generator, then moved
-    torch.set_default_device(dev)
-    torch.manual_seed(0)
-    s = torch_sae.TopKSAE(a.d, a.m, a.k, lr=2e-4, sparse=False)
-    for i in range(a.warmup):
-        s.step(data[i % 4])
-    sync()
-    t0 = time.perf_counter()
-    for i in range(a.steps):
-        mse = s.step(data[(i + a.warmup) % 4])
-    sync()
-    secs = time.perf_counter() - t0
-    print(json.dumps({"impl": "torch-dense", "task": "sae", "device": dev, "d": a.d, "m": a.m, "k": a.k, "batch": a.batch,
-                      "steps": a.steps, "seconds": secs, "tokens_per_s": a.steps * a.batch / secs, "final_mse": mse,
-                      "torch": torch.__version__}))
+    for d in [int(x) for x in str(a.d).split(",")]:
+        for variant in a.variants.split(","):
+            torch.set_default_device("cpu")
+            data = [x.to(dev) for x in torch_sae.make_data(d, a.batch, 4)]  # CPU generator, then moved
+            torch.set_default_device(dev)
+            torch.manual_seed(0)
+            s = torch_sae.TopKSAE(d, a.m, a.k, lr=2e-4, sparse=variant == "sparse")
+            for i in range(a.warmup):
+                s.step(data[i % 4])
+            sync()
+            t0 = time.perf_counter()
+            for i in range(a.steps):
+                mse = s.step(data[(i + a.warmup) % 4])
+            sync()
+            secs = time.perf_counter() - t0
+            print(json.dumps({"impl": f"torch-{variant}", "task": "sae", "device": dev, "d": d, "m": a.m, "k": a.k,
+                              "batch": a.batch, "steps": a.steps, "seconds": secs, "tokens_per_s": a.steps * a.batch / secs,
+                              "final_mse": mse, "torch": torch.__version__}), flush=True)
+            del s, data
 
 
 def main():
@@ -159,8 +164,11 @@ def main():
             p.add_argument("--new", type=int, default=128)
             p.add_argument("--cache", default="static")
     p = sub.add_parser("sae")
-    for k, v in (("d", 576), ("m", 16384), ("k", 32), ("batch", 4096), ("steps", 20), ("warmup", 2)):
+    p.add_argument("--d", default="576")  # comma-separated widths
+    for k, v in (("m", 16384), ("k", 32), ("batch", 4096), ("steps", 20), ("warmup", 2)):
         p.add_argument(f"--{k}", type=int, default=v)
+    # dense: scatter + GEMM decode; sparse: embedding_bag gathers the k decoder rows.
+    p.add_argument("--variants", default="dense")
     a = ap.parse_args()
     {"make": make, "train": train, "generate": generate, "sae": sae}[a.mode](a)
 

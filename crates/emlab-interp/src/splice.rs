@@ -20,7 +20,7 @@ use crate::error::{Error, Result};
 use candle_core::Tensor;
 use emlab_model::hooks::{HookPoint, Hooks};
 use emlab_model::model::{masked_cross_entropy, Forward, Logits, Model};
-use emlab_sae::train::{Architecture, StepStats, TrainConfig, Trainer};
+use emlab_sae::train::{Architecture, StepStats, TrainConfig};
 use emlab_sae::Sae;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -141,7 +141,8 @@ pub fn train_from_store(store: &ActsReader, hook: &str, cfg: &SaeTrainConfig, on
     tc.seed = cfg.seed;
     // Dead = silent for ~the whole store (at least one epoch's worth of tokens).
     tc.dead_after_tokens = (store.index.rows as u64).clamp(1, 1_000_000);
-    let mut tr = Trainer::new(tc)?;
+    // TopK SAEs train on the device EMLAB_DEVICE names (GPU: emlab_sae::device), others on the CPU.
+    let mut tr = emlab_sae::AnyTrainer::from_env(tc)?;
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
     for _ in 0..cfg.epochs {
         store.for_each_shard(hook, &mut |rows, _| {

@@ -22,11 +22,13 @@
 //! folding), [`train`] (TopK, BatchTopK, ReLU+L1 trainers, AuxK, Adam, multi-SAE
 //! training), [`metrics`] (L0, explained variance about the mean, dead share, CE
 //! loss recovered), [`io`] (SAELens directory format), [`tensor`] (candle
-//! conversions), [`kernels`] (GEMM and selection kernels).
+//! conversions), [`kernels`] (GEMM and selection kernels), [`device`] (TopK training
+//! with candle tensors on a GPU or any candle device).
 
 // `x % d != 0` instead of `is_multiple_of`: the workspace MSRV is 1.85.
 #![allow(clippy::manual_is_multiple_of)]
 
+pub mod device;
 pub mod error;
 pub mod io;
 pub mod kernels;
@@ -35,6 +37,7 @@ pub mod sae;
 pub mod tensor;
 pub mod train;
 
+pub use device::{AnyTrainer, DeviceTrainer};
 pub use error::{Result, SaeError};
 pub use io::{load_sae, load_sparsity, save_sae};
 pub use sae::{Activation, Sae, SaeMeta, SparseCodes};

@@ -99,7 +99,7 @@ impl TrainConfig {
         }
     }
 
-    fn validate(&self) -> Result<()> {
+    pub(crate) fn validate(&self) -> Result<()> {
         if self.d_in == 0 || self.d_sae == 0 {
             return Err(SaeError::Config(format!("d_in ({}) and d_sae ({}) must be > 0", self.d_in, self.d_sae)));
         }
@@ -157,11 +157,11 @@ pub struct Gradients {
 }
 
 #[derive(Clone)]
-struct Params {
-    w_enc_t: Vec<f32>,
-    w_dec: Vec<f32>,
-    b_enc: Vec<f32>,
-    b_dec: Vec<f32>,
+pub(crate) struct Params {
+    pub(crate) w_enc_t: Vec<f32>,
+    pub(crate) w_dec: Vec<f32>,
+    pub(crate) b_enc: Vec<f32>,
+    pub(crate) b_dec: Vec<f32>,
 }
 
 impl Params {
@@ -178,16 +178,17 @@ impl Params {
 /// Trains one SAE. Feed it batches with [`Trainer::step`]; get the inference
 /// SAE (normalisation folded in) with [`Trainer::to_sae`].
 pub struct Trainer {
-    cfg: TrainConfig,
-    p: Params,
-    m: Params,
-    v: Params,
-    steps: u64,
-    scale: Option<f32>,
-    tokens_since_fired: Vec<u64>,
-    fire_count: Vec<u64>,
-    tokens_seen: u64,
-    threshold: Option<f64>,
+    // pub(crate): the device trainer (crate::device) copies this state to and from a GPU.
+    pub(crate) cfg: TrainConfig,
+    pub(crate) p: Params,
+    pub(crate) m: Params,
+    pub(crate) v: Params,
+    pub(crate) steps: u64,
+    pub(crate) scale: Option<f32>,
+    pub(crate) tokens_since_fired: Vec<u64>,
+    pub(crate) fire_count: Vec<u64>,
+    pub(crate) tokens_seen: u64,
+    pub(crate) threshold: Option<f64>,
 }
 
 impl std::fmt::Debug for Trainer {
@@ -391,7 +392,7 @@ impl Trainer {
         Ok(sae)
     }
 
-    fn check_batch(&self, x: &[f32]) -> Result<usize> {
+    pub(crate) fn check_batch(&self, x: &[f32]) -> Result<usize> {
         let d = self.cfg.d_in;
         if x.is_empty() || x.len() % d != 0 {
             return Err(SaeError::Shape(format!("batch has {} values, not a non-zero multiple of d_in = {d}", x.len())));
