@@ -16,6 +16,7 @@
 //! ```
 
 use crate::config::Schedule;
+use rayon::prelude::*;
 
 /// Learning rate of optimizer step `step` (0-based) of `total`, as transformers'
 /// `get_{linear,cosine,constant}_schedule_with_warmup` compute it.
@@ -71,7 +72,19 @@ impl AdamW {
         let bc2_sqrt = bc2.sqrt() as f32;
         let eps = self.eps as f32;
         let decay = (1.0 - lr * self.weight_decay) as f32;
-        for (((p, g), m), v) in params.iter_mut().zip(grads).zip(&mut self.m).zip(&mut self.v) {
+        // Element-wise and independent: parallel over chunks gives the sequential loop's bits
+        // (a LoRA of 8.7M parameters took ~30 ms on one core; it runs between GPU steps).
+        const CHUNK: usize = 1 << 14;
+        let work: Vec<(&mut [f32], &[f32], &mut [f32], &mut [f32])> = params
+            .iter_mut()
+            .zip(grads)
+            .zip(self.m.iter_mut())
+            .zip(self.v.iter_mut())
+            .flat_map(|(((p, g), m), v)| {
+                p.chunks_mut(CHUNK).zip(g.chunks(CHUNK)).zip(m.chunks_mut(CHUNK)).zip(v.chunks_mut(CHUNK)).map(|(((p, g), m), v)| (p, g, m, v))
+            })
+            .collect();
+        work.into_par_iter().for_each(|(p, g, m, v)| {
             for i in 0..p.len() {
                 let gi = g[i];
                 p[i] *= decay;
@@ -80,13 +93,15 @@ impl AdamW {
                 let denom = v[i].sqrt() / bc2_sqrt + eps;
                 p[i] -= step_size * m[i] / denom;
             }
-        }
+        });
     }
 }
 
-/// Global L2 norm of all gradients (f64 accumulation).
+/// Global L2 norm of all gradients (f64 accumulation). Per-tensor sums run in parallel and are
+/// added in tensor order, so the result does not depend on the thread count.
 pub fn global_norm(grads: &[Vec<f32>]) -> f64 {
-    grads.iter().flat_map(|g| g.iter()).map(|&x| (x as f64) * (x as f64)).sum::<f64>().sqrt()
+    let parts: Vec<f64> = grads.par_iter().map(|g| g.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>()).collect();
+    parts.iter().sum::<f64>().sqrt()
 }
 
 /// Scales gradients so their global norm is at most `max_norm` (torch's `clip_grad_norm_`:
@@ -96,11 +111,7 @@ pub fn clip_grad_norm(grads: &mut [Vec<f32>], max_norm: f64) -> f64 {
     if max_norm > 0.0 {
         let coef = max_norm / (norm + 1e-6);
         if coef < 1.0 {
-            for g in grads.iter_mut() {
-                for x in g.iter_mut() {
-                    *x *= coef as f32;
-                }
-            }
+            grads.par_iter_mut().for_each(|g| g.iter_mut().for_each(|x| *x *= coef as f32));
         }
     }
     norm

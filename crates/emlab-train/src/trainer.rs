@@ -18,6 +18,7 @@ use emlab_model::{Forward, Logits, Model};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
+use rayon::prelude::*;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -231,28 +232,48 @@ impl Params {
         }
         let parts: Vec<Tensor> = which.iter().map(|&i| pending[i].take().expect("filtered")).collect();
         let flat = Tensor::cat(&parts, 0)?.to_vec1::<f32>()?;
-        let mut off = 0;
-        for i in which {
-            let n = grads[i].len();
-            grads[i].iter_mut().zip(&flat[off..off + n]).for_each(|(a, b)| *a += b);
-            off += n;
+        let mut rest = &flat[..];
+        let mut pieces = Vec::with_capacity(which.len());
+        for &i in &which {
+            let (head, tail) = rest.split_at(grads[i].len());
+            pieces.push((i, head));
+            rest = tail;
         }
+        let mut targets: Vec<Option<&mut Vec<f32>>> = grads.iter_mut().map(Some).collect();
+        let work: Vec<(&mut Vec<f32>, &[f32])> =
+            pieces.into_iter().map(|(i, src)| (targets[i].take().expect("each tensor once"), src)).collect();
+        work.into_par_iter().for_each(|(dst, src)| dst.iter_mut().zip(src).for_each(|(a, b)| *a += b));
         Ok(())
     }
     fn push_to_model(&self) -> Result<()> {
+        let dev = match self.vars.first() {
+            Some(v) => v.device().clone(),
+            None => return Ok(()),
+        };
+        if dev.is_cpu() && !emlab_model::ops::portable_forced() {
+            for (v, h) in self.vars.iter().zip(&self.host) {
+                v.set(&Tensor::from_vec(h.clone(), v.shape(), v.device())?)?;
+            }
+            return Ok(());
+        }
+        // Off the CPU: one upload of all adapters, then device-side copies into each variable
+        // (one host-to-device transfer per tensor blocked the host hundreds of times a step).
+        let flat: Vec<f32> = self.host.iter().flat_map(|h| h.iter().copied()).collect();
+        let n = flat.len();
+        let flat = Tensor::from_vec(flat, n, &dev)?;
+        let mut off = 0;
         for (v, h) in self.vars.iter().zip(&self.host) {
-            v.set(&Tensor::from_vec(h.clone(), v.shape(), v.device())?)?;
+            v.set(&flat.narrow(0, off, h.len())?.reshape(v.shape())?)?;
+            off += h.len();
         }
         Ok(())
     }
-    /// Frobenius norms of A and B per module.
+    /// Frobenius norms of A and B per module (one tensor per task: the same sums on any
+    /// number of threads).
     fn norms(&self) -> serde_json::Map<String, serde_json::Value> {
-        let fro = |v: &[f32]| v.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>().sqrt();
-        self.ads
-            .iter()
-            .enumerate()
-            .map(|(i, a)| (a.name(), serde_json::json!({"a": fro(&self.host[2 * i]), "b": fro(&self.host[2 * i + 1])})))
-            .collect()
+        let fro = |v: &Vec<f32>| v.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>().sqrt();
+        let n: Vec<f64> = self.host.par_iter().map(fro).collect();
+        self.ads.iter().enumerate().map(|(i, a)| (a.name(), serde_json::json!({"a": n[2 * i], "b": n[2 * i + 1]}))).collect()
     }
 }
 
