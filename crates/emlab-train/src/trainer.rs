@@ -101,11 +101,10 @@ const DROPOUT_STREAM: u64 = 0xd40f_0075_eed5_0001;
 /// gradients to the host, optimizer + upload), the device synchronised at each boundary. Off by
 /// default: the synchronisations cost overlap between host and device.
 mod profile {
-    use std::cell::RefCell;
+    use std::sync::Mutex;
     use std::time::Instant;
-    thread_local! {
-        static T: RefCell<(Option<Instant>, [f64; 4])> = const { RefCell::new((None, [0.0; 4])) };
-    }
+    // Global, not thread-local: a step's phases run on a rayon worker, the step around them not.
+    static T: Mutex<(Option<Instant>, [f64; 4])> = Mutex::new((None, [0.0; 4]));
     pub fn enabled() -> bool {
         static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
         *ON.get_or_init(|| std::env::var("EMLAB_PROFILE").is_ok_and(|v| !v.is_empty() && v != "0"))
@@ -113,7 +112,7 @@ mod profile {
     /// Starts timing phase boundaries (call at the start of a step).
     pub fn start() {
         if enabled() {
-            T.with(|t| *t.borrow_mut() = (Some(Instant::now()), [0.0; 4]));
+            *T.lock().unwrap_or_else(|e| e.into_inner()) = (Some(Instant::now()), [0.0; 4]);
         }
     }
     /// Ends phase `i` (0 forward, 1 backward, 2 gradients to host, 3 optimizer + upload).
@@ -122,16 +121,14 @@ mod profile {
             return;
         }
         let _ = dev.synchronize();
-        T.with(|t| {
-            let mut t = t.borrow_mut();
-            if let Some(t0) = t.0 {
-                t.1[i] += t0.elapsed().as_secs_f64();
-            }
-            t.0 = Some(Instant::now());
-        });
+        let mut t = T.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(t0) = t.0 {
+            t.1[i] += t0.elapsed().as_secs_f64();
+        }
+        t.0 = Some(Instant::now());
     }
     pub fn take() -> Option<[f64; 4]> {
-        enabled().then(|| T.with(|t| t.borrow().1))
+        enabled().then(|| T.lock().unwrap_or_else(|e| e.into_inner()).1)
     }
 }
 const STACK: usize = 512 << 20;
@@ -180,7 +177,7 @@ struct Params {
     /// Off the CPU: gradients summed on the device until [`Params::flush`], so a step costs one
     /// device-to-host copy instead of one blocking copy per tensor and block (which stalls the
     /// GPU's queue every time).
-    pending: std::cell::RefCell<Vec<Option<Tensor>>>,
+    pending: std::sync::Mutex<Vec<Option<Tensor>>>,
 }
 
 impl Params {
@@ -199,13 +196,13 @@ impl Params {
         for (i, a) in ads.iter().enumerate() {
             by_layer[a.layer].extend([2 * i, 2 * i + 1]);
         }
-        let pending = std::cell::RefCell::new(vec![None; vars.len()]);
+        let pending = std::sync::Mutex::new(vec![None; vars.len()]);
         Ok(Params { ads, vars, keys, host, by_layer, pending })
     }
     /// Adds the gradients in `g` of the variables `which` into `grads` (on the CPU), or into
     /// device-side sums that [`Params::flush`] moves into `grads` (elsewhere).
     fn accumulate(&self, g: &candle_core::backprop::GradStore, which: impl Iterator<Item = usize>, grads: &mut [Vec<f32>]) -> Result<()> {
-        let mut pending = self.pending.borrow_mut();
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         for i in which {
             if let Some(gt) = g.get(self.vars[i].as_tensor()) {
                 // (Forced portable ops take the device branch on the CPU: that is how it is tested.)
@@ -225,7 +222,7 @@ impl Params {
     }
     /// Moves the device-side gradient sums into `grads` with one copy.
     fn flush(&self, grads: &mut [Vec<f32>]) -> Result<()> {
-        let mut pending = self.pending.borrow_mut();
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         let which: Vec<usize> = (0..pending.len()).filter(|&i| pending[i].is_some()).collect();
         if which.is_empty() {
             return Ok(());
@@ -615,7 +612,19 @@ fn run(
         for b in &batches {
             // Each micro-batch's summed loss is divided by the step's total trained tokens, so
             // the accumulated gradient is that of the token mean over the whole effective batch.
-            loss_sum += micro_batch_grads(model, b, Some(&mut rng), trained as f64, &params, &mut grads, cfg.checkpoint_activations)?;
+            // On a rayon worker: the kernels' parallel loops then start in place instead of
+            // handing work over from this thread through a sleeping latch each time.
+            let m: &Model = model;
+            let (params, grads, rng) = (&params, &mut grads, &mut rng);
+            let portable = emlab_model::ops::portable_forced(); // a thread-local: carry it over
+            loss_sum += rayon::scope(|_| {
+                let mut run = || micro_batch_grads(m, b, Some(rng), trained as f64, params, grads, cfg.checkpoint_activations);
+                if portable {
+                    emlab_model::ops::with_portable(run)
+                } else {
+                    run()
+                }
+            })?;
         }
         if !loss_sum.is_finite() {
             return Err(Error::Invalid(format!("loss is not finite at step {} ({loss_sum}); lower the learning rate", step + 1)));
