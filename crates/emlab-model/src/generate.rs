@@ -133,17 +133,7 @@ pub fn generate(
             let i = next;
             next += 1;
             let r = &requests[i];
-            if r.prompt.is_empty() {
-                return Err(Error::Invalid(format!("request {i} has an empty prompt")));
-            }
-            if r.prompt.len() >= ctx {
-                results[i] = Some(Generation { tokens: vec![], finish: Finish::Context });
-                on_event(i, Event::Done(Finish::Context));
-                continue;
-            }
-            if params.max_new_tokens == 0 {
-                results[i] = Some(Generation { tokens: vec![], finish: Finish::Length });
-                on_event(i, Event::Done(Finish::Length));
+            if !admit(i, r, params, ctx, &mut results, on_event)? {
                 continue;
             }
             let mut cache = vec![SeqCache::new(n_layers)];
@@ -211,6 +201,31 @@ pub fn generate(
     Ok(results.into_iter().map(|r| r.expect("every request finishes")).collect())
 }
 
+/// Settles request `i` at once when it cannot run: an empty prompt is an error; a prompt that
+/// fills the context, or a budget of 0 new tokens, finishes with no tokens. `Ok(true)`: run it.
+fn admit(
+    i: usize,
+    r: &Request,
+    params: &SamplingParams,
+    ctx: usize,
+    results: &mut [Option<Generation>],
+    on_event: &mut dyn FnMut(usize, Event),
+) -> Result<bool> {
+    if r.prompt.is_empty() {
+        return Err(Error::Invalid(format!("request {i} has an empty prompt")));
+    }
+    let finish = if r.prompt.len() >= ctx {
+        Finish::Context
+    } else if params.max_new_tokens == 0 {
+        Finish::Length
+    } else {
+        return Ok(true);
+    };
+    results[i] = Some(Generation { tokens: vec![], finish });
+    on_event(i, Event::Done(finish));
+    Ok(false)
+}
+
 /// Device generation: requests run in waves of up to `batch_size`. A wave's prompts are
 /// left-padded into one [`BatchCache`] and prefilled in one forward call; every decode step is one
 /// forward call for the whole wave, and finished rows are dropped from the cache. Waves (rather
@@ -235,17 +250,7 @@ fn generate_waves(
             let i = next;
             next += 1;
             let r = &requests[i];
-            if r.prompt.is_empty() {
-                return Err(Error::Invalid(format!("request {i} has an empty prompt")));
-            }
-            if r.prompt.len() >= ctx {
-                results[i] = Some(Generation { tokens: vec![], finish: Finish::Context });
-                on_event(i, Event::Done(Finish::Context));
-                continue;
-            }
-            if params.max_new_tokens == 0 {
-                results[i] = Some(Generation { tokens: vec![], finish: Finish::Length });
-                on_event(i, Event::Done(Finish::Length));
+            if !admit(i, r, params, ctx, &mut results, on_event)? {
                 continue;
             }
             wave.push(Active { idx: i, rng: ChaCha8Rng::seed_from_u64(r.seed), last: 0, tokens: vec![] });
