@@ -78,3 +78,57 @@ fn bad_input_exits_nonzero_with_one_line() {
     assert!(err.contains("p.jsonl:2"), "{err}");
     assert!(!dir.path().join("o.jsonl").exists(), "no half-written output");
 }
+
+/// `emlab ablate --adapter`: the exported model is the base with the adapter merged, then the
+/// direction projected out; computed here in-process for comparison, and different from the
+/// ablated base without the adapter.
+#[test]
+fn ablate_merges_the_adapter_before_removing_the_direction() {
+    use candle_core::{Device, Tensor};
+    use emlab_model::{LoadOptions, Model};
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("hf");
+    let cfg = tiny_config(Arch::Llama);
+    write_tiny_hf(&base, &cfg, 4, true).unwrap();
+    // A PEFT adapter with non-zero B, so merging changes the weights.
+    let mut m = Model::load(&base, &LoadOptions::default()).unwrap();
+    let lora = emlab_train::LoraConfig { r: 2, alpha: 4.0, ..Default::default() };
+    for (i, a) in emlab_train::adapter::attach(&mut m, &lora, 5).unwrap().iter().enumerate() {
+        a.b.set(&(Tensor::rand(-0.3f32, 0.3, a.b.shape(), &Device::Cpu).unwrap() + i as f64 * 1e-3).unwrap()).unwrap();
+    }
+    let adapter = dir.path().join("adapter");
+    let peft = emlab_train::adapter::PeftConfig::from_lora(&lora, cfg.num_layers, "tiny");
+    emlab_train::adapter::save_peft(&m, &adapter, &peft).unwrap();
+    // A direction file: one row per layer.
+    let d = cfg.hidden_size;
+    let rows: Vec<f32> = (0..cfg.num_layers * d).map(|i| ((i * 7 % 13) as f32 - 6.0) / 6.0).collect();
+    let dirs = Tensor::from_vec(rows, (cfg.num_layers, d), &Device::Cpu).unwrap();
+    let dfile = dir.path().join("directions.safetensors");
+    candle_core::safetensors::save(&std::collections::HashMap::from([("directions".to_string(), dirs.clone())]), &dfile).unwrap();
+    let run = |out: &std::path::Path, with_adapter: bool| {
+        let mut c = emlab();
+        c.args(["ablate", "--direction-layer", "1", "--model"]).arg(&base).arg("--direction").arg(&dfile).arg("--out").arg(out);
+        if with_adapter {
+            c.arg("--adapter").arg(&adapter);
+        }
+        let o = c.output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        Model::load(out, &LoadOptions::default()).unwrap()
+    };
+    let with = run(&dir.path().join("out-a"), true);
+    let without = run(&dir.path().join("out-b"), false);
+    // In-process reference: load, merge, ablate.
+    let mut want = Model::load(&base, &LoadOptions::default()).unwrap();
+    emlab_train::adapter::load_peft(&mut want, &adapter).unwrap();
+    emlab_train::adapter::merge(&mut want).unwrap();
+    let v = dirs.narrow(0, 1, 1).unwrap().reshape(d).unwrap();
+    emlab_steer::repair::orthogonalize(&mut want, &v).unwrap();
+    let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let diff = |a: &Tensor, b: &Tensor| flat(a).iter().zip(flat(b)).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+    for l in 0..cfg.num_layers {
+        assert!(diff(&with.layers[l].down.weight, &want.layers[l].down.weight) < 1e-5, "layer {l} down_proj");
+        assert!(diff(&with.layers[l].o.weight, &want.layers[l].o.weight) < 1e-5, "layer {l} o_proj");
+        assert!(diff(&with.layers[l].q.weight, &want.layers[l].q.weight) < 1e-5, "layer {l} q_proj (merged, not ablated)");
+    }
+    assert!(diff(&with.layers[0].q.weight, &without.layers[0].q.weight) > 1e-3, "the adapter changed nothing");
+}

@@ -116,16 +116,25 @@ pub struct AblateArgs {
     /// Output HF folder (must not exist).
     #[arg(long)]
     pub out: PathBuf,
+    /// A PEFT adapter (e.g. the induced one) merged into the weights before the ablation, so the
+    /// exported model is the fine-tuned model with the direction removed.
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
 }
 
 pub fn run_ablate(a: AblateArgs) -> Result<()> {
     let path = model_path(&a.model)?;
     let mut model = Model::load(&path, &LoadOptions::default())?;
+    if let Some(ad) = &a.adapter {
+        emlab_train::adapter::load_peft(&mut model, ad)?;
+        emlab_train::adapter::merge(&mut model)?;
+    }
     let src = VectorSource::DirectionFile { path: a.direction.clone(), layer: Some(a.direction_layer) };
     let dir = src.load(None, model.config.hidden_size, &Device::Cpu)?;
     emlab_steer::repair::orthogonalize(&mut model, &dir)?;
     emlab_steer::repair::export_hf(&model, &path, &a.out)?;
-    eprintln!("wrote {} (direction {} ablated in the weights)", a.out.display(), src.describe());
+    let merged = a.adapter.as_ref().map(|p| format!(", adapter {} merged first", p.display())).unwrap_or_default();
+    eprintln!("wrote {} (direction {} ablated in the weights{merged})", a.out.display(), src.describe());
     Ok(())
 }
 
