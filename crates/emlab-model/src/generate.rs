@@ -228,9 +228,11 @@ fn admit(
 
 /// Device generation: requests run in waves of up to `batch_size`. A wave's prompts are
 /// left-padded into one [`BatchCache`] and prefilled in one forward call; every decode step is one
-/// forward call for the whole wave, and finished rows are dropped from the cache. Waves (rather
-/// than refilling a finished row at once, as the CPU path does) keep every row on the same
-/// column, which is what lets keys and values be written with one in-place copy per layer.
+/// forward call for the whole wave. All rows share the write column, which is what lets keys
+/// and values be written with one in-place copy per layer. A finished row takes the next request
+/// (prefilled alone, its keys/values placed to end at the current column) while the cache has
+/// room for its whole budget; otherwise it is dropped, and the next wave starts when the last
+/// row finishes.
 /// Per-request seeds and one uniform draw per sampled token, as on the CPU path.
 fn generate_waves(
     model: &Model,
@@ -265,7 +267,11 @@ fn generate_waves(
             ids.extend(std::iter::repeat_n(0u32, s));
             ids.extend_from_slice(&requests[a.idx].prompt);
         }
-        let mut cache = BatchCache::new(model, start, width + params.max_new_tokens)?;
+        // Room for a refilled request's whole budget after the first one's (see below); when
+        // every request fits in one wave there is nothing to refill.
+        let refills = next < requests.len();
+        let cap = width + params.max_new_tokens * if refills { 2 } else { 1 };
+        let mut cache = BatchCache::new(model, start, cap)?;
         let mut ids = Tensor::from_vec(ids, (wave.len(), width), &dev)?;
         loop {
             let out = model.forward(
@@ -289,6 +295,39 @@ fn generate_waves(
                         }
                         on_event(a.idx, Event::Done(fin));
                         results[a.idx] = Some(Generation { tokens: std::mem::take(&mut a.tokens), finish: fin });
+                        // Refill the row with the next request when its prompt fits before the
+                        // current column and its budget fits after it: prefilled on its own,
+                        // then written into the row (`BatchCache::fill_row`).
+                        while next < requests.len() {
+                            let r = &requests[next];
+                            if !r.prompt.is_empty() && r.prompt.len() < ctx && (r.prompt.len() > cache.len() || cache.room() < params.max_new_tokens) {
+                                break;
+                            }
+                            let i = next;
+                            next += 1;
+                            if !admit(i, r, params, ctx, &mut results, on_event)? {
+                                continue;
+                            }
+                            let mut seq = vec![SeqCache::new(model.config.num_layers)];
+                            let pid = Tensor::from_vec(r.prompt.clone(), (1, r.prompt.len()), &dev)?;
+                            let f = Forward { logits: Logits::Last, hooks: reborrow(&mut hooks), cache: Some(&mut seq), ..Default::default() };
+                            let first = model.forward(&pid, f)?.logits.expect("Last logits");
+                            let mut n = Active { idx: i, rng: ChaCha8Rng::seed_from_u64(r.seed), last: 0, tokens: vec![] };
+                            let tok = sample_on_device(&first, params, &mut [&mut n.rng])?[0];
+                            if let Some(fin) = accept(&mut n, tok, stop, params, seq[0].len, ctx) {
+                                if fin != Finish::Stop {
+                                    on_event(i, Event::Token(tok));
+                                }
+                                on_event(i, Event::Done(fin));
+                                results[i] = Some(Generation { tokens: n.tokens, finish: fin });
+                                continue;
+                            }
+                            on_event(i, Event::Token(tok));
+                            cache.fill_row(row, &seq[0])?;
+                            wave[row] = n;
+                            keep.push(row);
+                            break;
+                        }
                     }
                 }
             }

@@ -342,6 +342,48 @@ impl BatchCache {
         Ok(())
     }
 
+    /// Puts a sequence prefilled on its own (a device-side [`SeqCache`] of one row) into row
+    /// `row`, ending at the current column: its tokens take columns `len - seq.len .. len`, and
+    /// whatever the row held before is masked out. This is how a finished row is refilled with
+    /// the next request without waiting for the whole batch to finish.
+    pub fn fill_row(&mut self, row: usize, seq: &SeqCache) -> Result<()> {
+        let l = seq.len;
+        if row >= self.rows() || l == 0 || l > self.len {
+            return Err(Error::Invalid(format!(
+                "a {l}-token sequence into row {row} of a {}-row batch cache at column {}",
+                self.rows(),
+                self.len
+            )));
+        }
+        let start = self.len - l;
+        for layer in 0..self.k.len() {
+            for (dst, src) in [(&mut self.k[layer], seq.kt.get(layer)), (&mut self.v[layer], seq.vt.get(layer))] {
+                let Some(Some(src)) = src else {
+                    return Err(Error::Invalid(format!("layer {layer} of the sequence has no device-side keys/values")));
+                };
+                let (_, g, cap, hd) = dst.dims4()?;
+                let body = src.transpose(0, 1)?.to_dtype(dst.dtype())?; // [l, G, D] -> [G, l, D]
+                let mut parts = Vec::with_capacity(3);
+                if start > 0 {
+                    parts.push(Tensor::zeros((g, start, hd), dst.dtype(), dst.device())?);
+                }
+                parts.push(body);
+                if cap > self.len {
+                    parts.push(Tensor::zeros((g, cap - self.len, hd), dst.dtype(), dst.device())?);
+                }
+                let full = Tensor::cat(&parts, 1)?.unsqueeze(0)?.contiguous()?; // [1, G, cap, D]
+                dst.slice_set(&full, 0, row)?;
+            }
+        }
+        self.start[row] = start;
+        Ok(())
+    }
+
+    /// Free columns left for decoding.
+    pub fn room(&self) -> usize {
+        self.cap - self.len
+    }
+
     /// Rotary positions of the `t` columns starting at `len`, row-major `[B * t]`.
     fn positions(&self, t: usize) -> Vec<u32> {
         let len = self.len;

@@ -288,3 +288,36 @@ fn device_sampler_matches_the_host_sampler() {
         assert!(g.is_some(), "row count mismatch is an error");
     }
 }
+
+/// Refilling a finished row: a sequence prefilled on its own (device-side cache) is written into
+/// row 1 ending at the current column; the next decode step gives both rows the logits of their
+/// own uncached forwards (the old row's keys are masked, the new row's positions restart at 0).
+#[test]
+fn batch_cache_fill_row_continues_a_separately_prefilled_sequence() {
+    use emlab_model::BatchCache;
+    let m = model(Arch::Qwen2, 13, None);
+    let mut cache = BatchCache::new(&m, vec![0, 2], 9).unwrap();
+    let f = Forward { logits: Logits::Last, batch_cache: Some(&mut cache), ..Default::default() };
+    m.forward(&ids(&[&[3, 50, 60, 61], &[0, 0, 9, 8]]), f).unwrap();
+    for step in [[62u32, 10], [200, 11]] {
+        let f = Forward { logits: Logits::Last, batch_cache: Some(&mut cache), ..Default::default() };
+        m.forward(&ids(&[&[step[0]], &[step[1]]]), f).unwrap();
+    }
+    let mut seq = vec![SeqCache::new(m.config.num_layers)];
+    with_portable(|| m.forward(&ids(&[&[7, 5, 4]]), Forward { logits: Logits::Last, cache: Some(&mut seq), ..Default::default() })).unwrap();
+    cache.fill_row(1, &seq[0]).unwrap();
+    assert_eq!(cache.row_len(1), 3);
+    let f = Forward { logits: Logits::Last, batch_cache: Some(&mut cache), ..Default::default() };
+    let got = m.forward(&ids(&[&[33], &[34]]), f).unwrap().logits.unwrap();
+    for (row, full) in [(0usize, vec![3u32, 50, 60, 61, 62, 200, 33]), (1, vec![7, 5, 4, 34])] {
+        let want = m.forward(&ids(&[&full]), Forward::default()).unwrap().logits.unwrap();
+        let w = vec(&want.narrow(1, full.len() - 1, 1).unwrap());
+        let r = vec(&got.narrow(0, row, 1).unwrap());
+        assert!(max_rel(&r, &w) < 1e-5, "row {row}: {}", max_rel(&r, &w));
+    }
+    // A sequence longer than the columns written so far cannot end at the current column.
+    let mut long = vec![SeqCache::new(m.config.num_layers)];
+    with_portable(|| m.forward(&ids(&[&[1; 8]]), Forward { logits: Logits::Last, cache: Some(&mut long), ..Default::default() })).unwrap();
+    assert!(cache.fill_row(0, &long[0]).is_err());
+    assert!(cache.fill_row(5, &seq[0]).is_err());
+}
