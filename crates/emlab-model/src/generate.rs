@@ -120,7 +120,6 @@ pub fn generate(
     if !model.device().is_cpu() || model.embed.dtype() != DType::F32 || crate::ops::portable_forced() {
         return generate_waves(model, requests, params, stop, hooks, on_event);
     }
-    let n_layers = model.config.num_layers;
     let ctx = model.max_positions();
     let mut results: Vec<Option<Generation>> = vec![None; requests.len()];
     let mut next = 0usize;
@@ -136,26 +135,11 @@ pub fn generate(
             if !admit(i, r, params, ctx, &mut results, on_event)? {
                 continue;
             }
-            let mut cache = vec![SeqCache::new(n_layers)];
-            let ids = Tensor::from_vec(r.prompt.clone(), (1, r.prompt.len()), &dev)?;
-            let out = model.forward(
-                &ids,
-                Forward { logits: Logits::Last, hooks: reborrow(&mut hooks), cache: Some(&mut cache), ..Default::default() },
-            )?;
-            let logits = out.logits.expect("Last logits").to_vec2::<f32>()?;
-            let mut a = Active { idx: i, rng: ChaCha8Rng::seed_from_u64(r.seed), last: 0, tokens: vec![] };
-            let tok = sample(&logits[0], params, &mut a.rng);
-            if let Some(fin) = accept(&mut a, tok, stop, params, cache[0].len, ctx) {
-                if fin != Finish::Stop {
-                    on_event(i, Event::Token(tok));
-                }
-                on_event(i, Event::Done(fin));
-                results[i] = Some(Generation { tokens: a.tokens, finish: fin });
+            let Some((a, cache)) = start_alone(model, i, r, params, stop, false, reborrow(&mut hooks), on_event, &mut results)? else {
                 continue;
-            }
-            on_event(i, Event::Token(tok));
+            };
             active.push(a);
-            caches.push(cache.pop().expect("one cache"));
+            caches.push(cache);
         }
         if active.is_empty() {
             break;
@@ -224,6 +208,45 @@ fn admit(
     results[i] = Some(Generation { tokens: vec![], finish });
     on_event(i, Event::Done(finish));
     Ok(false)
+}
+
+/// Prefills request `i` alone (exact positions, no padding) and samples its first token, on the
+/// device (`device_sampling`, [`sample_on_device`]) or on the host ([`sample`]). `None` when
+/// that token already ends it (result recorded, events sent); else the running sequence and its
+/// one-row cache.
+#[allow(clippy::too_many_arguments)]
+fn start_alone(
+    model: &Model,
+    i: usize,
+    r: &Request,
+    params: &SamplingParams,
+    stop: &[u32],
+    device_sampling: bool,
+    mut hooks: Option<&mut dyn Hooks>,
+    on_event: &mut dyn FnMut(usize, Event),
+    results: &mut [Option<Generation>],
+) -> Result<Option<(Active, SeqCache)>> {
+    let mut cache = vec![SeqCache::new(model.config.num_layers)];
+    let ids = Tensor::from_vec(r.prompt.clone(), (1, r.prompt.len()), model.device())?;
+    let f = Forward { logits: Logits::Last, hooks: reborrow(&mut hooks), cache: Some(&mut cache), ..Default::default() };
+    let logits = model.forward(&ids, f)?.logits.expect("Last logits");
+    let mut a = Active { idx: i, rng: ChaCha8Rng::seed_from_u64(r.seed), last: 0, tokens: vec![] };
+    let tok = if device_sampling {
+        sample_on_device(&logits, params, &mut [&mut a.rng])?[0]
+    } else {
+        sample(&logits.to_vec2::<f32>()?[0], params, &mut a.rng)
+    };
+    let cache = cache.pop().expect("one cache");
+    if let Some(fin) = accept(&mut a, tok, stop, params, cache.len, model.max_positions()) {
+        if fin != Finish::Stop {
+            on_event(i, Event::Token(tok));
+        }
+        on_event(i, Event::Done(fin));
+        results[i] = Some(Generation { tokens: a.tokens, finish: fin });
+        return Ok(None);
+    }
+    on_event(i, Event::Token(tok));
+    Ok(Some((a, cache)))
 }
 
 /// Device generation: requests run in waves of up to `batch_size`. A wave's prompts are
@@ -308,22 +331,11 @@ fn generate_waves(
                             if !admit(i, r, params, ctx, &mut results, on_event)? {
                                 continue;
                             }
-                            let mut seq = vec![SeqCache::new(model.config.num_layers)];
-                            let pid = Tensor::from_vec(r.prompt.clone(), (1, r.prompt.len()), &dev)?;
-                            let f = Forward { logits: Logits::Last, hooks: reborrow(&mut hooks), cache: Some(&mut seq), ..Default::default() };
-                            let first = model.forward(&pid, f)?.logits.expect("Last logits");
-                            let mut n = Active { idx: i, rng: ChaCha8Rng::seed_from_u64(r.seed), last: 0, tokens: vec![] };
-                            let tok = sample_on_device(&first, params, &mut [&mut n.rng])?[0];
-                            if let Some(fin) = accept(&mut n, tok, stop, params, seq[0].len, ctx) {
-                                if fin != Finish::Stop {
-                                    on_event(i, Event::Token(tok));
-                                }
-                                on_event(i, Event::Done(fin));
-                                results[i] = Some(Generation { tokens: n.tokens, finish: fin });
+                            let Some((n, seq)) = start_alone(model, i, r, params, stop, true, reborrow(&mut hooks), on_event, &mut results)?
+                            else {
                                 continue;
-                            }
-                            on_event(i, Event::Token(tok));
-                            cache.fill_row(row, &seq[0])?;
+                            };
+                            cache.fill_row(row, &seq)?;
                             wave[row] = n;
                             keep.push(row);
                             break;

@@ -75,7 +75,9 @@ impl AdamW {
         // Element-wise and independent: parallel over chunks gives the sequential loop's bits
         // (a LoRA of 8.7M parameters took ~30 ms on one core; it runs between GPU steps).
         const CHUNK: usize = 1 << 14;
-        let work: Vec<(&mut [f32], &[f32], &mut [f32], &mut [f32])> = params
+        // (param, grad, m, v) chunks.
+        type Chunk<'a> = (&'a mut [f32], &'a [f32], &'a mut [f32], &'a mut [f32]);
+        let work: Vec<Chunk> = params
             .iter_mut()
             .zip(grads)
             .zip(self.m.iter_mut())
