@@ -37,7 +37,7 @@ fn cli_persona_ablate_cvec_round_trip() {
     })
     .unwrap();
     let out = dir.path().join("rep");
-    run_ablate(AblateArgs { model: Some(m.clone()), direction: df.clone(), direction_layer: 2, out: out.clone() }).unwrap();
+    run_ablate(AblateArgs { model: Some(m.clone()), direction: df.clone(), direction_layer: 2, out: out.clone(), adapter: None }).unwrap();
     assert!(out.join("model.safetensors").exists() && out.join("tokenizer_config.json").exists());
     let cv = dir.path().join("cv.gguf");
     run_cvec(CvecArgs {
