@@ -386,39 +386,32 @@ pub fn sample_on_device(logits: &Tensor, p: &SamplingParams, rngs: &mut [&mut Ch
         Tensor::cat(&[&probs, &Tensor::zeros((b, nb * s_w - v), DType::F32, logits.device())?], 1)?
     };
     let sums = probs.reshape((b, nb, s_w))?.sum(2)?.to_vec2::<f32>()?;
-    let mut pick = Vec::with_capacity(b); // (block, remaining mass inside it)
-    for (row, rng) in sums.iter().zip(rngs.iter_mut()) {
-        let total: f64 = row.iter().map(|&x| x as f64).sum();
-        let mut u = rng.random::<f64>() * total;
-        let last_nonzero = row.iter().rposition(|&x| x > 0.0).unwrap_or(0);
-        let mut blk = last_nonzero;
-        for (j, &x) in row.iter().enumerate() {
-            if u < x as f64 {
-                blk = j;
-                break;
-            }
-            u -= x as f64;
-        }
-        pick.push((blk, u));
-    }
+    // (block, remaining mass inside it) per row.
+    let pick: Vec<(usize, f64)> = sums
+        .iter()
+        .zip(rngs.iter_mut())
+        .map(|(row, rng)| {
+            let total: f64 = row.iter().map(|&x| x as f64).sum();
+            walk(row, rng.random::<f64>() * total)
+        })
+        .collect();
     let idx: Vec<u32> = pick.iter().enumerate().map(|(r, &(blk, _))| (r * nb + blk) as u32).collect();
     let idx = Tensor::from_vec(idx, b, logits.device())?;
     let blocks = probs.reshape((b * nb, s_w))?.index_select(&idx, 0)?.to_vec2::<f32>()?;
-    Ok(blocks
-        .iter()
-        .zip(&pick)
-        .map(|(block, &(blk, mut u))| {
-            let mut tok = block.iter().rposition(|&x| x > 0.0).unwrap_or(0);
-            for (j, &x) in block.iter().enumerate() {
-                if u < x as f64 {
-                    tok = j;
-                    break;
-                }
-                u -= x as f64;
-            }
-            (blk * s_w + tok) as u32
-        })
-        .collect())
+    Ok(blocks.iter().zip(&pick).map(|(block, &(blk, u))| (blk * s_w + walk(block, u).0) as u32).collect())
+}
+
+/// Inverse CDF over unnormalised masses: the first index where `u` falls below the running sum,
+/// and what is left of `u` inside it. Rounding can leave `u` past the end: then the last index
+/// with mass (never a zero-probability padding column).
+fn walk(masses: &[f32], mut u: f64) -> (usize, f64) {
+    for (j, &x) in masses.iter().enumerate() {
+        if u < x as f64 {
+            return (j, u);
+        }
+        u -= x as f64;
+    }
+    (masses.iter().rposition(|&x| x > 0.0).unwrap_or(0), u)
 }
 
 /// Records `tok`; returns why the sequence ends, if it does.

@@ -652,8 +652,9 @@ impl Model {
             Some(c) => c.iter().map(|s| s.len).collect(),
             None => vec![0; b],
         };
-        let max_end = match &f.batch_cache {
-            Some(bc) => bc.positions(t).iter().max().map_or(0, |&p| p as usize + 1),
+        let batch_pos = f.batch_cache.as_ref().map(|bc| bc.positions(t));
+        let max_end = match &batch_pos {
+            Some(pos) => pos.iter().max().map_or(0, |&p| p as usize + 1),
             None => starts.iter().max().copied().unwrap_or(0) + t,
         };
         if max_end > self.max_positions() {
@@ -662,8 +663,8 @@ impl Model {
                 self.max_positions()
             )));
         }
-        let (cos, sin) = match &f.batch_cache {
-            Some(bc) => self.rope_tables_at(bc.positions(t), b, t)?,
+        let (cos, sin) = match batch_pos {
+            Some(pos) => self.rope_tables_at(pos, b, t)?,
             None => self.rope_tables(&starts, t)?,
         };
         let batch_mask = match &f.batch_cache {

@@ -542,11 +542,7 @@ impl DeviceTrainer {
                     .to_dtype(DType::F64)
                     .and_then(|t| t.sqr()?.sum_all()?.to_scalar::<f64>())
                     .map_err(ce("first-batch norm"))?;
-                let ms = ss / n as f64;
-                if ms <= 0.0 {
-                    return Err(SaeError::Numeric("first batch is all zeros: cannot estimate the normalisation scale".into()));
-                }
-                (d as f64 / ms).sqrt() as f32
+                crate::train::normalisation_scale(ss, n, d)?
             } else {
                 1.0
             };

@@ -576,11 +576,7 @@ impl Trainer {
         let d = self.cfg.d_in;
         if self.scale.is_none() {
             let s = if self.cfg.normalize {
-                let ms: f64 = x.par_iter().map(|&v| v as f64 * v as f64).sum::<f64>() / n as f64;
-                if ms <= 0.0 {
-                    return Err(SaeError::Numeric("first batch is all zeros: cannot estimate the normalisation scale".into()));
-                }
-                (d as f64 / ms).sqrt() as f32
+                normalisation_scale(x.par_iter().map(|&v| v as f64 * v as f64).sum::<f64>(), n, d)?
             } else {
                 1.0
             };
@@ -1037,6 +1033,16 @@ impl Adam {
             p[i] -= step * mi / (vi.sqrt() * inv_bc2 + self.eps);
         }
     }
+}
+
+/// The input scale `sqrt(d / mean_row(|x|^2))` that makes the first batch's rows have squared
+/// norm `d` on average, from the batch's total sum of squares over `n` rows (both trainers).
+pub(crate) fn normalisation_scale(sum_sq: f64, n: usize, d: usize) -> Result<f32> {
+    let ms = sum_sq / n as f64;
+    if ms <= 0.0 {
+        return Err(SaeError::Numeric("first batch is all zeros: cannot estimate the normalisation scale".into()));
+    }
+    Ok((d as f64 / ms).sqrt() as f32)
 }
 
 fn normalize_row(r: &mut [f32]) {

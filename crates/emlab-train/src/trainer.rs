@@ -103,7 +103,6 @@ const DROPOUT_STREAM: u64 = 0xd40f_0075_eed5_0001;
 mod profile {
     use std::sync::Mutex;
     use std::time::Instant;
-    // Global, not thread-local: a step's phases run on a rayon worker, the step around them not.
     static T: Mutex<(Option<Instant>, [f64; 4])> = Mutex::new((None, [0.0; 4]));
     pub fn enabled() -> bool {
         static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
@@ -177,7 +176,7 @@ struct Params {
     /// Off the CPU: gradients summed on the device until [`Params::flush`], so a step costs one
     /// device-to-host copy instead of one blocking copy per tensor and block (which stalls the
     /// GPU's queue every time).
-    pending: std::sync::Mutex<Vec<Option<Tensor>>>,
+    pending: std::cell::RefCell<Vec<Option<Tensor>>>,
 }
 
 impl Params {
@@ -196,13 +195,13 @@ impl Params {
         for (i, a) in ads.iter().enumerate() {
             by_layer[a.layer].extend([2 * i, 2 * i + 1]);
         }
-        let pending = std::sync::Mutex::new(vec![None; vars.len()]);
+        let pending = std::cell::RefCell::new(vec![None; vars.len()]);
         Ok(Params { ads, vars, keys, host, by_layer, pending })
     }
     /// Adds the gradients in `g` of the variables `which` into `grads` (on the CPU), or into
     /// device-side sums that [`Params::flush`] moves into `grads` (elsewhere).
     fn accumulate(&self, g: &candle_core::backprop::GradStore, which: impl Iterator<Item = usize>, grads: &mut [Vec<f32>]) -> Result<()> {
-        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let mut pending = self.pending.borrow_mut();
         for i in which {
             if let Some(gt) = g.get(self.vars[i].as_tensor()) {
                 // (Forced portable ops take the device branch on the CPU: that is how it is tested.)
@@ -222,23 +221,21 @@ impl Params {
     }
     /// Moves the device-side gradient sums into `grads` with one copy.
     fn flush(&self, grads: &mut [Vec<f32>]) -> Result<()> {
-        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        let which: Vec<usize> = (0..pending.len()).filter(|&i| pending[i].is_some()).collect();
-        if which.is_empty() {
+        let mut pending = self.pending.borrow_mut();
+        let has: Vec<bool> = pending.iter().map(Option::is_some).collect();
+        let parts: Vec<Tensor> = pending.iter_mut().filter_map(Option::take).collect();
+        if parts.is_empty() {
             return Ok(());
         }
-        let parts: Vec<Tensor> = which.iter().map(|&i| pending[i].take().expect("filtered")).collect();
         let flat = Tensor::cat(&parts, 0)?.to_vec1::<f32>()?;
+        // The sums were concatenated in tensor order: hand out consecutive slices.
         let mut rest = &flat[..];
-        let mut pieces = Vec::with_capacity(which.len());
-        for &i in &which {
-            let (head, tail) = rest.split_at(grads[i].len());
-            pieces.push((i, head));
+        let mut work: Vec<(&mut Vec<f32>, &[f32])> = Vec::with_capacity(parts.len());
+        for (g, _) in grads.iter_mut().zip(&has).filter(|(_, &h)| h) {
+            let (head, tail) = rest.split_at(g.len());
+            work.push((g, head));
             rest = tail;
         }
-        let mut targets: Vec<Option<&mut Vec<f32>>> = grads.iter_mut().map(Some).collect();
-        let work: Vec<(&mut Vec<f32>, &[f32])> =
-            pieces.into_iter().map(|(i, src)| (targets[i].take().expect("each tensor once"), src)).collect();
         work.into_par_iter().for_each(|(dst, src)| dst.iter_mut().zip(src).for_each(|(a, b)| *a += b));
         Ok(())
     }
