@@ -11,6 +11,7 @@ use emlab_model::model::LoadOptions;
 use std::time::Instant;
 
 fn main() -> anyhow::Result<()> {
+    emlab_model::device::init_cpu_threads();
     let args: Vec<String> = std::env::args().collect();
     let path = std::path::PathBuf::from(args.get(1).cloned().unwrap_or_else(|| {
         emlab_model::fetch::ensure_default_model().expect("default model").display().to_string()

@@ -443,6 +443,9 @@ pub fn sample(logits: &[f32], p: &SamplingParams, rng: &mut ChaCha8Rng) -> u32 {
         return best as u32;
     }
     let inv_t = 1.0 / p.temperature as f64;
+    if (p.top_k == 0 || p.top_k >= logits.len()) && p.top_p >= 1.0 {
+        return sample_full(logits, inv_t, rng);
+    }
     // Candidates: all tokens, or the top k.
     let mut cand: Vec<(u32, f64)> = logits.iter().enumerate().map(|(i, &x)| (i as u32, x as f64 * inv_t)).collect();
     let by_logit_desc =
@@ -452,10 +455,12 @@ pub fn sample(logits: &[f32], p: &SamplingParams, rng: &mut ChaCha8Rng) -> u32 {
         cand.truncate(p.top_k);
     }
     let mx = cand.iter().map(|c| c.1).fold(f64::NEG_INFINITY, f64::max);
+    let mut w: Vec<f64> = cand.iter().map(|c| c.1 - mx).collect();
+    crate::vmath::exp_f64_in_place(&mut w);
     let mut sum = 0.0;
-    for c in cand.iter_mut() {
-        c.1 = (c.1 - mx).exp();
-        sum += c.1;
+    for (c, e) in cand.iter_mut().zip(w) {
+        c.1 = e;
+        sum += e;
     }
     if p.top_p < 1.0 {
         cand.sort_by(by_logit_desc);
@@ -484,6 +489,34 @@ pub fn sample(logits: &[f32], p: &SamplingParams, rng: &mut ChaCha8Rng) -> u32 {
         }
     }
     cand.last().map(|c| c.0).unwrap_or(0)
+}
+
+/// [`sample`] over the whole vocabulary (no top-k, no top-p: the hot path of batched sampling)
+/// without building a candidate list: the same weights, sum and walk in token-id order.
+fn sample_full(logits: &[f32], inv_t: f64, rng: &mut ChaCha8Rng) -> u32 {
+    thread_local! {
+        // One vocabulary-sized buffer per thread, reused across steps (was a fresh allocation
+        // of 16 bytes per token per row per step).
+        static WEIGHTS: std::cell::RefCell<Vec<f64>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    WEIGHTS.with(|w| {
+        let mut w = w.borrow_mut();
+        w.clear();
+        w.extend(logits.iter().map(|&x| x as f64 * inv_t));
+        let mx = w.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        w.iter_mut().for_each(|v| *v -= mx);
+        crate::vmath::exp_f64_in_place(&mut w);
+        let sum: f64 = w.iter().sum();
+        let u: f64 = rng.random::<f64>() * sum;
+        let mut cum = 0.0;
+        for (i, e) in w.iter().enumerate() {
+            cum += e;
+            if u < cum {
+                return i as u32;
+            }
+        }
+        (w.len() - 1) as u32
+    })
 }
 
 /// Shortens the trait object's lifetime so the hooks can be lent to one forward call at a time.

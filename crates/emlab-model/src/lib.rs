@@ -11,17 +11,20 @@ pub mod tokenizer;
 
 pub use error::{Error, Result};
 pub mod config;
+pub mod cpu_attention;
 pub mod device;
 pub mod fetch;
 pub mod generate;
 pub mod hooks;
 pub mod int8;
+pub mod int8_gemm;
 pub mod lm;
 pub mod load;
 pub mod model;
 pub mod ops;
 pub mod testing;
 pub mod util;
+pub mod vmath;
 
 pub use config::{Arch, ModelConfig};
 pub use hooks::{HookKind, HookPoint, HookSet, Hooks};

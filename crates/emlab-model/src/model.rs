@@ -833,7 +833,6 @@ impl Model {
         let cfg = &self.config;
         let (b, t, h, hd) = q.dims4()?;
         let g = cfg.num_kv_heads;
-        let rep = h / g;
         append_kv(cache, layer, k, v)?;
         let qv = q.flatten_all()?.to_vec1::<f32>()?; // [B, T, H, D]
         let scale = 1.0 / (hd as f32).sqrt();
@@ -842,35 +841,12 @@ impl Model {
             let c = &cache[bi];
             let (kc, vc) = (&c.k[layer], &c.v[layer]);
             let start = c.len; // history length before this call
-            let mut scores = Vec::new();
+            let mut scratch = Vec::new();
             for ti in 0..t {
                 let n_keys = start + ti + 1;
-                for hi in 0..h {
-                    let gi = hi / rep;
-                    let qo = ((bi * t + ti) * h + hi) * hd;
-                    let qh = &qv[qo..qo + hd];
-                    scores.clear();
-                    let mut mx = f32::NEG_INFINITY;
-                    for j in 0..n_keys {
-                        let ko = (j * g + gi) * hd;
-                        let s = dot(qh, &kc[ko..ko + hd]) * scale;
-                        mx = mx.max(s);
-                        scores.push(s);
-                    }
-                    let mut sum = 0f32;
-                    for s in scores.iter_mut() {
-                        *s = (*s - mx).exp();
-                        sum += *s;
-                    }
-                    let oh = &mut ob[(ti * h + hi) * hd..(ti * h + hi + 1) * hd];
-                    for (j, p) in scores.iter().enumerate() {
-                        let w = p / sum;
-                        let vo = (j * g + gi) * hd;
-                        for (o, x) in oh.iter_mut().zip(&vc[vo..vo + hd]) {
-                            *o += w * x;
-                        }
-                    }
-                }
+                let qo = (bi * t + ti) * h * hd;
+                let oo = ti * h * hd;
+                crate::cpu_attention::attend(&qv[qo..qo + h * hd], kc, vc, g, n_keys, hd, scale, &mut ob[oo..oo + h * hd], &mut scratch);
             }
         });
         Ok(Tensor::from_vec(out, (b * t, h * hd), &self.device)?)
@@ -915,23 +891,6 @@ impl Model {
         let body = c.num_params() - c.vocab_size * c.hidden_size;
         2.0 * (body + c.vocab_size * c.hidden_size) as f64
     }
-}
-
-#[inline]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    // Eight partial sums let the compiler vectorise (a single accumulator is a serial chain).
-    let mut acc = [0f32; 8];
-    let chunks = a.len() / 8;
-    for i in 0..chunks {
-        for l in 0..8 {
-            acc[l] += a[i * 8 + l] * b[i * 8 + l];
-        }
-    }
-    let mut s: f32 = acc.iter().sum();
-    for i in chunks * 8..a.len() {
-        s += a[i] * b[i];
-    }
-    s
 }
 
 /// Whether KV caches for keys like `k` live in host vectors (the CPU f32 attention kernel) or

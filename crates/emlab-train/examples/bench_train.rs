@@ -31,6 +31,7 @@ fn rss_mb(key: &str) -> f64 {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    emlab_model::device::init_cpu_threads();
     let args: Vec<String> = std::env::args().collect();
     if args.iter().any(|a| a == "--gemm") {
         // candle's f32 GEMM rate, same shape as the PyTorch probe (matmul_gflops.py).

@@ -53,6 +53,7 @@ enum Command {
 }
 
 fn main() {
+    emlab_model::device::init_cpu_threads();
     let cli = Cli::parse();
     let res = match cli.command {
         Command::Model(a) => cmd::model::run(a),
