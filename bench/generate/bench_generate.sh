@@ -11,6 +11,7 @@
 #                                             # builds llama-cpp-python (~10 min on 2 cores)
 #   THREADS=1 bench/generate/bench_generate.sh
 #   LLAMA_UNIFIED=1 bench/generate/bench_generate.sh   # also llama-batched's unified-KV layout (+~12 min)
+#   ONLY=batched bench/generate/bench_generate.sh      # the batched benchmarks only (~8 min)
 #
 # Writes bench/out/generate-<UTC stamp>.jsonl (one JSON line per measurement, each with the
 # 1-minute load average before and after it), a -env.txt and a -summary.md beside it.
@@ -21,6 +22,8 @@ cd "$(dirname "$0")/../.."
 THREADS=${THREADS:-2}
 PY=${PY:-bench/.venv/bin/python}
 LPY=bench/generate/.venv-llama/bin/python
+# The AVX-512 build of llama.cpp (LLAMA_AVX512=1 bash bench/generate/setup-llama.sh), if present.
+LPY512=bench/generate/.venv-llama-avx512/bin/python
 mkdir -p bench/out
 STAMP=$(date -u +%Y-%m-%dT%H%MZ)
 RES=bench/out/generate-$STAMP.jsonl
@@ -50,6 +53,9 @@ cargo run --release -q -p emlab -- model info --json --model "$MODEL" > "$INFO_J
   echo "python packages (bench/.venv): $("$PY" -c 'from importlib.metadata import version as v; print(" ".join(f"{n}=={v(n)}" for n in ["torch","transformers","tokenizers","numpy"]))')"
   echo "llama-cpp-python (bench/generate/.venv-llama): $("$LPY" -c 'from importlib.metadata import version; print(version("llama_cpp_python"))')"
   echo "llama.cpp system info: $("$LPY" -c 'import llama_cpp; print(llama_cpp.llama_print_system_info().decode().strip())')"
+  if [ -x "$LPY512" ]; then
+    echo "llama.cpp AVX-512 build system info: $("$LPY512" -c 'import llama_cpp; print(llama_cpp.llama_print_system_info().decode().strip())')"
+  fi
 } | tee "$ENV_TXT"
 
 # measure LABEL CMD...: runs CMD, keeps its JSON lines, and stamps each with the load average
@@ -82,6 +88,7 @@ LL=(bench/generate/llama_generate.py "$MODEL" "$PROMPT_JSON" --threads "$THREADS
 
 measure bounds "$PY" bench/generate/machine_bounds.py --threads "$THREADS"
 
+if [ "${ONLY:-all}" != batched ]; then
 # Single-stream greedy decode, 128 new tokens.
 measure emlab-single-f32       env RAYON_NUM_THREADS="$THREADS" "$EX" "$MODEL" --only=single
 measure emlab-single-q8        env RAYON_NUM_THREADS="$THREADS" "$EX" "$MODEL" --only=single --q8
@@ -91,14 +98,24 @@ measure emlab-single-q8        env RAYON_NUM_THREADS="$THREADS" "$EX" "$MODEL" -
 measure llama-single-lowlevel  env OMP_WAIT_POLICY=passive "$LPY" "${LL[@]}" --mode=single
 measure llama-single-lowlevel-spin "$LPY" "${LL[@]}" --mode=single
 measure llama-single-completion env OMP_WAIT_POLICY=passive "$LPY" "${LL[@]}" --mode=completion
+if [ -x "$LPY512" ]; then
+  measure llama512-single-lowlevel-spin "$LPY512" "${LL[@]}" --mode=single
+fi
 measure hf-single-dynamic      "$PY" "${HF[@]}" --only=single --cache=dynamic
 measure hf-single-static       "$PY" "${HF[@]}" --only=single --cache=static
 # torch's OpenMP pool spins the same way; measured both ways too (goals use the faster).
 measure hf-single-static-passive env OMP_WAIT_POLICY=passive "$PY" "${HF[@]}" --only=single --cache=static
+fi
 
 # Batched sampling, 64 x 200 new tokens at temperature 1.
 measure emlab-batched-f32      env RAYON_NUM_THREADS="$THREADS" "$EX" "$MODEL" --only=batched
+# int8 weights; on AVX-512 VNNI CPUs int8 x int8 products with inputs quantized per 32 values,
+# as llama.cpp's Q8_0 dot products (src/int8_gemm.rs).
+measure emlab-batched-q8       env RAYON_NUM_THREADS="$THREADS" "$EX" "$MODEL" --only=batched --q8
 measure llama-batched-split    env OMP_WAIT_POLICY=passive "$LPY" "${LL[@]}" --mode=batched --kv=split
+if [ -x "$LPY512" ]; then
+  measure llama512-batched-split env OMP_WAIT_POLICY=passive "$LPY512" "${LL[@]}" --mode=batched --kv=split
+fi
 # llama-batched's own layout (one unified KV buffer of 64 x 200 cells that every sequence's
 # attention spans) was ~3x slower than one KV stream per sequence in a trial here (~12 min):
 # measured only when asked for.
