@@ -2,7 +2,9 @@
 //! sequence's cached keys and values.
 //!
 //! Shapes: `q` and `out` are `[H, D]`; the caches are `[len, G, D]` row-major (`G` key/value
-//! heads, query head `h` reads kv head `h / (H / G)`, grouped-query attention).
+//! heads, query head `h` reads kv head `h / (H / G)`, grouped-query attention), of f32 (the
+//! reference) or f16 (what `--q8` stores: half the bytes to stream, as llama.cpp's default cache;
+//! the arithmetic stays f32).
 //!
 //! Why a kernel: the build targets x86-64-v3 (AVX2 + FMA), but LLVM keeps a float sum in source
 //! order (it may not reassociate it), so the plain dot product compiled to scalar adds, and each
@@ -24,10 +26,46 @@
 //! assert!((out[0] - (1.0 + 2.0 * w1)).abs() < 1e-5);
 //! ```
 
+/// An element of a KV cache: f32 or f16, widened to f32 on load.
+pub trait KvElem: Copy + Send + Sync + 'static {
+    fn widen(self) -> f32;
+    /// Eight consecutive elements as f32 lanes.
+    ///
+    /// # Safety
+    /// `p..p+8` must be readable, and the CPU must have AVX2 + F16C.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256;
+}
+
+impl KvElem for f32 {
+    #[inline(always)]
+    fn widen(self) -> f32 {
+        self
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load8(p: *const f32) -> std::arch::x86_64::__m256 {
+        std::arch::x86_64::_mm256_loadu_ps(p)
+    }
+}
+
+impl KvElem for half::f16 {
+    #[inline(always)]
+    fn widen(self) -> f32 {
+        self.to_f32()
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load8(p: *const half::f16) -> std::arch::x86_64::__m256 {
+        use std::arch::x86_64::*;
+        _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
+    }
+}
+
 /// Attends `q` `[H, D]` over the first `n` keys/values of caches `[len, g, D]`; writes `out`
 /// `[H, D]`. `scratch` is reused between calls (scores, `H * n`).
 #[allow(clippy::too_many_arguments)]
-pub fn attend(q: &[f32], kc: &[f32], vc: &[f32], g: usize, n: usize, hd: usize, scale: f32, out: &mut [f32], scratch: &mut Vec<f32>) {
+pub fn attend<T: KvElem>(q: &[f32], kc: &[T], vc: &[T], g: usize, n: usize, hd: usize, scale: f32, out: &mut [f32], scratch: &mut Vec<f32>) {
     let h = q.len() / hd;
     assert!(q.len() == h * hd && out.len() == q.len() && n >= 1 && g >= 1 && h % g == 0, "attend: shapes");
     assert!(n * g * hd <= kc.len().min(vc.len()), "attend: cache shorter than n keys");
@@ -35,7 +73,7 @@ pub fn attend(q: &[f32], kc: &[f32], vc: &[f32], g: usize, n: usize, hd: usize, 
     scratch.resize(h * n, 0.0);
     #[cfg(target_arch = "x86_64")]
     if hd % 8 == 0 && avx2_available() {
-        // SAFETY: AVX2 + FMA were detected; the asserts above bound every access.
+        // SAFETY: AVX2 + FMA + F16C were detected; the asserts above bound every access.
         unsafe { attend_avx2(q, kc, vc, g, n, hd, scale, out, scratch) };
         return;
     }
@@ -44,12 +82,13 @@ pub fn attend(q: &[f32], kc: &[f32], vc: &[f32], g: usize, n: usize, hd: usize, 
 
 #[cfg(target_arch = "x86_64")]
 fn avx2_available() -> bool {
-    crate::vmath::avx2_fma()
+    static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *HAS.get_or_init(|| crate::vmath::avx2_fma() && std::arch::is_x86_feature_detected!("f16c"))
 }
 
 /// The portable form (and the tests' reference): scores, max-subtracted softmax, weighted sum.
 #[allow(clippy::too_many_arguments)]
-pub fn attend_scalar(q: &[f32], kc: &[f32], vc: &[f32], g: usize, n: usize, hd: usize, scale: f32, out: &mut [f32], scratch: &mut [f32]) {
+pub fn attend_scalar<T: KvElem>(q: &[f32], kc: &[T], vc: &[T], g: usize, n: usize, hd: usize, scale: f32, out: &mut [f32], scratch: &mut [f32]) {
     let h = q.len() / hd;
     let rep = h / g;
     let stride = g * hd;
@@ -60,7 +99,7 @@ pub fn attend_scalar(q: &[f32], kc: &[f32], vc: &[f32], g: usize, n: usize, hd: 
         let mut mx = f32::NEG_INFINITY;
         for (j, sj) in s.iter_mut().enumerate() {
             let k = &kc[j * stride + off..j * stride + off + hd];
-            *sj = qh.iter().zip(k).map(|(a, b)| a * b).sum::<f32>() * scale;
+            *sj = qh.iter().zip(k).map(|(a, b)| a * b.widen()).sum::<f32>() * scale;
             mx = mx.max(*sj);
         }
         let mut sum = 0f32;
@@ -73,16 +112,16 @@ pub fn attend_scalar(q: &[f32], kc: &[f32], vc: &[f32], g: usize, n: usize, hd: 
         for (j, p) in s.iter().enumerate() {
             let w = p / sum;
             for (o, x) in oh.iter_mut().zip(&vc[j * stride + off..j * stride + off + hd]) {
-                *o += w * x;
+                *o += w * x.widen();
             }
         }
     }
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn attend_avx2(q: &[f32], kc: &[f32], vc: &[f32], g: usize, n: usize, hd: usize, scale: f32, out: &mut [f32], s: &mut [f32]) {
+unsafe fn attend_avx2<T: KvElem>(q: &[f32], kc: &[T], vc: &[T], g: usize, n: usize, hd: usize, scale: f32, out: &mut [f32], s: &mut [f32]) {
     use crate::vmath::{exp_ps, hsum_ps};
     use std::arch::x86_64::*;
     let h = q.len() / hd;
@@ -99,12 +138,12 @@ unsafe fn attend_avx2(q: &[f32], kc: &[f32], vc: &[f32], g: usize, n: usize, hd:
             let mut a1 = _mm256_setzero_ps();
             let mut c = 0;
             while c + 2 <= c8 {
-                a0 = _mm256_fmadd_ps(_mm256_loadu_ps(qp.add(c * 8)), _mm256_loadu_ps(kp.add(c * 8)), a0);
-                a1 = _mm256_fmadd_ps(_mm256_loadu_ps(qp.add(c * 8 + 8)), _mm256_loadu_ps(kp.add(c * 8 + 8)), a1);
+                a0 = _mm256_fmadd_ps(_mm256_loadu_ps(qp.add(c * 8)), T::load8(kp.add(c * 8)), a0);
+                a1 = _mm256_fmadd_ps(_mm256_loadu_ps(qp.add(c * 8 + 8)), T::load8(kp.add(c * 8 + 8)), a1);
                 c += 2;
             }
             if c < c8 {
-                a0 = _mm256_fmadd_ps(_mm256_loadu_ps(qp.add(c * 8)), _mm256_loadu_ps(kp.add(c * 8)), a0);
+                a0 = _mm256_fmadd_ps(_mm256_loadu_ps(qp.add(c * 8)), T::load8(kp.add(c * 8)), a0);
             }
             *s.get_unchecked_mut(hi * n + j) = hsum_ps(_mm256_add_ps(a0, a1)) * scale;
         }
@@ -143,7 +182,7 @@ unsafe fn attend_avx2(q: &[f32], kc: &[f32], vc: &[f32], g: usize, n: usize, hd:
             let op = out.as_mut_ptr().add(hi * hd);
             for c in 0..c8 {
                 let o = op.add(c * 8);
-                _mm256_storeu_ps(o, _mm256_fmadd_ps(w, _mm256_loadu_ps(vp.add(c * 8)), _mm256_loadu_ps(o)));
+                _mm256_storeu_ps(o, _mm256_fmadd_ps(w, T::load8(vp.add(c * 8)), _mm256_loadu_ps(o)));
             }
         }
     }
@@ -177,6 +216,16 @@ mod tests {
             let mut b = vec![1f32; h * hd]; // stale values must be overwritten
             attend(&q, &kc, &vc, g, n, hd, scale, &mut b, &mut Vec::new());
             attend_scalar(&q, &kc, &vc, g, n, hd, scale, &mut a, &mut vec![0.0; h * n]);
+            // The f16 cache: the vector kernel against the scalar one on the same f16 values.
+            let (k16, v16): (Vec<half::f16>, Vec<half::f16>) =
+                (kc.iter().map(|&x| half::f16::from_f32(x)).collect(), vc.iter().map(|&x| half::f16::from_f32(x)).collect());
+            let mut a16 = vec![0f32; h * hd];
+            let mut b16 = vec![1f32; h * hd];
+            attend(&q, &k16, &v16, g, n, hd, scale, &mut b16, &mut Vec::new());
+            attend_scalar(&q, &k16, &v16, g, n, hd, scale, &mut a16, &mut vec![0.0; h * n]);
+            assert!(rel(&b16, &a16) < 2e-6, "f16: rep {rep} hd {hd} n {n}: {}", rel(&b16, &a16));
+            // And f16 storage stays near the f32 result (values below 8 keep ~3 decimal digits).
+            assert!(rel(&a16, &a) < 2e-2, "f16 vs f32: rep {rep} hd {hd} n {n}: {}", rel(&a16, &a));
             assert!(rel(&b, &a) < 2e-6, "rep {rep} hd {hd} n {n}: {}", rel(&b, &a));
         }
     }

@@ -239,14 +239,17 @@ impl Rope {
 }
 
 /// The KV cache of one sequence: post-RoPE keys and values per layer, `[len, G, D]` row-major.
-/// On the CPU (f32) they live in host vectors read by the hand-written attention loop; on other
-/// devices (or dtypes, or under [`crate::ops::with_portable`]) in device tensors read by candle
-/// ops. One cache uses one of the two: whichever its first call chose.
+/// On the CPU (f32) they live in host vectors read by [`crate::cpu_attention`] (f16 vectors once
+/// the model keeps int8 copies, [`Model::quantize_for_inference`]); on other devices (or dtypes,
+/// or under [`crate::ops::with_portable`]) in device tensors read by candle ops. One cache uses
+/// one of these: whichever its first call chose.
 #[derive(Debug, Clone, Default)]
 pub struct SeqCache {
     pub len: usize,
     k: Vec<Vec<f32>>,
     v: Vec<Vec<f32>>,
+    k16: Vec<Vec<half::f16>>,
+    v16: Vec<Vec<half::f16>>,
     /// Device-side keys/values per layer, `[len, G, D]` (the portable path).
     kt: Vec<Option<Tensor>>,
     vt: Vec<Option<Tensor>>,
@@ -258,6 +261,8 @@ impl SeqCache {
             len: 0,
             k: vec![Vec::new(); num_layers],
             v: vec![Vec::new(); num_layers],
+            k16: vec![Vec::new(); num_layers],
+            v16: vec![Vec::new(); num_layers],
             kt: vec![None; num_layers],
             vt: vec![None; num_layers],
         }
@@ -487,6 +492,8 @@ pub struct Model {
     /// `[V, d]`; the embedding itself when tied.
     pub lm_head: Tensor,
     lm_head_int8: Option<std::sync::Arc<Int8Matrix>>,
+    /// CPU KV caches hold f16 (set with the int8 copies: inference only).
+    kv_f16: bool,
     rope: Rope,
     device: Device,
 }
@@ -556,7 +563,7 @@ impl Model {
         };
         let max_pos = opts.max_positions.min(cfg.max_position_embeddings.max(1)).max(1);
         let rope = Rope::new(&cfg, max_pos, &opts.device, dtype)?;
-        Ok(Model { config: cfg, embed, layers, norm, lm_head, lm_head_int8: None, rope, device: opts.device.clone() })
+        Ok(Model { config: cfg, embed, layers, norm, lm_head, lm_head_int8: None, kv_f16: false, rope, device: opts.device.clone() })
     }
 
     pub fn device(&self) -> &Device {
@@ -568,8 +575,9 @@ impl Model {
         self.rope.cos.dims()[0]
     }
 
-    /// Keeps an int8 copy of each projection and of the LM head for inference; training and any
-    /// call that tracks gradients still use the f32 weights. Projections carrying a LoRA adapter
+    /// Keeps an int8 copy of each projection and of the LM head for inference, and makes new CPU
+    /// KV caches store f16 (half the bytes each decoding step streams; the attention arithmetic
+    /// stays f32); training and any call that tracks gradients still use the f32 weights. Projections carrying a LoRA adapter
     /// are skipped (the adapter's weights may change).
     pub fn quantize_for_inference(&mut self) -> Result<()> {
         if !self.device.is_cpu() {
@@ -584,6 +592,8 @@ impl Model {
             }
         }
         self.lm_head_int8 = Int8Matrix::quantize(&self.lm_head)?.map(std::sync::Arc::new);
+        // `EMLAB_KV_CACHE=f32` keeps f32 caches (for A/B benchmarks and accuracy checks).
+        self.kv_f16 = std::env::var("EMLAB_KV_CACHE").map_or(true, |v| v != "f32");
         Ok(())
     }
 
@@ -595,6 +605,7 @@ impl Model {
             }
         }
         self.lm_head_int8 = None;
+        self.kv_f16 = false;
     }
 
     /// The forward pass. `ids`: `[B, T]` u32.
@@ -696,7 +707,7 @@ impl Model {
                 (cache, _) => {
                     let a = self.attention(&q, &k, &v, mask.as_ref())?;
                     if let Some(cache) = cache {
-                        append_kv(cache, li, &k, &v)?;
+                        append_kv(cache, li, &k, &v, self.kv_f16)?;
                     }
                     a
                 }
@@ -833,20 +844,22 @@ impl Model {
         let cfg = &self.config;
         let (b, t, h, hd) = q.dims4()?;
         let g = cfg.num_kv_heads;
-        append_kv(cache, layer, k, v)?;
+        append_kv(cache, layer, k, v, self.kv_f16)?;
         let qv = q.flatten_all()?.to_vec1::<f32>()?; // [B, T, H, D]
         let scale = 1.0 / (hd as f32).sqrt();
         let mut out = vec![0f32; b * t * h * hd];
         out.par_chunks_mut(t * h * hd).enumerate().for_each(|(bi, ob)| {
             let c = &cache[bi];
-            let (kc, vc) = (&c.k[layer], &c.v[layer]);
             let start = c.len; // history length before this call
             let mut scratch = Vec::new();
             for ti in 0..t {
                 let n_keys = start + ti + 1;
-                let qo = (bi * t + ti) * h * hd;
-                let oo = ti * h * hd;
-                crate::cpu_attention::attend(&qv[qo..qo + h * hd], kc, vc, g, n_keys, hd, scale, &mut ob[oo..oo + h * hd], &mut scratch);
+                let (qh, oh) = (&qv[(bi * t + ti) * h * hd..][..h * hd], &mut ob[ti * h * hd..][..h * hd]);
+                if self.kv_f16 {
+                    crate::cpu_attention::attend(qh, &c.k16[layer], &c.v16[layer], g, n_keys, hd, scale, oh, &mut scratch);
+                } else {
+                    crate::cpu_attention::attend(qh, &c.k[layer], &c.v[layer], g, n_keys, hd, scale, oh, &mut scratch);
+                }
             }
         });
         Ok(Tensor::from_vec(out, (b * t, h * hd), &self.device)?)
@@ -859,7 +872,7 @@ impl Model {
         let (b, t, h, hd) = q.dims4()?;
         let g = self.config.num_kv_heads;
         let rep = h / g;
-        append_kv(cache, layer, k, v)?;
+        append_kv(cache, layer, k, v, false)?;
         let scale = 1.0 / (hd as f64).sqrt();
         let mut rows = Vec::with_capacity(b);
         for (bi, c) in cache.iter().enumerate() {
@@ -899,14 +912,20 @@ fn host_kv(k: &Tensor) -> bool {
     k.device().is_cpu() && k.dtype() == DType::F32 && !crate::ops::portable_forced()
 }
 
-fn append_kv(cache: &mut [SeqCache], layer: usize, k: &Tensor, v: &Tensor) -> Result<()> {
+/// Appends keys/values `[B, T, G, D]` to each row's cache: host f32 vectors, host f16 vectors
+/// (`f16`, CPU only) or device tensors, refusing a cache that an earlier call filled another way.
+fn append_kv(cache: &mut [SeqCache], layer: usize, k: &Tensor, v: &Tensor, f16: bool) -> Result<()> {
     let (b, t, g, hd) = k.dims4()?;
     let host = host_kv(k);
+    let f16 = f16 && host;
     let filled_other = |c: &SeqCache| {
-        if host {
-            c.kt.get(layer).is_some_and(|x| x.is_some())
-        } else {
-            c.k.get(layer).is_some_and(|x| !x.is_empty())
+        let dev = c.kt.get(layer).is_some_and(|x| x.is_some());
+        let h32 = c.k.get(layer).is_some_and(|x| !x.is_empty());
+        let h16 = c.k16.get(layer).is_some_and(|x| !x.is_empty());
+        match (host, f16) {
+            (true, false) => dev || h16,
+            (true, true) => dev || h32,
+            _ => h32 || h16,
         }
     };
     if let Some(bi) = cache.iter().position(filled_other) {
@@ -936,8 +955,14 @@ fn append_kv(cache: &mut [SeqCache], layer: usize, k: &Tensor, v: &Tensor) -> Re
     let vv = v.detach().flatten_all()?.to_vec1::<f32>()?;
     let row = t * g * hd;
     for bi in 0..b {
-        cache[bi].k[layer].extend_from_slice(&kv[bi * row..(bi + 1) * row]);
-        cache[bi].v[layer].extend_from_slice(&vv[bi * row..(bi + 1) * row]);
+        let (kr, vr) = (&kv[bi * row..(bi + 1) * row], &vv[bi * row..(bi + 1) * row]);
+        if f16 {
+            cache[bi].k16[layer].extend(kr.iter().map(|&x| half::f16::from_f32(x)));
+            cache[bi].v16[layer].extend(vr.iter().map(|&x| half::f16::from_f32(x)));
+        } else {
+            cache[bi].k[layer].extend_from_slice(kr);
+            cache[bi].v[layer].extend_from_slice(vr);
+        }
     }
     Ok(())
 }

@@ -13,9 +13,9 @@ pub struct ModelOpt {
     /// fetched on first use.
     #[arg(long, short = 'm')]
     pub model: Option<PathBuf>,
-    /// Int8 (Q8_0-style) copies of the projections and LM head for faster generation; on CPUs
-    /// with AVX-512 VNNI inputs are quantized per 32 values too (int8 x int8 products, ~3x
-    /// faster batched sampling). f32 is the reference.
+    /// Int8 (Q8_0-style) copies of the projections and LM head and an f16 KV cache for faster
+    /// generation; on CPUs with AVX-512 VNNI inputs are quantized per 32 values too (int8 x int8
+    /// products, ~3x faster batched sampling). f32 is the reference.
     #[arg(long)]
     pub q8: bool,
 }
