@@ -28,7 +28,8 @@ use candle_core::{DType, Device};
 /// after each op before sleeping. emlab's kernels run on rayon's pool, so on a 2-core machine a
 /// spinning candle worker takes a core from them: batched decoding ran at 551 tok/s with the
 /// default and 608-625 with no spinning (`CANDLE_BARRIER_POOL_SPIN_LIMIT=0`, 2026-11-27); LoRA
-/// training did not change (103-105 tok/s either way). A value the user set is kept.
+/// training did not change (104.0 / 102.7 tok/s without spinning, 105.5 / 96.7 with). A value
+/// the user set is kept.
 pub fn init_cpu_threads() {
     if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {
         // Edition 2021: set_var is safe; called before other threads exist.

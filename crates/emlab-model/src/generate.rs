@@ -480,19 +480,29 @@ pub fn sample(logits: &[f32], p: &SamplingParams, rng: &mut ChaCha8Rng) -> u32 {
         // (Without top-k the candidates are already in id order: no sort on the hot path.)
         cand.sort_by_key(|c| c.0);
     }
+    let i = draw(cand.iter().map(|c| c.1), sum, rng);
+    cand.get(i).map_or(0, |c| c.0)
+}
+
+/// One inverse-CDF draw over unnormalised weights in the order given (one uniform per call):
+/// the first index whose running sum passes `u * sum`, or the last index when rounding leaves
+/// `u` past the end.
+fn draw(weights: impl IntoIterator<Item = f64>, sum: f64, rng: &mut ChaCha8Rng) -> usize {
     let u: f64 = rng.random::<f64>() * sum;
     let mut cum = 0.0;
-    for c in &cand {
-        cum += c.1;
+    let mut last = 0;
+    for (i, e) in weights.into_iter().enumerate() {
+        cum += e;
         if u < cum {
-            return c.0;
+            return i;
         }
+        last = i;
     }
-    cand.last().map(|c| c.0).unwrap_or(0)
+    last
 }
 
 /// [`sample`] over the whole vocabulary (no top-k, no top-p: the hot path of batched sampling)
-/// without building a candidate list: the same weights, sum and walk in token-id order.
+/// without building a candidate list: the same weights, sum and draw in token-id order.
 fn sample_full(logits: &[f32], inv_t: f64, rng: &mut ChaCha8Rng) -> u32 {
     thread_local! {
         // One vocabulary-sized buffer per thread, reused across steps (was a fresh allocation
@@ -507,15 +517,7 @@ fn sample_full(logits: &[f32], inv_t: f64, rng: &mut ChaCha8Rng) -> u32 {
         w.iter_mut().for_each(|v| *v -= mx);
         crate::vmath::exp_f64_in_place(&mut w);
         let sum: f64 = w.iter().sum();
-        let u: f64 = rng.random::<f64>() * sum;
-        let mut cum = 0.0;
-        for (i, e) in w.iter().enumerate() {
-            cum += e;
-            if u < cum {
-                return i as u32;
-            }
-        }
-        (w.len() - 1) as u32
+        draw(w.iter().copied(), sum, rng) as u32
     })
 }
 

@@ -187,19 +187,20 @@ pub fn vnni_available() -> bool {
 
 /// Quantizes rows of `x` `[m, k]` into blocks of 32: `(q + 128 as u8 [m, k], scales [m, k/32])`.
 pub fn quantize_rows(x: &[f32], m: usize, k: usize) -> (Vec<u8>, Vec<f32>) {
-    let nb = k / BLOCK;
-    let mut xu = vec![0u8; m * k];
-    let mut dx = vec![0f32; m * nb];
     #[cfg(target_arch = "x86_64")]
     if vnni_available() {
-        for ((xb, qb), d) in x.chunks_exact(BLOCK).zip(xu.chunks_exact_mut(BLOCK)).zip(dx.iter_mut()) {
-            // SAFETY: AVX-512 F + BW were detected; both blocks hold exactly 32 values.
-            unsafe { *d = quantize_block_avx512(xb, qb) };
-        }
-        return (xu, dx);
+        // SAFETY: AVX-512 F + BW were detected; every block holds exactly 32 values.
+        return quantize_rows_by(x, m, k, |xb, qb| unsafe { quantize_block_avx512(xb, qb) });
     }
+    quantize_rows_by(x, m, k, quantize_block)
+}
+
+/// [`quantize_rows`] with the given block quantizer (the reference uses the scalar one).
+fn quantize_rows_by(x: &[f32], m: usize, k: usize, block: impl Fn(&[f32], &mut [u8]) -> f32) -> (Vec<u8>, Vec<f32>) {
+    let mut xu = vec![0u8; m * k];
+    let mut dx = vec![0f32; m * (k / BLOCK)];
     for ((xb, qb), d) in x.chunks_exact(BLOCK).zip(xu.chunks_exact_mut(BLOCK)).zip(dx.iter_mut()) {
-        *d = quantize_block(xb, qb);
+        *d = block(xb, qb);
     }
     (xu, dx)
 }
@@ -304,11 +305,7 @@ unsafe fn tile<const R: usize>(_t: &TileArgs) {
 /// kernel matches it bit for bit). `x` `[m, k]` -> `[m, n]`.
 pub fn reference_matmul(p: &Panels, x: &[f32], m: usize) -> Vec<f32> {
     let (n, k, nb) = (p.n, p.k, p.k / BLOCK);
-    let mut xu = vec![0u8; m * k];
-    let mut dx = vec![0f32; m * nb];
-    for ((xb, qb), d) in x.chunks_exact(BLOCK).zip(xu.chunks_exact_mut(BLOCK)).zip(dx.iter_mut()) {
-        *d = quantize_block(xb, qb);
-    }
+    let (xu, dx) = quantize_rows_by(x, m, k, quantize_block);
     let mut y = vec![0f32; m * n];
     for r in 0..m {
         for j in 0..n {

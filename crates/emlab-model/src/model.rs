@@ -577,8 +577,8 @@ impl Model {
 
     /// Keeps an int8 copy of each projection and of the LM head for inference, and makes new CPU
     /// KV caches store f16 (half the bytes each decoding step streams; the attention arithmetic
-    /// stays f32); training and any call that tracks gradients still use the f32 weights. Projections carrying a LoRA adapter
-    /// are skipped (the adapter's weights may change).
+    /// stays f32); training and any call that tracks gradients still use the f32 weights.
+    /// Projections carrying a LoRA adapter are skipped (the adapter's weights may change).
     pub fn quantize_for_inference(&mut self) -> Result<()> {
         if !self.device.is_cpu() {
             return Ok(());
