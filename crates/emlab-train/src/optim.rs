@@ -35,7 +35,7 @@ pub fn lr_at(base: f64, schedule: Schedule, warmup: usize, total: usize, step: u
 
 /// AdamW as torch.optim.AdamW computes it (decoupled weight decay `p -= lr * wd * p`, then the
 /// bias-corrected Adam update), on host f32 buffers.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct AdamW {
     pub beta1: f64,
     pub beta2: f64,
@@ -47,6 +47,9 @@ pub struct AdamW {
     pub m: Vec<Vec<f32>>,
     /// Second moments.
     pub v: Vec<Vec<f32>>,
+    /// Device-side moments `(m, v)`, each flat `[N]`, once [`AdamW::step_flat`] has run; while
+    /// set, they (not `m` / `v`) are the current state.
+    dev: Option<(candle_core::Tensor, candle_core::Tensor)>,
 }
 
 impl AdamW {
@@ -59,6 +62,7 @@ impl AdamW {
             t: 0,
             m: sizes.iter().map(|&n| vec![0.0; n]).collect(),
             v: sizes.iter().map(|&n| vec![0.0; n]).collect(),
+            dev: None,
         }
     }
 
@@ -96,6 +100,83 @@ impl AdamW {
                 p[i] -= step_size * m[i] / denom;
             }
         });
+    }
+}
+
+/// The same AdamW update run on the device, over all parameters flattened into one f32 tensor
+/// (moments likewise): about a dozen element-wise kernels a step, whatever the number of adapter
+/// tensors. On a GPU this replaces the host round trip (gradients down, optimizer on the CPU,
+/// adapters up: 195 of 544 ms of a SmolLM2 step on an H100).
+///
+/// The moments live on the device; [`AdamW::pull_moments`] copies them into the host buffers
+/// (for a checkpoint) and [`AdamW::push_moments`] sends host buffers (after a resume).
+///
+/// ```
+/// use candle_core::{Device, Tensor};
+/// use emlab_train::optim::AdamW;
+/// let dev = Device::Cpu;
+/// let (mut host, mut on_dev) = (AdamW::new(&[2], 0.9, 0.999, 1e-8, 0.01), AdamW::new(&[2], 0.9, 0.999, 1e-8, 0.01));
+/// let mut p = vec![vec![1.0f32, -1.0]];
+/// let g = vec![vec![0.5f32, -2.0]];
+/// host.step(&mut p, &g, 0.1);
+/// let pd = Tensor::new(&[1.0f32, -1.0], &dev)?;
+/// let pd = on_dev.step_flat(&pd, &Tensor::new(&[0.5f32, -2.0], &dev)?, 0.1)?;
+/// assert_eq!(pd.to_vec1::<f32>()?, p[0]);
+/// # Ok::<(), candle_core::Error>(())
+/// ```
+impl AdamW {
+    /// One update of the flat parameter tensor `p` `[N]` with gradient `g` `[N]` (f32, same
+    /// device); returns the new parameters. Same arithmetic as [`AdamW::step`], in the same order.
+    pub fn step_flat(&mut self, p: &candle_core::Tensor, g: &candle_core::Tensor, lr: f64) -> candle_core::Result<candle_core::Tensor> {
+        if self.dev.is_none() {
+            self.push_moments(p.device())?;
+        }
+        self.t += 1;
+        let bc1 = 1.0 - self.beta1.powi(self.t as i32);
+        let bc2 = 1.0 - self.beta2.powi(self.t as i32);
+        // f32 constants, rounded as the host loop rounds them.
+        let (b1, b2) = (self.beta1 as f32, self.beta2 as f32);
+        let step_size = (lr / bc1) as f32;
+        let bc2_sqrt = bc2.sqrt() as f32;
+        let decay = (1.0 - lr * self.weight_decay) as f32;
+        let (m, v) = self.dev.take().expect("moments pushed above");
+        // Scalar multiplies are exact as `affine`; divisions go through a true division (candle's
+        // `tensor / f64` multiplies by the reciprocal, which rounds differently).
+        let p = (p * decay as f64)?;
+        let m = ((m * b1 as f64)? + (g * (1.0 - b1) as f64)?)?;
+        let v = ((v * b2 as f64)? + ((g * (1.0 - b2) as f64)? * g)?)?;
+        let bc2_sqrt = candle_core::Tensor::new(bc2_sqrt, p.device())?;
+        let denom = (v.sqrt()?.broadcast_div(&bc2_sqrt)? + self.eps as f32 as f64)?;
+        let p = (p - ((&m * step_size as f64)? / denom)?)?;
+        self.dev = Some((m, v));
+        Ok(p)
+    }
+
+    /// Sends the host moments to `dev` (flattened in parameter order): the state
+    /// [`AdamW::step_flat`] continues from.
+    pub fn push_moments(&mut self, dev: &candle_core::Device) -> candle_core::Result<()> {
+        let flat = |b: &[Vec<f32>]| {
+            let v: Vec<f32> = b.iter().flat_map(|x| x.iter().copied()).collect();
+            let n = v.len();
+            candle_core::Tensor::from_vec(v, n, dev)
+        };
+        self.dev = Some((flat(&self.m)?, flat(&self.v)?));
+        Ok(())
+    }
+
+    /// Copies the device moments (if any) into the host buffers `m` and `v`.
+    pub fn pull_moments(&mut self) -> candle_core::Result<()> {
+        let Some((m, v)) = &self.dev else { return Ok(()) };
+        for (dst, src) in [(&mut self.m, m), (&mut self.v, v)] {
+            let flat = src.to_vec1::<f32>()?;
+            let mut rest = &flat[..];
+            for b in dst.iter_mut() {
+                let (head, tail) = rest.split_at(b.len());
+                b.copy_from_slice(head);
+                rest = tail;
+            }
+        }
+        Ok(())
     }
 }
 

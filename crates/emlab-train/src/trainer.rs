@@ -98,7 +98,7 @@ pub struct TrainSummary {
 const DROPOUT_STREAM: u64 = 0xd40f_0075_eed5_0001;
 
 /// `EMLAB_PROFILE=1`: each step's `metrics.jsonl` line gets `profile_s` (forward, backward,
-/// gradients to the host, optimizer + upload), the device synchronised at each boundary. Off by
+/// device-side gradient gathering + norm (off the CPU), optimizer with clipping), the device synchronised at each boundary. Off by
 /// default: the synchronisations cost overlap between host and device.
 mod profile {
     use std::sync::Mutex;
@@ -114,7 +114,7 @@ mod profile {
             *T.lock().unwrap_or_else(|e| e.into_inner()) = (Some(Instant::now()), [0.0; 4]);
         }
     }
-    /// Ends phase `i` (0 forward, 1 backward, 2 gradients to host, 3 optimizer + upload).
+    /// Ends phase `i` (0 forward, 1 backward, 2 gradient gathering + norm, 3 optimizer).
     pub fn mark(dev: &candle_core::Device, i: usize) {
         if !enabled() {
             return;
@@ -134,6 +134,9 @@ const STACK: usize = 512 << 20;
 
 /// Runs `f` on a thread with a large stack: candle's backward walks the graph recursively.
 pub fn with_big_stack<T: Send>(f: impl FnOnce() -> T + Send) -> Result<T> {
+    // The caller's `ops::with_portable` is thread-local: carry it over to the training thread.
+    let portable = emlab_model::ops::portable_forced();
+    let f = move || if portable { emlab_model::ops::with_portable(f) } else { f() };
     std::thread::scope(|s| {
         let h = std::thread::Builder::new()
             .name("emlab-train".into())
@@ -218,6 +221,43 @@ impl Params {
             }
         }
         Ok(())
+    }
+    /// The device-side gradient sums of every variable as one flat f32 tensor `[N]` (zeros for a
+    /// variable that received none), in `vars` order; the sums are reset.
+    fn take_flat_grads(&self, dev: &candle_core::Device) -> Result<Tensor> {
+        let mut pending = self.pending.borrow_mut();
+        let parts = pending
+            .iter_mut()
+            .zip(&self.host)
+            .map(|(p, h)| match p.take() {
+                Some(t) => Ok(t),
+                None => Tensor::zeros(h.len(), candle_core::DType::F32, dev),
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Ok(Tensor::cat(&parts, 0)?)
+    }
+    /// Sets every variable from the flat parameters `p` `[N]` (device-side copies) and refreshes
+    /// the host mirror with one download (it feeds the per-step norms and checkpoints).
+    fn set_from_flat(&mut self, p: &Tensor) -> Result<()> {
+        let mut off = 0;
+        for (v, h) in self.vars.iter().zip(&self.host) {
+            v.set(&p.narrow(0, off, h.len())?.reshape(v.shape())?)?;
+            off += h.len();
+        }
+        let flat = p.to_vec1::<f32>()?;
+        let mut rest = &flat[..];
+        for h in self.host.iter_mut() {
+            let (head, tail) = rest.split_at(h.len());
+            h.copy_from_slice(head);
+            rest = tail;
+        }
+        Ok(())
+    }
+    /// The host mirror as one flat tensor on `dev`.
+    fn flat_on(&self, dev: &candle_core::Device) -> Result<Tensor> {
+        let flat: Vec<f32> = self.host.iter().flat_map(|h| h.iter().copied()).collect();
+        let n = flat.len();
+        Ok(Tensor::from_vec(flat, n, dev)?)
     }
     /// Moves the device-side gradient sums into `grads` with one copy.
     fn flush(&self, grads: &mut [Vec<f32>]) -> Result<()> {
@@ -353,17 +393,13 @@ fn micro_batch_grads(
         let loss = (ce.sum_all()? / denom)?;
         profile::mark(dev, 0);
         let g = loss.backward()?;
-        profile::mark(dev, 1);
         params.accumulate(&g, 0..params.vars.len(), grads)?;
-        params.flush(grads)?;
-        profile::mark(dev, 2);
+        profile::mark(dev, 1);
         return Ok(loss.to_scalar::<f32>()? as f64);
     }
     // (Checkpointed: forward and backward interleave per block; the profile books them as one.)
     let loss = checkpointed_grads(model, b, rng, denom, params, grads)?;
     profile::mark(dev, 1);
-    params.flush(grads)?;
-    profile::mark(dev, 2);
     Ok(loss)
 }
 
@@ -381,6 +417,7 @@ pub fn loss_and_gradients(
     let params = Params::new(adapter::adapters(model))?;
     let mut grads: Vec<Vec<f32>> = params.host.iter().map(|h| vec![0f32; h.len()]).collect();
     let loss = micro_batch_grads(model, b, rng, denom, &params, &mut grads, checkpointed)?;
+    params.flush(&mut grads)?;
     Ok((loss, grads))
 }
 
@@ -526,6 +563,9 @@ fn run(
     } else if metrics_path.exists() {
         std::fs::remove_file(&metrics_path).map_err(|e| Error::io(&metrics_path, e))?;
     }
+    // The device path keeps the adapters flat on the device as the optimizer's parameters.
+    let on_device = !dev.is_cpu() || emlab_model::ops::portable_forced();
+    let mut flat_p = if on_device { Some(params.flat_on(&dev)?) } else { None };
     let mut metrics = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -603,7 +643,9 @@ fn run(
         let batches = mbs.iter().map(|idx| make_batch(train, idx, pad, &dev)).collect::<Result<Vec<_>>>()?;
         let trained: usize = batches.iter().map(|b| b.trained).sum();
         let tokens: usize = batches.iter().map(|b| b.tokens).sum();
-        let mut grads: Vec<Vec<f32>> = sizes.iter().map(|&n| vec![0f32; n]).collect();
+        // Off the CPU (or with the GPU's paths forced) gradients stay on the device and are
+        // summed there; on the CPU they are summed into these host buffers.
+        let mut grads: Vec<Vec<f32>> = if on_device { Vec::new() } else { sizes.iter().map(|&n| vec![0f32; n]).collect() };
         let mut loss_sum = 0f64;
         profile::start();
         for b in &batches {
@@ -617,10 +659,25 @@ fn run(
         if !loss_sum.is_finite() {
             return Err(Error::Invalid(format!("loss is not finite at step {} ({loss_sum}); lower the learning rate", step + 1)));
         }
-        let grad_norm = clip_grad_norm(&mut grads, cfg.max_grad_norm);
         let lr = lr_at(cfg.lr, cfg.schedule, cfg.warmup_steps, total, step);
-        opt.step(&mut params.host, &grads, lr);
-        params.push_to_model()?;
+        let grad_norm = if let Some(p) = flat_p.take() {
+            // Norm, clipping and AdamW on the device: one scalar and the new adapters (for the
+            // norms and checkpoints) come back, nothing goes up.
+            let g = params.take_flat_grads(&dev)?;
+            let norm = g.to_dtype(candle_core::DType::F64)?.sqr()?.sum_all()?.to_scalar::<f64>()?.sqrt();
+            profile::mark(&dev, 2);
+            let coef = cfg.max_grad_norm / (norm + 1e-6);
+            let g = if cfg.max_grad_norm > 0.0 && coef < 1.0 { (g * coef as f32 as f64)? } else { g };
+            let p = opt.step_flat(&p, &g, lr)?;
+            params.set_from_flat(&p)?;
+            flat_p = Some(p);
+            norm
+        } else {
+            let norm = clip_grad_norm(&mut grads, cfg.max_grad_norm);
+            opt.step(&mut params.host, &grads, lr);
+            params.push_to_model()?;
+            norm
+        };
         profile::mark(&dev, 3);
         tokens_seen += tokens as u64;
         let done = step + 1;
@@ -646,7 +703,7 @@ fn run(
             if let Some(p) = profile::take() {
                 o.insert(
                     "profile_s".into(),
-                    serde_json::json!({"forward": p[0], "backward": p[1], "grads_to_host": p[2], "optimizer_upload": p[3]}),
+                    serde_json::json!({"forward": p[0], "backward": p[1], "grad_sum_norm": p[2], "optimizer": p[3]}),
                 );
             }
         }
@@ -675,6 +732,7 @@ fn run(
         let stop = control == Control::Stop || opts.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst));
         let periodic = cfg.checkpoint_every > 0 && done % cfg.checkpoint_every == 0;
         if periodic || stop || done == total {
+            opt.pull_moments()?;
             let el = elapsed0 + started.elapsed().as_secs_f64();
             summary.last_checkpoint = Some(save(&params, &opt, model, done, &rng, tokens_seen, el)?);
             last_ckpt = done;
