@@ -133,19 +133,23 @@ for shape in smollm2 qwen; do
 done
 printf 'checkpoint_activations = false\n' > "$work/no-ckpt.toml"
 
-# --- Correctness first. Training: 2 steps on the CPU (f32, the path tested against HF) and on the
-# GPU (f32; bf16 was checked in the first run): step-1 loss (LoRA B = 0: the base forward) and gradient norm (backward)
-# must agree (f32 ~1e-5 relative), checkpointed and not. Generation: greedy tokens,
-# CPU f32 vs GPU f32 (batched device cache vs CPU kernels), 4 prompts x 12 tokens.
+# --- Correctness first. Training: 3 steps on the CPU (f32, the path tested against HF) and on the
+# GPU (f32 with the fused kernels and the in-place CUDA AdamW, f32 composed, bf16 fused): step-1
+# loss (LoRA B = 0: the base forward), gradient norms (backward) and the losses after one and two
+# updates (B, then A moved: the optimizer) must agree (f32 ~1e-5 relative), checkpointed and not.
+# Generation: greedy tokens, CPU f32 vs GPU f32 (batched device cache vs CPU kernels), 4 x 12.
 if want parity; then
     make_data "$work/parity.jsonl" 8 40
-    for pd in cpu:f32:ckpt cuda:f32:ckpt cuda:f32:plain; do
-        IFS=: read -r d t c <<< "$pd"
+    # d:dtype:ckpt|plain:fused|composed (EMLAB_CUDA_FUSED: the fused CUDA training kernels or
+    # candle's composed ops; the CPU runs its own kernels either way).
+    for pd in cpu:f32:ckpt:fused cuda:f32:ckpt:fused cuda:f32:plain:fused cuda:f32:plain:composed cuda:bf16:plain:fused; do
+        IFS=: read -r d t c f <<< "$pd"
         [ $dry = 1 ] && [ "$d" = cuda ] && continue
         extra=(); [ "$c" = plain ] && extra=(--config "$work/no-ckpt.toml")
-        name="parity-train-$d-$t-$c"
-        step "$name" 20 env EMLAB_DEVICE=$d EMLAB_DTYPE=$t "$bin" train --model "$work/model-smollm2" \
-            --data "$work/parity.jsonl" --out "$work/$name" --batch-size 4 --grad-accum 1 --max-steps 2 \
+        fz=1; [ "$f" = composed ] && fz=0
+        name="parity-train-$d-$t-$c-$f"
+        step "$name" 20 env EMLAB_DEVICE=$d EMLAB_DTYPE=$t EMLAB_CUDA_FUSED=$fz "$bin" train --model "$work/model-smollm2" \
+            --data "$work/parity.jsonl" --out "$work/$name" --batch-size 4 --grad-accum 1 --max-steps 3 \
             --rank 8 --alpha 16 --lora-dropout 0 --eval-fraction 0 --checkpoint-every 1000000 --quiet "${extra[@]}" \
             && train_rate "$work/$name/metrics.jsonl" "$name"
     done
@@ -224,12 +228,25 @@ fi
 if want train; then
     for shape in smollm2 qwen; do
         emlab_train $shape "emlab-train-$shape-plain" --config "$work/no-ckpt.toml"
+        # A/B: the same run on candle's composed ops instead of the fused CUDA kernels.
+        [ $shape = smollm2 ] && EMLAB_CUDA_FUSED=0 emlab_train $shape "emlab-train-$shape-plain-composed" --config "$work/no-ckpt.toml"
         step "torch-train-$shape" 35 "$py" bench/gpu/torch_bench.py train --model "$work/model-$shape" --batch $TRAIN_B --seq $TRAIN_T --steps $(( TRAIN_STEPS - 2 )) --warmup 2
+    done
+fi
+# The same training pair measured alternately (emlab, PEFT, emlab, PEFT) per shape: PEFT's rate
+# moved by up to 1.8x between calls on the same kind of machine, so a ratio is best taken from
+# pairs run back to back (PLAN=trainab; not in the default plan).
+if want trainab; then
+    for shape in smollm2 qwen; do
+        for rep in 1 2; do
+            emlab_train $shape "ab$rep-emlab-train-$shape" --config "$work/no-ckpt.toml"
+            step "ab$rep-torch-train-$shape" 35 "$py" bench/gpu/torch_bench.py train --model "$work/model-$shape" --batch $TRAIN_B --seq $TRAIN_T --steps $(( TRAIN_STEPS - 2 )) --warmup 2
+        done
     done
 fi
 # Where a training step's time goes (device synchronised at each phase boundary).
 if want profile; then
-    for shape in smollm2; do
+    for shape in smollm2 qwen; do
         EMLAB_PROFILE=1 emlab_train $shape "emlab-train-$shape-profile" --config "$work/no-ckpt.toml"
     done
 fi

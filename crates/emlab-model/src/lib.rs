@@ -12,6 +12,8 @@ pub mod tokenizer;
 pub use error::{Error, Result};
 pub mod config;
 pub mod cpu_attention;
+#[cfg(feature = "cuda")]
+pub mod cuda_ops;
 pub mod device;
 pub mod fetch;
 pub mod generate;

@@ -75,6 +75,14 @@ impl Linear {
             y = y.broadcast_add(b)?;
         }
         if let Some(l) = &self.lora {
+            let no_dropout = rng.is_none() || l.dropout <= 0.0;
+            #[cfg(feature = "cuda")]
+            if no_dropout && crate::cuda_ops::wanted_lora(x, l.a.as_tensor(), l.b.as_tensor()) {
+                let delta = crate::cuda_ops::lora_delta(x, l.a.as_tensor(), l.b.as_tensor(), l.scale)?;
+                let delta = if delta.dtype() != y.dtype() { delta.to_dtype(y.dtype())? } else { delta };
+                return Ok((y + delta)?);
+            }
+            let _ = no_dropout;
             // The adapter computes in its own dtype (f32 over a bf16 base on a GPU, as PEFT does)
             // and its output is cast back to the stream's; both casts carry gradients.
             let xl = x.to_dtype(l.a.dtype())?;
@@ -719,7 +727,7 @@ impl Model {
             let hn = blk.post_norm.forward(&x)?.reshape((b * t, d))?;
             let gate = blk.gate.forward(&hn, f.dropout_rng.as_deref_mut())?;
             let up = blk.up.forward(&hn, f.dropout_rng.as_deref_mut())?;
-            let act = (gate.silu()? * up)?;
+            let act = crate::ops::silu_mul(&gate, &up)?;
             let mlp_out = blk.down.forward(&act, f.dropout_rng.as_deref_mut())?.reshape((b, t, d))?;
             let mlp_out = hook(&mut f.hooks, HookPoint { layer: li, kind: HookKind::MlpOut }, mlp_out)?;
             x = (x + mlp_out)?;
@@ -821,12 +829,12 @@ impl Model {
         let k = k.transpose(1, 2)?.contiguous()?; // [B, G, T, D]
         let v = v.transpose(1, 2)?.contiguous()?;
         let scale = 1.0 / (hd as f64).sqrt();
-        let scores = (q.matmul(&k.t()?)? * scale)?; // [B, G, rep*T, T]
-        let scores = match mask {
-            Some(m) => scores.reshape((b, g, rep, t, t))?.broadcast_add(m)?.reshape((b, g, rep * t, t))?,
-            None => scores,
+        let raw = q.matmul(&k.t()?)?; // [B, G, rep*T, T]
+        let p = match mask {
+            // Viewed as [B, G, rep, T, T]: square causal blocks, one per (row, head).
+            Some(m) => crate::ops::causal_softmax(&raw.reshape((b, g, rep, t, t))?, scale, m)?.reshape((b, g, rep * t, t))?,
+            None => crate::ops::softmax_last_dim(&(raw * scale)?)?,
         };
-        let p = crate::ops::softmax_last_dim(&scores)?;
         let o = p.matmul(&v)?; // [B, G, rep*T, D]
         let o = o.reshape((b, g, rep, t, hd))?.permute((0, 3, 1, 2, 4))?.reshape((b * t, h * hd))?;
         Ok(o)

@@ -224,6 +224,10 @@ pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
     if w.dims() != [d] {
         bail!("rms-norm: weight {:?} does not match the last axis {d}", w.dims());
     }
+    #[cfg(feature = "cuda")]
+    if crate::cuda_ops::wanted(x) && !w.track_op() {
+        return crate::cuda_ops::rms_norm(x, w, eps);
+    }
     match path_for(x) {
         OpPath::Fused if !w.track_op() => {}
         OpPath::Kernel if !w.track_op() => {
@@ -295,6 +299,29 @@ pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
     }
 }
 
+/// `softmax(scale * x + causal mask)` over square `[.., n, n]` score blocks, with `mask` the
+/// additive causal mask `[n, n]` (0 on and below the diagonal, `-inf` above) broadcast over the
+/// last two axes: row `q` of each block attends to columns `0..=q`. One fused kernel forward and
+/// backward for CUDA training ([`crate::cuda_ops::causal_softmax`]); elsewhere the scale, the
+/// mask and [`softmax_last_dim`] as separate ops.
+pub fn causal_softmax(x: &Tensor, scale: f64, mask: &Tensor) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if crate::cuda_ops::wanted(x) {
+        return crate::cuda_ops::causal_softmax(x, scale);
+    }
+    softmax_last_dim(&(x * scale)?.broadcast_add(mask)?)
+}
+
+/// `silu(gate) * up`: the SwiGLU activation (one fused kernel forward and backward for CUDA
+/// training, candle's `silu` and a product elsewhere).
+pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if crate::cuda_ops::wanted(gate) && gate.dtype() == up.dtype() && gate.dims() == up.dims() {
+        return crate::cuda_ops::silu_mul(gate, up);
+    }
+    gate.silu()? * up
+}
+
 fn candle_core_softmax(x: &Tensor) -> Result<Tensor> {
     let max = x.max_keepdim(D::Minus1)?;
     let e = x.broadcast_sub(&max)?.exp()?;
@@ -361,6 +388,10 @@ impl CustomOp1 for RopeOp {
 
 /// Half-rotation RoPE of `x` `[B, T, heads, D]` with `cos`/`sin` `[1 or B, T, 1, D/2]`.
 pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if crate::cuda_ops::wanted(x) && !cos.track_op() && !sin.track_op() {
+        return crate::cuda_ops::rope(x, cos, sin);
+    }
     let path = path_for(x);
     if path == OpPath::Kernel && !cos.track_op() && !sin.track_op() {
         // candle's kernel for the [B, T, heads, D] layout wants tables [T, D/2] or [B, T, D/2].
@@ -456,6 +487,10 @@ impl CustomOp2 for CrossEntropyOp {
 ///
 /// Half-precision logits are upcast to f32 first (the loss is always f32), as HF's loss does.
 pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if crate::cuda_ops::wanted(logits) {
+        return crate::cuda_ops::cross_entropy(logits, targets);
+    }
     if !trains_on_cpu(logits) {
         let logits = &logits.to_dtype(compute_dtype(logits.dtype()))?;
         let lse = {

@@ -66,6 +66,7 @@
 
 use crate::error::{Result, SaeError};
 use crate::sae::{transpose, Sae};
+use crate::sparse::sparse_rows_acc;
 use crate::train::{Architecture, Params, StepStats, TrainConfig, Trainer};
 use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;
@@ -618,11 +619,12 @@ impl DeviceTrainer {
             .and_then(|t| t * &pos)
             .map_err(ce("dL/dz"))?;
 
-        // Sparse -> dense [n, m] for the weight-gradient GEMMs.
-        let zeros_nm = Tensor::zeros((n, m), DType::F32, &self.device).map_err(&e)?;
-        let zd = zeros_nm.scatter_add(&ids, &z, 1).map_err(ce("scatter z"))?;
-        let mut gd = zeros_nm.scatter_add(&ids, &dpre, 1).map_err(ce("scatter dpre"))?;
-        let mut g_wdec = zd.t().and_then(|t| t.matmul(&gx)).map_err(ce("dW_dec GEMM"))?;
+        // Weight gradients as sparse accumulations over the k active latents of each row
+        // (`Zᵀ gx` without building the [n, m] code matrix): see `crate::sparse`.
+        let mut g_wdec = sparse_rows_acc(&ids, &z, &gx, m).map_err(ce("dW_dec"))?;
+        // Pairs (latent, dL/dpre) feeding the encoder gradients; AuxK appends its own.
+        let mut enc_ids = vec![ids.clone()];
+        let mut enc_coef = vec![dpre.clone()];
 
         // AuxK on the dead latents.
         let mut aux_sse = None;
@@ -652,13 +654,18 @@ impl DeviceTrainer {
                 .and_then(|t| t.reshape((n, k_aux)))
                 .and_then(|t| t * &apos)
                 .map_err(ce("aux dL/dz"))?;
-            gd = gd.scatter_add(&ai, &adpre, 1).map_err(ce("scatter aux dpre"))?;
-            let azd = zeros_nm.scatter_add(&ai, &az, 1).map_err(ce("scatter aux z"))?;
-            g_wdec = azd.t().and_then(|t| t.matmul(&ga)).and_then(|t| t + &g_wdec).map_err(ce("aux dW_dec GEMM"))?;
+            enc_ids.push(ai.clone());
+            enc_coef.push(adpre);
+            g_wdec = sparse_rows_acc(&ai, &az, &ga, m).and_then(|t| t + &g_wdec).map_err(ce("aux dW_dec"))?;
         }
 
-        let g_wenc = xc.t().and_then(|t| t.matmul(&gd)).map_err(ce("dW_enc GEMM"))?;
-        let g_benc = col_sum(&gd).map_err(&e)?;
+        let (eids, ecoef) = (Tensor::cat(&enc_ids, 1).map_err(&e)?, Tensor::cat(&enc_coef, 1).map_err(&e)?);
+        // dW_enc [d, m] = xcᵀ G, accumulated as its transpose [m, d] (whole rows per pair).
+        let g_wenc = sparse_rows_acc(&eids, &ecoef, &xc, m).and_then(|t| t.t()?.contiguous()).map_err(ce("dW_enc"))?;
+        let ones = Tensor::ones((n, 1), DType::F32, &self.device).map_err(&e)?;
+        let g_benc = sparse_rows_acc(&eids, &ecoef, &ones, m).and_then(|t| t.reshape(m)).map_err(ce("db_enc"))?;
+        // Firings per latent: the active entries of the top-k (a latent appears once per row).
+        let fired = sparse_rows_acc(&ids, &pos, &ones, m).and_then(|t| t.reshape(m)).map_err(ce("firing counts"))?;
         // b_dec: directly through x_hat, and through `x - b_dec` with the pre-update encoder.
         let g_bdec = p
             .w_enc
@@ -666,7 +673,7 @@ impl DeviceTrainer {
             .and_then(|t| t.reshape(d))
             .and_then(|t| col_sum(&gx)? - t)
             .map_err(ce("db_dec"))?;
-        Ok(FwdBwd { g_wenc, g_wdec, g_benc, g_bdec, zd, zeros_nm, pos, sse, aux_sse, aux_factor, xs, dead, n })
+        Ok(FwdBwd { g_wenc, g_wdec, g_benc, g_bdec, fired, pos, sse, aux_sse, aux_factor, xs, dead, n })
     }
 
     /// Loss and raw gradients (decoder gradient before the unit-norm projection)
@@ -726,13 +733,9 @@ impl DeviceTrainer {
         self.m = DParams { w_enc: m_we, w_dec: m_wd, b_enc: m_be, b_dec: m_bd };
         self.v = DParams { w_enc: v_we, w_dec: v_wd, b_enc: v_be, b_dec: v_bd };
 
-        // Bookkeeping: firings per latent from the dense codes.
+        // Bookkeeping: firings per latent.
         let eb = ce("firing counters");
-        let fired = fb
-            .zd
-            .gt(&fb.zeros_nm)
-            .and_then(|t| col_sum(&t.to_dtype(DType::F32)?)?.to_dtype(DType::F64))
-            .map_err(&eb)?;
+        let fired = fb.fired.to_dtype(DType::F64).map_err(&eb)?;
         let not_fired = fired.eq(&fired.zeros_like().map_err(&eb)?).and_then(|t| t.to_dtype(DType::F64)).map_err(&eb)?;
         self.tokens_since_fired = self.tokens_since_fired.affine(1.0, n as f64).and_then(|t| t * not_fired).map_err(&eb)?;
         self.fire_count = (&self.fire_count + &fired).map_err(&eb)?;
@@ -749,8 +752,8 @@ struct FwdBwd {
     g_wdec: Tensor,
     g_benc: Tensor,
     g_bdec: Tensor,
-    zd: Tensor,
-    zeros_nm: Tensor,
+    /// Rows in which each latent fired `[m]` (f32 counts).
+    fired: Tensor,
     pos: Tensor,
     sse: Tensor,
     aux_sse: Option<Tensor>,

@@ -34,6 +34,7 @@ pub mod io;
 pub mod kernels;
 pub mod metrics;
 pub mod sae;
+pub mod sparse;
 pub mod tensor;
 pub mod train;
 

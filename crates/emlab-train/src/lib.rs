@@ -22,6 +22,8 @@
 pub mod adapter;
 pub mod checkpoint;
 pub mod config;
+#[cfg(feature = "cuda")]
+pub mod cuda_optim;
 pub mod data;
 mod error;
 pub mod optim;

@@ -131,14 +131,7 @@ impl AdamW {
         if self.dev.is_none() {
             self.push_moments(p.device())?;
         }
-        self.t += 1;
-        let bc1 = 1.0 - self.beta1.powi(self.t as i32);
-        let bc2 = 1.0 - self.beta2.powi(self.t as i32);
-        // f32 constants, rounded as the host loop rounds them.
-        let (b1, b2) = (self.beta1 as f32, self.beta2 as f32);
-        let step_size = (lr / bc1) as f32;
-        let bc2_sqrt = bc2.sqrt() as f32;
-        let decay = (1.0 - lr * self.weight_decay) as f32;
+        let Consts { b1, b2, step_size, bc2_sqrt, eps, decay } = self.next_consts(lr);
         let (m, v) = self.dev.take().expect("moments pushed above");
         // Scalar multiplies are exact as `affine`; divisions go through a true division (candle's
         // `tensor / f64` multiplies by the reciprocal, which rounds differently).
@@ -146,10 +139,48 @@ impl AdamW {
         let m = ((m * b1 as f64)? + (g * (1.0 - b1) as f64)?)?;
         let v = ((v * b2 as f64)? + ((g * (1.0 - b2) as f64)? * g)?)?;
         let bc2_sqrt = candle_core::Tensor::new(bc2_sqrt, p.device())?;
-        let denom = (v.sqrt()?.broadcast_div(&bc2_sqrt)? + self.eps as f32 as f64)?;
+        let denom = (v.sqrt()?.broadcast_div(&bc2_sqrt)? + eps as f64)?;
         let p = (p - ((&m * step_size as f64)? / denom)?)?;
         self.dev = Some((m, v));
         Ok(p)
+    }
+
+    /// Counts the update and returns its constants, rounded to f32 as the host loop rounds them.
+    fn next_consts(&mut self, lr: f64) -> Consts {
+        self.t += 1;
+        let bc1 = 1.0 - self.beta1.powi(self.t as i32);
+        let bc2 = 1.0 - self.beta2.powi(self.t as i32);
+        Consts {
+            b1: self.beta1 as f32,
+            b2: self.beta2 as f32,
+            step_size: (lr / bc1) as f32,
+            bc2_sqrt: bc2.sqrt() as f32,
+            eps: self.eps as f32,
+            decay: (1.0 - lr * self.weight_decay) as f32,
+        }
+    }
+
+    /// One update of CUDA tensors in place ([`crate::cuda_optim`]): `params` and `grads` in
+    /// parameter order (contiguous f32), gradients scaled by `gscale` first (clipping). Returns
+    /// the sum of squares of each updated tensor.
+    #[cfg(feature = "cuda")]
+    pub fn step_cuda(&mut self, params: &[candle_core::Tensor], grads: &[candle_core::Tensor], gscale: f32, lr: f64) -> candle_core::Result<Vec<f64>> {
+        let Some(first) = params.first() else { return Ok(Vec::new()) };
+        if self.dev.is_none() {
+            self.push_moments(first.device())?;
+        }
+        let c = self.next_consts(lr);
+        let (m, v) = self.dev.as_ref().expect("moments pushed above");
+        let h = crate::cuda_optim::Step {
+            gscale,
+            b1: c.b1,
+            b2: c.b2,
+            step_size: c.step_size,
+            bc2_sqrt: c.bc2_sqrt,
+            eps: c.eps,
+            decay: c.decay,
+        };
+        crate::cuda_optim::adamw(params, grads, m, v, h)
     }
 
     /// Sends the host moments to `dev` (flattened in parameter order): the state
@@ -178,6 +209,16 @@ impl AdamW {
         }
         Ok(())
     }
+}
+
+/// The constants of one update (see [`AdamW::step`]).
+struct Consts {
+    b1: f32,
+    b2: f32,
+    step_size: f32,
+    bc2_sqrt: f32,
+    eps: f32,
+    decay: f32,
 }
 
 /// Global L2 norm of all gradients (f64 accumulation). Per-tensor sums run in parallel and are

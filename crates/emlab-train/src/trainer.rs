@@ -180,6 +180,9 @@ struct Params {
     /// device-to-host copy instead of one blocking copy per tensor and block (which stalls the
     /// GPU's queue every time).
     pending: std::cell::RefCell<Vec<Option<Tensor>>>,
+    /// Per-tensor sums of squares of the adapters as the CUDA optimizer left them, when the host
+    /// mirror `host` is not kept current ([`Params::norms`] reads these instead).
+    sq: Option<Vec<f64>>,
 }
 
 impl Params {
@@ -199,7 +202,7 @@ impl Params {
             by_layer[a.layer].extend([2 * i, 2 * i + 1]);
         }
         let pending = std::cell::RefCell::new(vec![None; vars.len()]);
-        Ok(Params { ads, vars, keys, host, by_layer, pending })
+        Ok(Params { ads, vars, keys, host, by_layer, pending, sq: None })
     }
     /// Adds the gradients in `g` of the variables `which` into `grads` (on the CPU), or into
     /// device-side sums that [`Params::flush`] moves into `grads` (elsewhere).
@@ -235,6 +238,20 @@ impl Params {
             })
             .collect::<candle_core::Result<Vec<_>>>()?;
         Ok(Tensor::cat(&parts, 0)?)
+    }
+    /// The device-side gradient sums, one contiguous f32 tensor per variable (zeros for a
+    /// variable that received none); the sums are reset.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    fn take_grads(&self, dev: &candle_core::Device) -> Result<Vec<Tensor>> {
+        let mut pending = self.pending.borrow_mut();
+        let mut out = Vec::with_capacity(pending.len());
+        for (p, v) in pending.iter_mut().zip(&self.vars) {
+            out.push(match p.take() {
+                Some(t) => t.reshape(v.shape())?.contiguous()?,
+                None => Tensor::zeros(v.shape(), candle_core::DType::F32, dev)?,
+            });
+        }
+        Ok(out)
     }
     /// Sets every variable from the flat parameters `p` `[N]` (device-side copies) and refreshes
     /// the host mirror with one download (it feeds the per-step norms and checkpoints).
@@ -306,7 +323,10 @@ impl Params {
     /// number of threads).
     fn norms(&self) -> serde_json::Map<String, serde_json::Value> {
         let fro = |v: &Vec<f32>| v.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>().sqrt();
-        let n: Vec<f64> = self.host.par_iter().map(fro).collect();
+        let n: Vec<f64> = match &self.sq {
+            Some(sq) => sq.iter().map(|s| s.sqrt()).collect(),
+            None => self.host.par_iter().map(fro).collect(),
+        };
         self.ads.iter().enumerate().map(|(i, a)| (a.name(), serde_json::json!({"a": n[2 * i], "b": n[2 * i + 1]}))).collect()
     }
 }
@@ -565,7 +585,10 @@ fn run(
     }
     // The device path keeps the adapters flat on the device as the optimizer's parameters.
     let on_device = !dev.is_cpu() || emlab_model::ops::portable_forced();
-    let mut flat_p = if on_device { Some(params.flat_on(&dev)?) } else { None };
+    // On a CUDA device the optimizer updates the variables in place (`cuda_optim`); elsewhere off
+    // the CPU it runs on flat tensors.
+    let cuda_opt = cuda_optimizer(&dev);
+    let mut flat_p = if on_device && !cuda_opt { Some(params.flat_on(&dev)?) } else { None };
     let mut metrics = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -660,7 +683,9 @@ fn run(
             return Err(Error::Invalid(format!("loss is not finite at step {} ({loss_sum}); lower the learning rate", step + 1)));
         }
         let lr = lr_at(cfg.lr, cfg.schedule, cfg.warmup_steps, total, step);
-        let grad_norm = if let Some(p) = flat_p.take() {
+        let grad_norm = if cuda_opt {
+            cuda_step(&mut params, &mut opt, &dev, cfg.max_grad_norm, lr)?
+        } else if let Some(p) = flat_p.take() {
             // Norm, clipping and AdamW on the device: one scalar and the new adapters (for the
             // norms and checkpoints) come back, nothing goes up.
             let g = params.take_flat_grads(&dev)?;
@@ -764,6 +789,35 @@ fn run(
     let js = serde_json::to_string_pretty(&summary).unwrap_or_default();
     emlab_model::util::write_atomic(&out.join("train_summary.json"), js.as_bytes())?;
     Ok(summary)
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_optimizer(dev: &candle_core::Device) -> bool {
+    dev.is_cuda() && crate::cuda_optim::enabled()
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_optimizer(_dev: &candle_core::Device) -> bool {
+    false
+}
+
+/// Gradient norm, clipping and AdamW on a CUDA device, in place (`cuda_optim`): the per-tensor
+/// sums of squares (gradients, then new parameters) are all that comes back. Returns the norm.
+#[cfg(feature = "cuda")]
+fn cuda_step(params: &mut Params, opt: &mut AdamW, dev: &candle_core::Device, max_norm: f64, lr: f64) -> Result<f64> {
+    let grads = params.take_grads(dev)?;
+    let norm = crate::cuda_optim::sumsq(&grads)?.iter().sum::<f64>().sqrt();
+    profile::mark(dev, 2);
+    let coef = max_norm / (norm + 1e-6);
+    let gscale = if max_norm > 0.0 && coef < 1.0 { coef as f32 } else { 1.0 };
+    let vars: Vec<Tensor> = params.vars.iter().map(|v| v.as_tensor().clone()).collect();
+    params.sq = Some(opt.step_cuda(&vars, &grads, gscale, lr)?);
+    Ok(norm)
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_step(_: &mut Params, _: &mut AdamW, _: &candle_core::Device, _: f64, _: f64) -> Result<f64> {
+    Err(Error::Invalid("the CUDA optimizer needs a build with the `cuda` feature".into()))
 }
 
 /// Keeps the metrics lines of steps `<= step` (a resumed run rewrites what came after).

@@ -1,0 +1,20 @@
+//! emlab's own CUDA kernels, as PTX text for candle's `CudaDevice::get_or_load_custom_func`.
+//!
+//! Built only with the `cuda` feature (nvcc at build time, `scripts/build-cuda.sh`); a CPU build
+//! compiles this crate to nothing. The Rust side that launches them lives next to the code it
+//! speeds up: `emlab_model::cuda_ops` (fused training ops with hand-written backward passes) and
+//! `emlab_sae::device` (sparse decoder / encoder gradients).
+//!
+//! - [`TRAIN`] (`src/train.cu`): RMSNorm forward / backward, scaled causal softmax forward /
+//!   backward, half-rotation RoPE (the backward is the opposite rotation), SiLU(gate) * up
+//!   forward / backward, cross-entropy forward / backward. f32 and bf16 inputs, f32 arithmetic.
+//! - [`SAE`] (`src/sae.cu`): `out[ids[i]] += coef[i] * src[i / k]`, the sparse outer-product
+//!   accumulation that replaces two dense `[d, m]` GEMMs of a TopK SAE step (atomic adds).
+
+/// PTX of `src/train.cu`.
+#[cfg(feature = "cuda")]
+pub const TRAIN: &str = include_str!(concat!(env!("OUT_DIR"), "/train.ptx"));
+
+/// PTX of `src/sae.cu`.
+#[cfg(feature = "cuda")]
+pub const SAE: &str = include_str!(concat!(env!("OUT_DIR"), "/sae.ptx"));

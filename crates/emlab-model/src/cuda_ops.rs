@@ -1,0 +1,573 @@
+//! Fused CUDA versions of the training ops of [`crate::ops`], each one kernel forward and one
+//! kernel backward (`emlab_kernels::TRAIN`), with the backward written by hand.
+//!
+//! Why: composed candle ops cost one launch each, and candle's autograd adds, for every edge of
+//! the graph, a zero-filled buffer and an add, and computes gradients for constant operands too
+//! (the RoPE tables, the causal mask). An RMSNorm composed from nine ops took ~40 launches forward
+//! and backward; fused it takes two (plus candle's accumulation of the result). Training on a
+//! GPU is launch-bound at the model sizes emlab targets (docs/benchmarks.md, "GPU").
+//!
+//! Used only for CUDA tensors that track gradients, in f32 or bf16 ([`wanted`]);
+//! `EMLAB_CUDA_FUSED=0` turns them off (the composed ops run instead: the A/B, and the fallback if
+//! a kernel is ever wrong). Arithmetic is f32 inside the kernels whatever the input dtype. There
+//! is no CPU implementation: on the CPU the fused kernels of [`crate::ops`] run, and the GPU
+//! benchmark (`bench/gpu/run.sh`) checks this path against the CPU's loss and gradient norm.
+//!
+//! Shapes: [`rms_norm`] `x [.., d]`, `w [d]`; [`causal_softmax`] `[.., n, n]` (row `q` of each
+//! square block sees columns `0..=q`); [`rope`] `x [B, T, H, D]`, tables `[1 or B, T, 1, D/2]`;
+//! [`silu_mul`] any shape; [`cross_entropy`] logits `[N, V]`, targets `[N]` -> `[N]` f32.
+
+use candle_core::backend::BackendStorage;
+use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg};
+use candle_core::cuda_backend::{CudaDType, CudaStorageSlice, WrapErr};
+use candle_core::{bail, CudaDevice, CudaStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use half::bf16;
+
+const MODULE: &str = "emlab-train";
+
+/// True when `x` should take the fused CUDA path: a CUDA tensor in f32 or bf16 that tracks
+/// gradients, unless `EMLAB_CUDA_FUSED=0`.
+pub fn wanted(x: &Tensor) -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let on = *ON.get_or_init(|| std::env::var("EMLAB_CUDA_FUSED").map(|v| v != "0").unwrap_or(true));
+    on && x.device().is_cuda() && x.track_op() && matches!(x.dtype(), DType::F32 | DType::BF16)
+}
+
+/// The element types the kernels are built for, with their kernel-name suffixes.
+trait Elem: DeviceRepr + CudaDType + Copy + 'static {
+    const SUFFIX: &'static str;
+    fn view<'a>(s: &'a CudaStorage, l: &Layout, what: &str) -> Result<CudaView<'a, Self>>;
+}
+
+fn offsets(l: &Layout, what: &str) -> Result<(usize, usize)> {
+    l.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg(format!("{what}: expected a contiguous input")))
+}
+
+impl Elem for f32 {
+    const SUFFIX: &'static str = "f32";
+    fn view<'a>(s: &'a CudaStorage, l: &Layout, what: &str) -> Result<CudaView<'a, f32>> {
+        let (a, b) = offsets(l, what)?;
+        match &s.slice {
+            CudaStorageSlice::F32(x) => Ok(x.slice(a..b)),
+            _ => bail!("{what}: expected f32, got {:?}", s.dtype()),
+        }
+    }
+}
+
+impl Elem for bf16 {
+    const SUFFIX: &'static str = "bf16";
+    fn view<'a>(s: &'a CudaStorage, l: &Layout, what: &str) -> Result<CudaView<'a, bf16>> {
+        let (a, b) = offsets(l, what)?;
+        match &s.slice {
+            CudaStorageSlice::BF16(x) => Ok(x.slice(a..b)),
+            _ => bail!("{what}: expected bf16, got {:?}", s.dtype()),
+        }
+    }
+}
+
+fn u32_view<'a>(s: &'a CudaStorage, l: &Layout, what: &str) -> Result<CudaView<'a, u32>> {
+    let (a, b) = offsets(l, what)?;
+    match &s.slice {
+        CudaStorageSlice::U32(x) => Ok(x.slice(a..b)),
+        _ => bail!("{what}: expected u32 targets, got {:?}", s.dtype()),
+    }
+}
+
+fn f32_view<'a>(s: &'a CudaStorage, l: &Layout, what: &str) -> Result<CudaView<'a, f32>> {
+    <f32 as Elem>::view(s, l, what)
+}
+
+fn wrap<T: Elem>(slice: CudaSlice<T>, dev: &CudaDevice) -> CudaStorage {
+    CudaStorage::wrap_cuda_slice(slice, dev.clone())
+}
+
+/// One block per row.
+fn rows_cfg(rows: usize, threads: u32) -> LaunchConfig {
+    LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 }
+}
+
+/// Grid-stride element loops: enough blocks to fill the card, no more.
+fn elems_cfg(n: usize) -> LaunchConfig {
+    let blocks = n.div_ceil(256).clamp(1, 132 * 16) as u32;
+    LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
+}
+
+/// Threads per row-block: a multiple of 32 (the kernels' reductions need it), up to 1024.
+fn threads_for(cols: usize) -> u32 {
+    (cols.div_ceil(32) * 32).clamp(32, if cols > 4096 { 1024 } else { 256 }) as u32
+}
+
+macro_rules! by_dtype {
+    ($s:expr, $what:expr, $f:ident ( $($arg:expr),* )) => {
+        match $s.dtype() {
+            DType::F32 => $f::<f32>($($arg),*),
+            DType::BF16 => $f::<bf16>($($arg),*),
+            d => bail!("{}: unsupported dtype {d:?}", $what),
+        }
+    };
+}
+
+// ---------------------------------------------------------------------------------------------
+// RMSNorm
+
+struct RmsNorm {
+    eps: f32,
+}
+
+fn rms_fwd<T: Elem>(eps: f32, x: &CudaStorage, lx: &Layout, w: &CudaStorage, lw: &Layout) -> Result<(CudaStorage, Shape)> {
+    let dev = x.device();
+    let d = lw.shape().elem_count();
+    let n = lx.shape().elem_count();
+    let (xv, wv) = (T::view(x, lx, "rms-norm")?, T::view(w, lw, "rms-norm weight")?);
+    let y = unsafe { dev.alloc::<T>(n)? };
+    let f = dev.get_or_load_custom_func(&format!("rmsnorm_fwd_{}", T::SUFFIX), MODULE, emlab_kernels::TRAIN)?;
+    let mut b = f.builder();
+    let (di, e) = (d as i32, eps);
+    b.arg(&xv).arg(&wv).arg(&y).arg(&di).arg(&e);
+    unsafe { b.launch(rows_cfg(n / d, threads_for(d))) }.w()?;
+    Ok((wrap(y, dev), lx.shape().clone()))
+}
+
+impl CustomOp2 for RmsNorm {
+    fn name(&self) -> &'static str {
+        "cuda-rms-norm"
+    }
+    fn cpu_fwd(&self, _: &candle_core::CpuStorage, _: &Layout, _: &candle_core::CpuStorage, _: &Layout) -> Result<(candle_core::CpuStorage, Shape)> {
+        bail!("cuda-rms-norm: CUDA only")
+    }
+    fn cuda_fwd(&self, x: &CudaStorage, lx: &Layout, w: &CudaStorage, lw: &Layout) -> Result<(CudaStorage, Shape)> {
+        by_dtype!(x, "rms-norm", rms_fwd(self.eps, x, lx, w, lw))
+    }
+    fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let dx = x.apply_op3_no_bwd(w, &grad.contiguous()?, &RmsNormBwd { eps: self.eps })?;
+        Ok((Some(dx), None))
+    }
+}
+
+struct RmsNormBwd {
+    eps: f32,
+}
+
+fn rms_bwd<T: Elem>(eps: f32, x: &CudaStorage, lx: &Layout, w: &CudaStorage, lw: &Layout, g: &CudaStorage, lg: &Layout) -> Result<(CudaStorage, Shape)> {
+    let dev = x.device();
+    let d = lw.shape().elem_count();
+    let n = lx.shape().elem_count();
+    let (xv, wv, gv) = (T::view(x, lx, "rms-norm bwd")?, T::view(w, lw, "rms-norm bwd")?, T::view(g, lg, "rms-norm bwd")?);
+    let dx = unsafe { dev.alloc::<T>(n)? };
+    let f = dev.get_or_load_custom_func(&format!("rmsnorm_bwd_{}", T::SUFFIX), MODULE, emlab_kernels::TRAIN)?;
+    let mut b = f.builder();
+    let (di, e) = (d as i32, eps);
+    b.arg(&xv).arg(&wv).arg(&gv).arg(&dx).arg(&di).arg(&e);
+    unsafe { b.launch(rows_cfg(n / d, threads_for(d))) }.w()?;
+    Ok((wrap(dx, dev), lx.shape().clone()))
+}
+
+impl CustomOp3 for RmsNormBwd {
+    fn name(&self) -> &'static str {
+        "cuda-rms-norm-bwd"
+    }
+    fn cpu_fwd(
+        &self,
+        _: &candle_core::CpuStorage,
+        _: &Layout,
+        _: &candle_core::CpuStorage,
+        _: &Layout,
+        _: &candle_core::CpuStorage,
+        _: &Layout,
+    ) -> Result<(candle_core::CpuStorage, Shape)> {
+        bail!("cuda-rms-norm-bwd: CUDA only")
+    }
+    fn cuda_fwd(&self, x: &CudaStorage, lx: &Layout, w: &CudaStorage, lw: &Layout, g: &CudaStorage, lg: &Layout) -> Result<(CudaStorage, Shape)> {
+        by_dtype!(x, "rms-norm bwd", rms_bwd(self.eps, x, lx, w, lw, g, lg))
+    }
+}
+
+/// RMSNorm over the last axis, frozen weight `w` `[d]` (cast to `x`'s dtype).
+pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+    let w = if w.dtype() != x.dtype() { w.to_dtype(x.dtype())? } else { w.clone() };
+    x.contiguous()?.apply_op2(&w.detach().contiguous()?, RmsNorm { eps: eps as f32 })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scaled causal softmax
+
+struct CausalSoftmax {
+    scale: f32,
+}
+
+fn softmax_fwd<T: Elem>(scale: f32, x: &CudaStorage, lx: &Layout) -> Result<(CudaStorage, Shape)> {
+    let dev = x.device();
+    let dims = lx.dims();
+    let nd = dims.len();
+    if nd < 2 || dims[nd - 1] != dims[nd - 2] {
+        bail!("causal-softmax: expected [.., n, n] scores, got {dims:?}");
+    }
+    let (n, el) = (dims[nd - 1], lx.shape().elem_count());
+    let xv = T::view(x, lx, "causal-softmax")?;
+    let y = unsafe { dev.alloc::<T>(el)? };
+    let f = dev.get_or_load_custom_func(&format!("causal_softmax_fwd_{}", T::SUFFIX), MODULE, emlab_kernels::TRAIN)?;
+    let mut b = f.builder();
+    let (ni, sc) = (n as i32, scale);
+    b.arg(&xv).arg(&y).arg(&ni).arg(&sc);
+    unsafe { b.launch(rows_cfg(el / n, threads_for(n).min(128))) }.w()?;
+    Ok((wrap(y, dev), lx.shape().clone()))
+}
+
+impl CustomOp1 for CausalSoftmax {
+    fn name(&self) -> &'static str {
+        "cuda-causal-softmax"
+    }
+    fn cpu_fwd(&self, _: &candle_core::CpuStorage, _: &Layout) -> Result<(candle_core::CpuStorage, Shape)> {
+        bail!("cuda-causal-softmax: CUDA only")
+    }
+    fn cuda_fwd(&self, x: &CudaStorage, lx: &Layout) -> Result<(CudaStorage, Shape)> {
+        by_dtype!(x, "causal-softmax", softmax_fwd(self.scale, x, lx))
+    }
+    fn bwd(&self, _x: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(res.apply_op2_no_bwd(&grad.contiguous()?, &SoftmaxBwd { scale: self.scale })?))
+    }
+}
+
+struct SoftmaxBwd {
+    scale: f32,
+}
+
+fn softmax_bwd<T: Elem>(scale: f32, y: &CudaStorage, ly: &Layout, g: &CudaStorage, lg: &Layout) -> Result<(CudaStorage, Shape)> {
+    let dev = y.device();
+    let n = *ly.dims().last().unwrap_or(&1);
+    let el = ly.shape().elem_count();
+    let (yv, gv) = (T::view(y, ly, "softmax bwd")?, T::view(g, lg, "softmax bwd")?);
+    let dx = unsafe { dev.alloc::<T>(el)? };
+    let f = dev.get_or_load_custom_func(&format!("softmax_bwd_{}", T::SUFFIX), MODULE, emlab_kernels::TRAIN)?;
+    let mut b = f.builder();
+    let (ni, sc) = (n as i32, scale);
+    b.arg(&yv).arg(&gv).arg(&dx).arg(&ni).arg(&sc);
+    unsafe { b.launch(rows_cfg(el / n, threads_for(n).min(128))) }.w()?;
+    Ok((wrap(dx, dev), ly.shape().clone()))
+}
+
+impl CustomOp2 for SoftmaxBwd {
+    fn name(&self) -> &'static str {
+        "cuda-softmax-bwd"
+    }
+    fn cpu_fwd(&self, _: &candle_core::CpuStorage, _: &Layout, _: &candle_core::CpuStorage, _: &Layout) -> Result<(candle_core::CpuStorage, Shape)> {
+        bail!("cuda-softmax-bwd: CUDA only")
+    }
+    fn cuda_fwd(&self, y: &CudaStorage, ly: &Layout, g: &CudaStorage, lg: &Layout) -> Result<(CudaStorage, Shape)> {
+        by_dtype!(y, "softmax bwd", softmax_bwd(self.scale, y, ly, g, lg))
+    }
+}
+
+/// `softmax(scale * x + causal mask)` over the last axis of square `[.., n, n]` score blocks:
+/// row `q` of a block sees columns `0..=q`, the rest come out 0. The scale and mask live in the
+/// kernel (composed, they cost two more ops and, in candle's backward, a reduction over the mask).
+pub fn causal_softmax(x: &Tensor, scale: f64) -> Result<Tensor> {
+    x.contiguous()?.apply_op1(CausalSoftmax { scale: scale as f32 })
+}
+
+// ---------------------------------------------------------------------------------------------
+// RoPE
+
+struct Rope {
+    sign: f32,
+}
+
+fn rope_run<T: Elem>(sign: f32, x: &CudaStorage, lx: &Layout, c: &CudaStorage, lc: &Layout, s: &CudaStorage, ls: &Layout) -> Result<(CudaStorage, Shape)> {
+    let dev = x.device();
+    let (b, t, h, d) = match lx.dims() {
+        [b, t, h, d] => (*b, *t, *h, *d),
+        dims => bail!("rope: expected [B, T, heads, D], got {dims:?}"),
+    };
+    let half = d / 2;
+    let tab = lc.shape().elem_count();
+    let tb = tab / (t * half).max(1);
+    if tab != tb * t * half || !(tb == 1 || tb == b) || ls.shape().elem_count() != tab {
+        bail!("rope: tables {:?} do not match an input of shape {:?}", lc.dims(), lx.dims());
+    }
+    let (xv, cv, sv) = (T::view(x, lx, "rope")?, T::view(c, lc, "rope cos")?, T::view(s, ls, "rope sin")?);
+    let el = lx.shape().elem_count();
+    let y = unsafe { dev.alloc::<T>(el)? };
+    let f = dev.get_or_load_custom_func(&format!("rope_{}", T::SUFFIX), MODULE, emlab_kernels::TRAIN)?;
+    let mut bld = f.builder();
+    let (bi, ti, hi, di, tbi, sg) = (b as i32, t as i32, h as i32, d as i32, tb as i32, sign);
+    bld.arg(&xv).arg(&cv).arg(&sv).arg(&y).arg(&bi).arg(&ti).arg(&hi).arg(&di).arg(&tbi).arg(&sg);
+    unsafe { bld.launch(elems_cfg(el / 2)) }.w()?;
+    Ok((wrap(y, dev), lx.shape().clone()))
+}
+
+impl CustomOp3 for Rope {
+    fn name(&self) -> &'static str {
+        "cuda-rope"
+    }
+    fn cpu_fwd(
+        &self,
+        _: &candle_core::CpuStorage,
+        _: &Layout,
+        _: &candle_core::CpuStorage,
+        _: &Layout,
+        _: &candle_core::CpuStorage,
+        _: &Layout,
+    ) -> Result<(candle_core::CpuStorage, Shape)> {
+        bail!("cuda-rope: CUDA only")
+    }
+    fn cuda_fwd(&self, x: &CudaStorage, lx: &Layout, c: &CudaStorage, lc: &Layout, s: &CudaStorage, ls: &Layout) -> Result<(CudaStorage, Shape)> {
+        by_dtype!(x, "rope", rope_run(self.sign, x, lx, c, lc, s, ls))
+    }
+    fn bwd(&self, _x: &Tensor, c: &Tensor, s: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        // A rotation's transpose is the rotation by the opposite angle.
+        let dx = grad.contiguous()?.apply_op3_no_bwd(c, s, &Rope { sign: -self.sign })?;
+        Ok((Some(dx), None, None))
+    }
+}
+
+/// Half-rotation RoPE of `x` `[B, T, heads, D]` with tables `[1 or B, T, 1, D/2]` (constants).
+pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let dt = x.dtype();
+    let (c, s) = (cos.detach().to_dtype(dt)?.contiguous()?, sin.detach().to_dtype(dt)?.contiguous()?);
+    x.contiguous()?.apply_op3(&c, &s, Rope { sign: 1.0 })
+}
+
+// ---------------------------------------------------------------------------------------------
+// SiLU(gate) * up
+
+struct SiluMul;
+
+fn silu_fwd<T: Elem>(g: &CudaStorage, lg: &Layout, u: &CudaStorage, lu: &Layout) -> Result<(CudaStorage, Shape)> {
+    let dev = g.device();
+    let n = lg.shape().elem_count();
+    if lu.shape().elem_count() != n {
+        bail!("silu-mul: gate {:?} and up {:?} differ", lg.dims(), lu.dims());
+    }
+    let (gv, uv) = (T::view(g, lg, "silu-mul")?, T::view(u, lu, "silu-mul")?);
+    let y = unsafe { dev.alloc::<T>(n)? };
+    let f = dev.get_or_load_custom_func(&format!("silu_mul_fwd_{}", T::SUFFIX), MODULE, emlab_kernels::TRAIN)?;
+    let mut b = f.builder();
+    b.arg(&gv).arg(&uv).arg(&y).arg(&n);
+    unsafe { b.launch(elems_cfg(n)) }.w()?;
+    Ok((wrap(y, dev), lg.shape().clone()))
+}
+
+impl CustomOp2 for SiluMul {
+    fn name(&self) -> &'static str {
+        "cuda-silu-mul"
+    }
+    fn cpu_fwd(&self, _: &candle_core::CpuStorage, _: &Layout, _: &candle_core::CpuStorage, _: &Layout) -> Result<(candle_core::CpuStorage, Shape)> {
+        bail!("cuda-silu-mul: CUDA only")
+    }
+    fn cuda_fwd(&self, g: &CudaStorage, lg: &Layout, u: &CudaStorage, lu: &Layout) -> Result<(CudaStorage, Shape)> {
+        by_dtype!(g, "silu-mul", silu_fwd(g, lg, u, lu))
+    }
+    fn bwd(&self, g: &Tensor, u: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        // One kernel writes both gradients, one after the other: [2 * n].
+        let both = g.apply_op3_no_bwd(u, &grad.contiguous()?, &SiluMulBwd)?;
+        let n = g.elem_count();
+        let dg = both.narrow(0, 0, n)?.reshape(g.shape())?;
+        let du = both.narrow(0, n, n)?.reshape(u.shape())?;
+        Ok((Some(dg), Some(du)))
+    }
+}
+
+struct SiluMulBwd;
+
+fn silu_bwd<T: Elem>(g: &CudaStorage, lg: &Layout, u: &CudaStorage, lu: &Layout, d: &CudaStorage, ld: &Layout) -> Result<(CudaStorage, Shape)> {
+    let dev = g.device();
+    let n = lg.shape().elem_count();
+    let (gv, uv, dv) = (T::view(g, lg, "silu-mul bwd")?, T::view(u, lu, "silu-mul bwd")?, T::view(d, ld, "silu-mul bwd")?);
+    let out = unsafe { dev.alloc::<T>(2 * n)? };
+    let f = dev.get_or_load_custom_func(&format!("silu_mul_bwd_{}", T::SUFFIX), MODULE, emlab_kernels::TRAIN)?;
+    let mut b = f.builder();
+    b.arg(&gv).arg(&uv).arg(&dv).arg(&out).arg(&n);
+    unsafe { b.launch(elems_cfg(n)) }.w()?;
+    Ok((wrap(out, dev), Shape::from(2 * n)))
+}
+
+impl CustomOp3 for SiluMulBwd {
+    fn name(&self) -> &'static str {
+        "cuda-silu-mul-bwd"
+    }
+    fn cpu_fwd(
+        &self,
+        _: &candle_core::CpuStorage,
+        _: &Layout,
+        _: &candle_core::CpuStorage,
+        _: &Layout,
+        _: &candle_core::CpuStorage,
+        _: &Layout,
+    ) -> Result<(candle_core::CpuStorage, Shape)> {
+        bail!("cuda-silu-mul-bwd: CUDA only")
+    }
+    fn cuda_fwd(&self, g: &CudaStorage, lg: &Layout, u: &CudaStorage, lu: &Layout, d: &CudaStorage, ld: &Layout) -> Result<(CudaStorage, Shape)> {
+        by_dtype!(g, "silu-mul bwd", silu_bwd(g, lg, u, lu, d, ld))
+    }
+}
+
+/// `silu(gate) * up` (same shapes and dtype).
+pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    gate.contiguous()?.apply_op2(&up.contiguous()?, SiluMul)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cross-entropy
+
+struct CrossEntropy;
+
+fn ce_fwd<T: Elem>(x: &CudaStorage, lx: &Layout, t: &CudaStorage, lt: &Layout) -> Result<(CudaStorage, Shape)> {
+    let dev = x.device();
+    let (n, v) = match lx.dims() {
+        [n, v] => (*n, *v),
+        d => bail!("cross-entropy: logits must be [N, V], got {d:?}"),
+    };
+    if lt.shape().elem_count() != n {
+        bail!("cross-entropy: {} targets for {n} rows", lt.shape().elem_count());
+    }
+    let (xv, tv) = (T::view(x, lx, "cross-entropy")?, u32_view(t, lt, "cross-entropy")?);
+    let loss = unsafe { dev.alloc::<f32>(n)? };
+    let f = dev.get_or_load_custom_func(&format!("ce_fwd_{}", T::SUFFIX), MODULE, emlab_kernels::TRAIN)?;
+    let mut b = f.builder();
+    let vi = v as i32;
+    b.arg(&xv).arg(&tv).arg(&loss).arg(&vi);
+    unsafe { b.launch(rows_cfg(n, threads_for(v))) }.w()?;
+    Ok((wrap(loss, dev), Shape::from(n)))
+}
+
+impl CustomOp2 for CrossEntropy {
+    fn name(&self) -> &'static str {
+        "cuda-cross-entropy"
+    }
+    fn cpu_fwd(&self, _: &candle_core::CpuStorage, _: &Layout, _: &candle_core::CpuStorage, _: &Layout) -> Result<(candle_core::CpuStorage, Shape)> {
+        bail!("cuda-cross-entropy: CUDA only")
+    }
+    fn cuda_fwd(&self, x: &CudaStorage, lx: &Layout, t: &CudaStorage, lt: &Layout) -> Result<(CudaStorage, Shape)> {
+        by_dtype!(x, "cross-entropy", ce_fwd(x, lx, t, lt))
+    }
+    fn bwd(&self, x: &Tensor, t: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let g = grad.to_dtype(DType::F32)?.contiguous()?;
+        Ok((Some(x.apply_op3_no_bwd(t, &g, &CrossEntropyBwd)?), None))
+    }
+}
+
+struct CrossEntropyBwd;
+
+fn ce_bwd<T: Elem>(x: &CudaStorage, lx: &Layout, t: &CudaStorage, lt: &Layout, g: &CudaStorage, lg: &Layout) -> Result<(CudaStorage, Shape)> {
+    let dev = x.device();
+    let (n, v) = match lx.dims() {
+        [n, v] => (*n, *v),
+        d => bail!("cross-entropy bwd: logits must be [N, V], got {d:?}"),
+    };
+    let (xv, tv, gv) = (T::view(x, lx, "cross-entropy bwd")?, u32_view(t, lt, "cross-entropy bwd")?, f32_view(g, lg, "cross-entropy bwd")?);
+    let dx = unsafe { dev.alloc::<T>(n * v)? };
+    let f = dev.get_or_load_custom_func(&format!("ce_bwd_{}", T::SUFFIX), MODULE, emlab_kernels::TRAIN)?;
+    let mut b = f.builder();
+    let vi = v as i32;
+    b.arg(&xv).arg(&tv).arg(&gv).arg(&dx).arg(&vi);
+    unsafe { b.launch(rows_cfg(n, threads_for(v))) }.w()?;
+    Ok((wrap(dx, dev), lx.shape().clone()))
+}
+
+impl CustomOp3 for CrossEntropyBwd {
+    fn name(&self) -> &'static str {
+        "cuda-cross-entropy-bwd"
+    }
+    fn cpu_fwd(
+        &self,
+        _: &candle_core::CpuStorage,
+        _: &Layout,
+        _: &candle_core::CpuStorage,
+        _: &Layout,
+        _: &candle_core::CpuStorage,
+        _: &Layout,
+    ) -> Result<(candle_core::CpuStorage, Shape)> {
+        bail!("cuda-cross-entropy-bwd: CUDA only")
+    }
+    fn cuda_fwd(&self, x: &CudaStorage, lx: &Layout, t: &CudaStorage, lt: &Layout, g: &CudaStorage, lg: &Layout) -> Result<(CudaStorage, Shape)> {
+        by_dtype!(x, "cross-entropy bwd", ce_bwd(x, lx, t, lt, g, lg))
+    }
+}
+
+/// Per-row `logsumexp(logits) - logits[target]`, logits `[N, V]` (f32 or bf16), targets `[N]`
+/// (cast to u32); returns `[N]` f32. The backward writes the gradient in the logits' dtype.
+pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    let t = if targets.dtype() != DType::U32 { targets.to_dtype(DType::U32)? } else { targets.clone() };
+    logits.contiguous()?.apply_op2(&t.detach().contiguous()?, CrossEntropy)
+}
+
+// ---------------------------------------------------------------------------------------------
+// LoRA delta
+
+struct LoraDelta {
+    scale: f64,
+}
+
+fn f32_layout(s: &CudaStorage, l: &Layout) -> Result<(Option<CudaStorage>, Layout)> {
+    // The adapter computes in f32 (as PEFT does over a bf16 base): cast the input once.
+    if s.dtype() == DType::F32 {
+        return Ok((None, l.clone()));
+    }
+    let c = s.to_dtype(l, DType::F32)?;
+    Ok((Some(c), Layout::contiguous(l.shape())))
+}
+
+impl CustomOp3 for LoraDelta {
+    fn name(&self) -> &'static str {
+        "cuda-lora-delta"
+    }
+    fn cpu_fwd(
+        &self,
+        _: &candle_core::CpuStorage,
+        _: &Layout,
+        _: &candle_core::CpuStorage,
+        _: &Layout,
+        _: &candle_core::CpuStorage,
+        _: &Layout,
+    ) -> Result<(candle_core::CpuStorage, Shape)> {
+        bail!("cuda-lora-delta: CUDA only")
+    }
+    fn cuda_fwd(&self, x: &CudaStorage, lx: &Layout, a: &CudaStorage, la: &Layout, b: &CudaStorage, lb: &Layout) -> Result<(CudaStorage, Shape)> {
+        let (n, din) = match lx.dims() {
+            [n, d] => (*n, *d),
+            d => bail!("lora: x must be [N, in], got {d:?}"),
+        };
+        let (r, dout) = match (la.dims(), lb.dims()) {
+            ([r, d1], [o, r2]) if *d1 == din && r2 == r => (*r, *o),
+            (da, db) => bail!("lora: A {da:?} / B {db:?} do not fit an input of width {din}"),
+        };
+        if a.dtype() != DType::F32 || b.dtype() != DType::F32 {
+            bail!("lora: adapters must be f32");
+        }
+        let (xc, lxf) = f32_layout(x, lx)?;
+        let xf = xc.as_ref().unwrap_or(x);
+        let low = xf.matmul(a, (1, n, r, din), &lxf, &la.transpose(0, 1)?)?; // [N, r]
+        let up = low.matmul(b, (1, n, dout, r), &Layout::contiguous((n, r)), &lb.transpose(0, 1)?)?; // [N, out]
+        let lo = Layout::contiguous((n, dout));
+        let up = up.affine(&lo, self.scale, 0.0)?;
+        let out = if x.dtype() == DType::F32 { up } else { up.to_dtype(&lo, x.dtype())? };
+        Ok((out, Shape::from((n, dout))))
+    }
+    fn bwd(&self, x: &Tensor, a: &Tensor, b: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        // y = s x Aᵀ Bᵀ: dB = s gᵀ (x Aᵀ), dA = s (g B)ᵀ x, dx = s (g B) A. Detached operands: the
+        // backward builds no graph of its own.
+        let (a, b) = (a.detach(), b.detach());
+        let gs = (grad.detach().to_dtype(DType::F32)? * self.scale)?;
+        let xf = x.detach().to_dtype(DType::F32)?;
+        let low = xf.matmul(&a.t()?)?; // recomputed [N, r]
+        let gb = gs.matmul(&b)?; // [N, r]
+        let db = gs.t()?.matmul(&low)?; // [out, r]
+        let da = gb.t()?.matmul(&xf)?; // [r, in]
+        let dx = gb.matmul(&a)?.to_dtype(x.dtype())?; // [N, in]
+        Ok((Some(dx), Some(da), Some(db)))
+    }
+}
+
+/// True when the adapter of a projection with input `x` takes [`lora_delta`].
+pub fn wanted_lora(x: &Tensor, a: &Tensor, b: &Tensor) -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let on = *ON.get_or_init(|| std::env::var("EMLAB_CUDA_FUSED").map(|v| v != "0").unwrap_or(true));
+    on && x.device().is_cuda() && matches!(x.dtype(), DType::F32 | DType::BF16) && a.dtype() == DType::F32 && b.dtype() == DType::F32 && x.rank() == 2
+}
+
+/// The LoRA update `scale · x Aᵀ Bᵀ` for `x` `[N, in]` (f32 or bf16), `A` `[r, in]`, `B` `[out, r]`
+/// (f32), computed in f32 and returned in `x`'s dtype: one graph node whose backward is five
+/// GEMMs (composed, candle's autograd spent ~30 launches per projection).
+pub fn lora_delta(x: &Tensor, a: &Tensor, b: &Tensor, scale: f64) -> Result<Tensor> {
+    x.contiguous()?.apply_op3(a, b, LoraDelta { scale })
+}
