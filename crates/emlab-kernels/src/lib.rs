@@ -2,13 +2,14 @@
 //!
 //! Built only with the `cuda` feature (nvcc at build time, `scripts/build-cuda.sh`); a CPU build
 //! compiles this crate to nothing. The Rust side that launches them lives next to the code it
-//! speeds up: `emlab_model::cuda_ops` (fused training ops with hand-written backward passes) and
-//! `emlab_sae::device` (sparse decoder / encoder gradients).
+//! speeds up: `emlab_model::cuda_ops` (fused training ops with hand-written backward passes),
+//! `emlab_train::cuda_optim` (multi-tensor AdamW) and `emlab_sae::sparse` (sparse gradients).
 //!
-//! - [`TRAIN`] (`src/train.cu`): RMSNorm forward / backward, scaled causal softmax forward /
+//! - `TRAIN` (`src/train.cu`): RMSNorm forward / backward, scaled causal softmax forward /
 //!   backward, half-rotation RoPE (the backward is the opposite rotation), SiLU(gate) * up
-//!   forward / backward, cross-entropy forward / backward. f32 and bf16 inputs, f32 arithmetic.
-//! - [`SAE`] (`src/sae.cu`): `out[ids[i]] += coef[i] * src[i / k]`, the sparse outer-product
+//!   forward / backward, cross-entropy forward / backward (f32 and bf16 inputs, f32 arithmetic);
+//!   multi-tensor AdamW and sums of squares over tables of device pointers.
+//! - `SAE` (`src/sae.cu`): `out[ids[i]] += coef[i] * src[i / k]`, the sparse outer-product
 //!   accumulation that replaces two dense `[d, m]` GEMMs of a TopK SAE step (atomic adds).
 
 /// PTX of `src/train.cu`.

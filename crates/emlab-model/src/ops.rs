@@ -21,6 +21,11 @@
 //! - [`OpPath::Kernel`]: candle's own fused kernels (CUDA on a GPU), which record no backward:
 //!   only for inputs that do not track gradients on a non-CPU device (generation, capture).
 //!
+//! With the `cuda` feature, training on a CUDA device takes neither of the last two: each op
+//! branches first to emlab's fused CUDA kernel with a hand-written backward (`crate::cuda_ops`;
+//! `EMLAB_CUDA_FUSED=0` falls back to [`OpPath::Composed`]), as do [`causal_softmax`] and
+//! [`silu_mul`].
+//!
 //! CPU inference keeps the composed form (its numbers are the CPU reference). [`with_portable`]
 //! (or `EMLAB_PORTABLE_OPS=1`) makes a CPU run take the paths a GPU would take, so the GPU path
 //! is tested on machines without one: tests check values and gradients of both paths against
