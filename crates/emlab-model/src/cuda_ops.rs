@@ -15,7 +15,8 @@
 //!
 //! Shapes: [`rms_norm`] `x [.., d]`, `w [d]`; [`causal_softmax`] `[.., n, n]` (row `q` of each
 //! square block sees columns `0..=q`); [`rope`] `x [B, T, H, D]`, tables `[1 or B, T, 1, D/2]`;
-//! [`silu_mul`] any shape; [`cross_entropy`] logits `[N, V]`, targets `[N]` -> `[N]` f32.
+//! [`silu_mul`] any shape; [`cross_entropy`] logits `[N, V]`, targets `[N]` -> `[N]` f32. The
+//! LoRA update, one node for every device, is [`crate::ops::lora_delta`].
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg};
@@ -28,9 +29,7 @@ const MODULE: &str = "emlab-train";
 /// True when `x` should take the fused CUDA path: a CUDA tensor in f32 or bf16 that tracks
 /// gradients, unless `EMLAB_CUDA_FUSED=0`.
 pub fn wanted(x: &Tensor) -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    let on = *ON.get_or_init(|| std::env::var("EMLAB_CUDA_FUSED").map(|v| v != "0").unwrap_or(true));
-    on && x.device().is_cuda() && x.track_op() && matches!(x.dtype(), DType::F32 | DType::BF16)
+    crate::device::cuda_fused() && x.device().is_cuda() && x.track_op() && matches!(x.dtype(), DType::F32 | DType::BF16)
 }
 
 /// The element types the kernels are built for, with their kernel-name suffixes.
@@ -489,85 +488,4 @@ impl CustomOp3 for CrossEntropyBwd {
 pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     let t = if targets.dtype() != DType::U32 { targets.to_dtype(DType::U32)? } else { targets.clone() };
     logits.contiguous()?.apply_op2(&t.detach().contiguous()?, CrossEntropy)
-}
-
-// ---------------------------------------------------------------------------------------------
-// LoRA delta
-
-struct LoraDelta {
-    scale: f64,
-}
-
-fn f32_layout(s: &CudaStorage, l: &Layout) -> Result<(Option<CudaStorage>, Layout)> {
-    // The adapter computes in f32 (as PEFT does over a bf16 base): cast the input once.
-    if s.dtype() == DType::F32 {
-        return Ok((None, l.clone()));
-    }
-    let c = s.to_dtype(l, DType::F32)?;
-    Ok((Some(c), Layout::contiguous(l.shape())))
-}
-
-impl CustomOp3 for LoraDelta {
-    fn name(&self) -> &'static str {
-        "cuda-lora-delta"
-    }
-    fn cpu_fwd(
-        &self,
-        _: &candle_core::CpuStorage,
-        _: &Layout,
-        _: &candle_core::CpuStorage,
-        _: &Layout,
-        _: &candle_core::CpuStorage,
-        _: &Layout,
-    ) -> Result<(candle_core::CpuStorage, Shape)> {
-        bail!("cuda-lora-delta: CUDA only")
-    }
-    fn cuda_fwd(&self, x: &CudaStorage, lx: &Layout, a: &CudaStorage, la: &Layout, b: &CudaStorage, lb: &Layout) -> Result<(CudaStorage, Shape)> {
-        let (n, din) = match lx.dims() {
-            [n, d] => (*n, *d),
-            d => bail!("lora: x must be [N, in], got {d:?}"),
-        };
-        let (r, dout) = match (la.dims(), lb.dims()) {
-            ([r, d1], [o, r2]) if *d1 == din && r2 == r => (*r, *o),
-            (da, db) => bail!("lora: A {da:?} / B {db:?} do not fit an input of width {din}"),
-        };
-        if a.dtype() != DType::F32 || b.dtype() != DType::F32 {
-            bail!("lora: adapters must be f32");
-        }
-        let (xc, lxf) = f32_layout(x, lx)?;
-        let xf = xc.as_ref().unwrap_or(x);
-        let low = xf.matmul(a, (1, n, r, din), &lxf, &la.transpose(0, 1)?)?; // [N, r]
-        let up = low.matmul(b, (1, n, dout, r), &Layout::contiguous((n, r)), &lb.transpose(0, 1)?)?; // [N, out]
-        let lo = Layout::contiguous((n, dout));
-        let up = up.affine(&lo, self.scale, 0.0)?;
-        let out = if x.dtype() == DType::F32 { up } else { up.to_dtype(&lo, x.dtype())? };
-        Ok((out, Shape::from((n, dout))))
-    }
-    fn bwd(&self, x: &Tensor, a: &Tensor, b: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        // y = s x Aᵀ Bᵀ: dB = s gᵀ (x Aᵀ), dA = s (g B)ᵀ x, dx = s (g B) A. Detached operands: the
-        // backward builds no graph of its own.
-        let (a, b) = (a.detach(), b.detach());
-        let gs = (grad.detach().to_dtype(DType::F32)? * self.scale)?;
-        let xf = x.detach().to_dtype(DType::F32)?;
-        let low = xf.matmul(&a.t()?)?; // recomputed [N, r]
-        let gb = gs.matmul(&b)?; // [N, r]
-        let db = gs.t()?.matmul(&low)?; // [out, r]
-        let da = gb.t()?.matmul(&xf)?; // [r, in]
-        let dx = gb.matmul(&a)?.to_dtype(x.dtype())?; // [N, in]
-        Ok((Some(dx), Some(da), Some(db)))
-    }
-}
-
-/// True when the adapter of a projection with input `x` takes [`lora_delta`].
-pub fn wanted_lora(x: &Tensor, a: &Tensor, b: &Tensor) -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    let on = *ON.get_or_init(|| std::env::var("EMLAB_CUDA_FUSED").map(|v| v != "0").unwrap_or(true));
-    on && x.device().is_cuda() && matches!(x.dtype(), DType::F32 | DType::BF16) && a.dtype() == DType::F32 && b.dtype() == DType::F32 && x.rank() == 2
-}
-
-/// The LoRA update `scale · x Aᵀ Bᵀ` for `x` `[N, in]` (f32 or bf16), `A` `[r, in]`, `B` `[out, r]`
-/// (f32), computed in f32 and returned in `x`'s dtype: one graph node whose backward is five
-/// GEMMs (composed, candle's autograd spent ~30 launches per projection).
-pub fn lora_delta(x: &Tensor, a: &Tensor, b: &Tensor, scale: f64) -> Result<Tensor> {
-    x.contiguous()?.apply_op3(a, b, LoraDelta { scale })
 }

@@ -137,6 +137,36 @@ pub fn dtype_from_env() -> Result<Option<DType>> {
     }
 }
 
+/// An A/B switch from the environment: the value of `name` if it is one of `allowed` (compared
+/// case-insensitively, returned as written in `allowed`), `default` when unset or empty, and
+/// `default` with a one-line warning on stderr for anything else, so that a typo does not
+/// silently measure the wrong side of an A/B.
+///
+/// ```
+/// use emlab_model::device::env_switch;
+/// assert_eq!(env_switch("EMLAB_DOCTEST_UNSET_SWITCH", &["f16", "f32"], "f16"), "f16");
+/// ```
+pub fn env_switch(name: &str, allowed: &[&'static str], default: &'static str) -> &'static str {
+    let v = match std::env::var(name) {
+        Ok(v) if !v.trim().is_empty() => v,
+        _ => return default,
+    };
+    match allowed.iter().find(|a| a.eq_ignore_ascii_case(v.trim())) {
+        Some(a) => a,
+        None => {
+            eprintln!("emlab: warning: {name}={v:?} is not one of {}; using {default}", allowed.join(", "));
+            default
+        }
+    }
+}
+
+/// `EMLAB_CUDA_FUSED` (`1` default, `0`): emlab's fused CUDA training kernels and in-place CUDA
+/// optimizer, or candle's composed ops and the flat-tensor optimizer. Read once per process.
+pub fn cuda_fused() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| env_switch("EMLAB_CUDA_FUSED", &["1", "0"], "1") == "1")
+}
+
 /// The base-weight dtype used on `device` when nothing asks for another: f32 on the CPU, bf16
 /// elsewhere (tensor cores; half the memory traffic of f32).
 pub fn default_dtype(device: &Device) -> DType {
@@ -174,6 +204,18 @@ mod tests {
         assert!(parse_dtype("int8").is_err());
         assert_eq!(default_dtype(&Device::Cpu), DType::F32);
         assert_eq!(describe(&Device::Cpu), "cpu");
+    }
+
+    #[test]
+    fn env_switches_take_known_values_and_fall_back_on_typos() {
+        // Names used by no other test: the environment is shared by the test threads.
+        std::env::set_var("EMLAB_TEST_SWITCH_A", "F32");
+        assert_eq!(env_switch("EMLAB_TEST_SWITCH_A", &["f16", "f32"], "f16"), "f32");
+        std::env::set_var("EMLAB_TEST_SWITCH_B", "fp32"); // a typo: the default, with a warning
+        assert_eq!(env_switch("EMLAB_TEST_SWITCH_B", &["f16", "f32"], "f16"), "f16");
+        std::env::set_var("EMLAB_TEST_SWITCH_C", " ");
+        assert_eq!(env_switch("EMLAB_TEST_SWITCH_C", &["1", "0"], "1"), "1");
+        assert_eq!(env_switch("EMLAB_TEST_SWITCH_UNSET", &["1", "0"], "0"), "0");
     }
 
     #[cfg(not(feature = "cuda"))]

@@ -53,7 +53,7 @@ enum Store {
 /// Which kernel an [`Int8Matrix`] serves: the VNNI panels where the CPU has them, unless
 /// `EMLAB_INT8_KERNEL=rows` asks for the row kernel (for A/B benchmarks).
 fn use_panels() -> bool {
-    vnni_available() && std::env::var("EMLAB_INT8_KERNEL").map_or(true, |v| v != "rows")
+    vnni_available() && crate::device::env_switch("EMLAB_INT8_KERNEL", &["gemm", "rows"], "gemm") == "gemm"
 }
 
 impl Int8Matrix {

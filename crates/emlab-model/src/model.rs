@@ -75,14 +75,13 @@ impl Linear {
             y = y.broadcast_add(b)?;
         }
         if let Some(l) = &self.lora {
+            // One graph node on a GPU (`ops::lora_delta`); with dropout, the composed form below.
             let no_dropout = rng.is_none() || l.dropout <= 0.0;
-            #[cfg(feature = "cuda")]
-            if no_dropout && crate::cuda_ops::wanted_lora(x, l.a.as_tensor(), l.b.as_tensor()) {
-                let delta = crate::cuda_ops::lora_delta(x, l.a.as_tensor(), l.b.as_tensor(), l.scale)?;
+            if no_dropout && crate::ops::wanted_lora(x, l.a.as_tensor(), l.b.as_tensor()) {
+                let delta = crate::ops::lora_delta(x, l.a.as_tensor(), l.b.as_tensor(), l.scale)?;
                 let delta = if delta.dtype() != y.dtype() { delta.to_dtype(y.dtype())? } else { delta };
                 return Ok((y + delta)?);
             }
-            let _ = no_dropout;
             // The adapter computes in its own dtype (f32 over a bf16 base on a GPU, as PEFT does)
             // and its output is cast back to the stream's; both casts carry gradients.
             let xl = x.to_dtype(l.a.dtype())?;
@@ -601,7 +600,7 @@ impl Model {
         }
         self.lm_head_int8 = Int8Matrix::quantize(&self.lm_head)?.map(std::sync::Arc::new);
         // `EMLAB_KV_CACHE=f32` keeps f32 caches (for A/B benchmarks and accuracy checks).
-        self.kv_f16 = std::env::var("EMLAB_KV_CACHE").map_or(true, |v| v != "f32");
+        self.kv_f16 = crate::device::env_switch("EMLAB_KV_CACHE", &["f16", "f32"], "f16") == "f16";
         Ok(())
     }
 

@@ -733,3 +733,107 @@ mod tests {
         assert!(cross_entropy(z.as_tensor(), &bad).is_err());
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// LoRA delta
+
+struct LoraDelta {
+    scale: f64,
+}
+
+/// `scale · x Aᵀ Bᵀ` on any backend's storage: `x` cast to f32 once, two GEMMs, the scale, and
+/// the cast back to `x`'s dtype.
+fn lora_fwd<S: BackendStorage>(scale: f64, x: &S, lx: &Layout, a: &S, la: &Layout, b: &S, lb: &Layout) -> Result<(S, Shape)> {
+    let (n, din) = match lx.dims() {
+        [n, d] => (*n, *d),
+        d => bail!("lora: x must be [N, in], got {d:?}"),
+    };
+    let (r, dout) = match (la.dims(), lb.dims()) {
+        ([r, d1], [o, r2]) if *d1 == din && r2 == r => (*r, *o),
+        (da, db) => bail!("lora: A {da:?} / B {db:?} do not fit an input of width {din}"),
+    };
+    if a.dtype() != DType::F32 || b.dtype() != DType::F32 {
+        bail!("lora: adapters must be f32");
+    }
+    let cast;
+    let (xf, lxf) = if x.dtype() == DType::F32 {
+        (x, lx.clone())
+    } else {
+        cast = x.to_dtype(lx, DType::F32)?;
+        (&cast, Layout::contiguous(lx.shape()))
+    };
+    let low = xf.matmul(a, (1, n, r, din), &lxf, &la.transpose(0, 1)?)?; // [N, r]
+    let up = low.matmul(b, (1, n, dout, r), &Layout::contiguous((n, r)), &lb.transpose(0, 1)?)?; // [N, out]
+    let lo = Layout::contiguous((n, dout));
+    let up = up.affine(&lo, scale, 0.0)?;
+    let out = if x.dtype() == DType::F32 { up } else { up.to_dtype(&lo, x.dtype())? };
+    Ok((out, Shape::from((n, dout))))
+}
+
+impl candle_core::CustomOp3 for LoraDelta {
+    fn name(&self) -> &'static str {
+        "lora-delta"
+    }
+    fn cpu_fwd(&self, x: &CpuStorage, lx: &Layout, a: &CpuStorage, la: &Layout, b: &CpuStorage, lb: &Layout) -> Result<(CpuStorage, Shape)> {
+        lora_fwd(self.scale, x, lx, a, la, b, lb)
+    }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        x: &candle_core::CudaStorage,
+        lx: &Layout,
+        a: &candle_core::CudaStorage,
+        la: &Layout,
+        b: &candle_core::CudaStorage,
+        lb: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        lora_fwd(self.scale, x, lx, a, la, b, lb)
+    }
+    fn bwd(&self, x: &Tensor, a: &Tensor, b: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        // y = s x Aᵀ Bᵀ: dB = s gᵀ (x Aᵀ), dA = s (g B)ᵀ x, dx = s (g B) A. Detached operands: the
+        // backward builds no graph of its own.
+        let (a, b) = (a.detach(), b.detach());
+        let gs = (grad.detach().to_dtype(DType::F32)? * self.scale)?;
+        let xf = x.detach().to_dtype(DType::F32)?;
+        let low = xf.matmul(&a.t()?)?; // recomputed [N, r]
+        let gb = gs.matmul(&b)?; // [N, r]
+        let db = gs.t()?.matmul(&low)?; // [out, r]
+        let da = gb.t()?.matmul(&xf)?; // [r, in]
+        let dx = gb.matmul(&a)?.to_dtype(x.dtype())?; // [N, in]
+        Ok((Some(dx), Some(da), Some(db)))
+    }
+}
+
+/// True when the adapter of a projection with input `x` takes [`lora_delta`]: on a CUDA device
+/// (or with the GPU's paths forced, [`with_portable`]), f32 adapters, `x` `[N, in]` in f32 or bf16,
+/// unless `EMLAB_CUDA_FUSED=0`. The CPU's own training path keeps the composed form.
+pub fn wanted_lora(x: &Tensor, a: &Tensor, b: &Tensor) -> bool {
+    (x.device().is_cuda() || portable_forced())
+        && crate::device::cuda_fused()
+        && matches!(x.dtype(), DType::F32 | DType::BF16)
+        && a.dtype() == DType::F32
+        && b.dtype() == DType::F32
+        && x.rank() == 2
+}
+
+/// The LoRA update `scale · x Aᵀ Bᵀ` for `x` `[N, in]` (f32 or bf16), `A` `[r, in]`, `B`
+/// `[out, r]` (f32), computed in f32 and returned in `x`'s dtype: one graph node whose backward
+/// is five GEMMs. Composed (cast, two matmuls, scale, cast), candle's autograd spent ~30 launches
+/// per projection on a GPU, most of them a zero fill and an add per graph edge.
+///
+/// ```
+/// use candle_core::{Device, Tensor, Var};
+/// use emlab_model::ops::lora_delta;
+/// let dev = Device::Cpu;
+/// let x = Tensor::new(&[[1f32, 2.]], &dev)?;              // [N=1, in=2]
+/// let a = Var::new(&[[1f32, 1.]], &dev)?;                  // [r=1, in]
+/// let b = Var::new(&[[2f32], [3.]], &dev)?;                // [out=2, r]
+/// let y = lora_delta(&x, a.as_tensor(), b.as_tensor(), 0.5)?;
+/// assert_eq!(y.to_vec2::<f32>()?, vec![vec![3., 4.5]]);   // 0.5 * (1 + 2) * [2, 3]
+/// let g = y.sum_all()?.backward()?;
+/// assert_eq!(g.get(b.as_tensor()).unwrap().to_vec2::<f32>()?, vec![vec![1.5], vec![1.5]]);
+/// # Ok::<(), candle_core::Error>(())
+/// ```
+pub fn lora_delta(x: &Tensor, a: &Tensor, b: &Tensor, scale: f64) -> Result<Tensor> {
+    x.contiguous()?.apply_op3(a, b, LoraDelta { scale })
+}

@@ -22,7 +22,7 @@ use candle_core::{bail, CudaDevice, Result, Storage, Tensor};
 
 /// On unless `EMLAB_CUDA_FUSED=0` (which also turns off the fused training ops).
 pub fn enabled() -> bool {
-    std::env::var("EMLAB_CUDA_FUSED").map(|v| v != "0").unwrap_or(true)
+    emlab_model::device::cuda_fused()
 }
 
 /// Device address of the first element of a contiguous f32 CUDA tensor.
