@@ -120,7 +120,9 @@ __device__ void ce_fwd(const T* x, const uint32_t* tg, float* loss, int v) {
     float s = 0.f;
     for (int j = threadIdx.x; j < v; j += blockDim.x) s += expf(to_f(x[off + j]) - m);
     s = block_sum(s, sh);
-    if (threadIdx.x == 0) loss[blockIdx.x] = m + logf(s) - to_f(x[off + tg[blockIdx.x]]);
+    const uint32_t t = tg[blockIdx.x];
+    // A target outside the vocabulary: NaN (the CPU op refuses it), never a read out of the row.
+    if (threadIdx.x == 0) loss[blockIdx.x] = t < (uint32_t)v ? m + logf(s) - to_f(x[off + t]) : NAN;
 }
 
 // dx[r] = g[r] (softmax(x[r]) - onehot(tg[r])); rows with g = 0 are written as zeros.
@@ -129,7 +131,7 @@ __device__ void ce_bwd(const T* x, const uint32_t* tg, const float* gr, T* dx, i
     __shared__ float sh[32];
     const size_t off = (size_t)blockIdx.x * v;
     const float g = gr[blockIdx.x];
-    if (g == 0.f) {
+    if (g == 0.f || tg[blockIdx.x] >= (uint32_t)v) {
         for (int j = threadIdx.x; j < v; j += blockDim.x) dx[off + j] = from_f<T>(0.f);
         return;
     }
@@ -146,10 +148,10 @@ __device__ void ce_bwd(const T* x, const uint32_t* tg, const float* gr, T* dx, i
 }
 
 // The argument lists name T, which each instantiation defines before use: spelled out per dtype.
-extern "C" __global__ void rmsnorm_fwd_f32(const float* x, const float* w, float* y, int d, float eps) { rmsnorm_fwd(x, w, y, d, eps); }
-extern "C" __global__ void rmsnorm_fwd_bf16(const __nv_bfloat16* x, const __nv_bfloat16* w, __nv_bfloat16* y, int d, float eps) { rmsnorm_fwd(x, w, y, d, eps); }
-extern "C" __global__ void rmsnorm_bwd_f32(const float* x, const float* w, const float* dy, float* dx, int d, float eps) { rmsnorm_bwd(x, w, dy, dx, d, eps); }
-extern "C" __global__ void rmsnorm_bwd_bf16(const __nv_bfloat16* x, const __nv_bfloat16* w, const __nv_bfloat16* dy, __nv_bfloat16* dx, int d, float eps) { rmsnorm_bwd(x, w, dy, dx, d, eps); }
+extern "C" __global__ void __launch_bounds__(1024) rmsnorm_fwd_f32(const float* x, const float* w, float* y, int d, float eps) { rmsnorm_fwd(x, w, y, d, eps); }
+extern "C" __global__ void __launch_bounds__(1024) rmsnorm_fwd_bf16(const __nv_bfloat16* x, const __nv_bfloat16* w, __nv_bfloat16* y, int d, float eps) { rmsnorm_fwd(x, w, y, d, eps); }
+extern "C" __global__ void __launch_bounds__(1024) rmsnorm_bwd_f32(const float* x, const float* w, const float* dy, float* dx, int d, float eps) { rmsnorm_bwd(x, w, dy, dx, d, eps); }
+extern "C" __global__ void __launch_bounds__(1024) rmsnorm_bwd_bf16(const __nv_bfloat16* x, const __nv_bfloat16* w, const __nv_bfloat16* dy, __nv_bfloat16* dx, int d, float eps) { rmsnorm_bwd(x, w, dy, dx, d, eps); }
 extern "C" __global__ void causal_softmax_fwd_f32(const float* x, float* y, int n, float scale) { causal_softmax_fwd(x, y, n, scale); }
 extern "C" __global__ void causal_softmax_fwd_bf16(const __nv_bfloat16* x, __nv_bfloat16* y, int n, float scale) { causal_softmax_fwd(x, y, n, scale); }
 extern "C" __global__ void softmax_bwd_f32(const float* y, const float* dy, float* dx, int n, float scale) { softmax_bwd(y, dy, dx, n, scale); }
@@ -160,10 +162,10 @@ extern "C" __global__ void silu_mul_fwd_f32(const float* g, const float* u, floa
 extern "C" __global__ void silu_mul_fwd_bf16(const __nv_bfloat16* g, const __nv_bfloat16* u, __nv_bfloat16* y, size_t n) { silu_mul_fwd(g, u, y, n); }
 extern "C" __global__ void silu_mul_bwd_f32(const float* g, const float* u, const float* dy, float* out, size_t n) { silu_mul_bwd(g, u, dy, out, n); }
 extern "C" __global__ void silu_mul_bwd_bf16(const __nv_bfloat16* g, const __nv_bfloat16* u, const __nv_bfloat16* dy, __nv_bfloat16* out, size_t n) { silu_mul_bwd(g, u, dy, out, n); }
-extern "C" __global__ void ce_fwd_f32(const float* x, const uint32_t* tg, float* loss, int v) { ce_fwd(x, tg, loss, v); }
-extern "C" __global__ void ce_fwd_bf16(const __nv_bfloat16* x, const uint32_t* tg, float* loss, int v) { ce_fwd(x, tg, loss, v); }
-extern "C" __global__ void ce_bwd_f32(const float* x, const uint32_t* tg, const float* g, float* dx, int v) { ce_bwd(x, tg, g, dx, v); }
-extern "C" __global__ void ce_bwd_bf16(const __nv_bfloat16* x, const uint32_t* tg, const float* g, __nv_bfloat16* dx, int v) { ce_bwd(x, tg, g, dx, v); }
+extern "C" __global__ void __launch_bounds__(1024) ce_fwd_f32(const float* x, const uint32_t* tg, float* loss, int v) { ce_fwd(x, tg, loss, v); }
+extern "C" __global__ void __launch_bounds__(1024) ce_fwd_bf16(const __nv_bfloat16* x, const uint32_t* tg, float* loss, int v) { ce_fwd(x, tg, loss, v); }
+extern "C" __global__ void __launch_bounds__(1024) ce_bwd_f32(const float* x, const uint32_t* tg, const float* g, float* dx, int v) { ce_bwd(x, tg, g, dx, v); }
+extern "C" __global__ void __launch_bounds__(1024) ce_bwd_bf16(const __nv_bfloat16* x, const uint32_t* tg, const float* g, __nv_bfloat16* dx, int v) { ce_bwd(x, tg, g, dx, v); }
 
 // ---------------------------------------------------------------------------------------------
 // Multi-tensor AdamW over the adapter tensors (emlab_train::cuda_optim launches these): segment

@@ -183,6 +183,9 @@ impl CustomOp3 for RmsNormBwd {
 
 /// RMSNorm over the last axis, frozen weight `w` `[d]` (cast to `x`'s dtype).
 pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+    if x.elem_count() == 0 {
+        return Ok(x.clone()); // a zero-block grid is a launch error
+    }
     let w = if w.dtype() != x.dtype() { w.to_dtype(x.dtype())? } else { w.clone() };
     x.contiguous()?.apply_op2(&w.detach().contiguous()?, RmsNorm { eps: eps as f32 })
 }
@@ -261,6 +264,9 @@ impl CustomOp2 for SoftmaxBwd {
 /// row `q` of a block sees columns `0..=q`, the rest come out 0. The scale and mask live in the
 /// kernel (composed, they cost two more ops and, in candle's backward, a reduction over the mask).
 pub fn causal_softmax(x: &Tensor, scale: f64) -> Result<Tensor> {
+    if x.elem_count() == 0 {
+        return Ok(x.clone());
+    }
     x.contiguous()?.apply_op1(CausalSoftmax { scale: scale as f32 })
 }
 
@@ -277,6 +283,9 @@ fn rope_run<T: Elem>(sign: f32, x: &CudaStorage, lx: &Layout, c: &CudaStorage, l
         [b, t, h, d] => (*b, *t, *h, *d),
         dims => bail!("rope: expected [B, T, heads, D], got {dims:?}"),
     };
+    if d % 2 != 0 {
+        bail!("rope: head dimension {d} is odd");
+    }
     let half = d / 2;
     let tab = lc.shape().elem_count();
     let tb = tab / (t * half).max(1);
@@ -321,6 +330,9 @@ impl CustomOp3 for Rope {
 
 /// Half-rotation RoPE of `x` `[B, T, heads, D]` with tables `[1 or B, T, 1, D/2]` (constants).
 pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    if x.elem_count() == 0 {
+        return Ok(x.clone());
+    }
     let dt = x.dtype();
     let (c, s) = (cos.detach().to_dtype(dt)?.contiguous()?, sin.detach().to_dtype(dt)?.contiguous()?);
     x.contiguous()?.apply_op3(&c, &s, Rope { sign: 1.0 })
@@ -357,12 +369,13 @@ impl CustomOp2 for SiluMul {
         by_dtype!(g, "silu-mul", silu_fwd(g, lg, u, lu))
     }
     fn bwd(&self, g: &Tensor, u: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        // One kernel writes both gradients, one after the other: [2 * n].
+        // One kernel writes both gradients, one after the other: [2 * n]. An operand that needs
+        // no gradient gets None (candle would zero-fill and add it).
         let both = g.apply_op3_no_bwd(u, &grad.contiguous()?, &SiluMulBwd)?;
         let n = g.elem_count();
-        let dg = both.narrow(0, 0, n)?.reshape(g.shape())?;
-        let du = both.narrow(0, n, n)?.reshape(u.shape())?;
-        Ok((Some(dg), Some(du)))
+        let dg = if g.track_op() { Some(both.narrow(0, 0, n)?.reshape(g.shape())?) } else { None };
+        let du = if u.track_op() { Some(both.narrow(0, n, n)?.reshape(u.shape())?) } else { None };
+        Ok((dg, du))
     }
 }
 
@@ -402,6 +415,9 @@ impl CustomOp3 for SiluMulBwd {
 
 /// `silu(gate) * up` (same shapes and dtype).
 pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    if gate.elem_count() == 0 {
+        return Ok(gate.clone());
+    }
     gate.contiguous()?.apply_op2(&up.contiguous()?, SiluMul)
 }
 
@@ -486,6 +502,15 @@ impl CustomOp3 for CrossEntropyBwd {
 /// Per-row `logsumexp(logits) - logits[target]`, logits `[N, V]` (f32 or bf16), targets `[N]`
 /// (cast to u32); returns `[N]` f32. The backward writes the gradient in the logits' dtype.
 pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
-    let t = if targets.dtype() != DType::U32 { targets.to_dtype(DType::U32)? } else { targets.clone() };
+    // As the CPU op: negative i64 targets count as 0; targets >= V give a NaN loss and no
+    // gradient (the kernels check; the CPU op refuses them).
+    let t = match targets.dtype() {
+        DType::U32 => targets.clone(),
+        DType::I64 => targets.maximum(0i64)?.to_dtype(DType::U32)?,
+        _ => targets.to_dtype(DType::U32)?,
+    };
+    if logits.elem_count() == 0 {
+        return Tensor::zeros(logits.dim(0)?, DType::F32, logits.device());
+    }
     logits.contiguous()?.apply_op2(&t.detach().contiguous()?, CrossEntropy)
 }

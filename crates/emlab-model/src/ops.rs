@@ -310,6 +310,12 @@ pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
 /// backward for CUDA training ([`crate::cuda_ops::causal_softmax`]); elsewhere the scale, the
 /// mask and [`softmax_last_dim`] as separate ops.
 pub fn causal_softmax(x: &Tensor, scale: f64, mask: &Tensor) -> Result<Tensor> {
+    let n = x.dim(D::Minus1)?;
+    if x.rank() < 2 || x.dim(x.rank() - 2)? != n || mask.dims() != [n, n] {
+        bail!("causal-softmax: scores {:?} and mask {:?} are not square [.., n, n] / [n, n]", x.dims(), mask.dims());
+    }
+    // The fused kernel builds the causal mask itself: `mask` must be that mask (the only kind
+    // this function takes; other masks go through `softmax_last_dim`).
     #[cfg(feature = "cuda")]
     if crate::cuda_ops::wanted(x) {
         return crate::cuda_ops::causal_softmax(x, scale);
@@ -732,6 +738,53 @@ mod tests {
         let bad = Tensor::new(&[10u32, 0, 0, 0], &Device::Cpu).unwrap();
         assert!(cross_entropy(z.as_tensor(), &bad).is_err());
     }
+
+    #[test]
+    fn lora_delta_matches_the_composed_update_and_its_gradients() {
+        for dt in [DType::F32, DType::BF16] {
+            let x0 = rand(&[5, 8], 1).to_dtype(dt).unwrap();
+            let xv = Var::from_tensor(&x0).unwrap();
+            let a = Var::from_tensor(&rand(&[3, 8], 2)).unwrap();
+            let b = Var::from_tensor(&rand(&[6, 3], 3)).unwrap();
+            let w = rand(&[5, 6], 4); // weights of the summed output, so every entry matters
+            let y = lora_delta(xv.as_tensor(), a.as_tensor(), b.as_tensor(), 0.7).unwrap();
+            assert_eq!(y.dtype(), dt);
+            let xf = xv.as_tensor().to_dtype(DType::F32).unwrap();
+            let yc = (xf.matmul(&a.as_tensor().t().unwrap()).unwrap().matmul(&b.as_tensor().t().unwrap()).unwrap() * 0.7).unwrap();
+            let tol = if dt == DType::F32 { 1e-6 } else { 2e-2 };
+            assert!(max_diff(&y.to_dtype(DType::F32).unwrap(), &yc) < tol);
+            let g1 = (y.to_dtype(DType::F32).unwrap() * &w).unwrap().sum_all().unwrap().backward().unwrap();
+            let g2 = (yc * &w).unwrap().sum_all().unwrap().backward().unwrap();
+            for t in [a.as_tensor(), b.as_tensor(), xv.as_tensor()] {
+                let (p, q) = (g1.get(t).unwrap().to_dtype(DType::F32).unwrap(), g2.get(t).unwrap().to_dtype(DType::F32).unwrap());
+                assert!(max_diff(&p, &q) < tol * 10.0, "{dt:?}: gradient differs by {}", max_diff(&p, &q));
+            }
+        }
+        // An input that needs no gradient gets none (only A and B do).
+        let a = Var::from_tensor(&rand(&[3, 8], 2)).unwrap();
+        let b = Var::from_tensor(&rand(&[6, 3], 3)).unwrap();
+        let x = rand(&[5, 8], 1);
+        let g = lora_delta(&x, a.as_tensor(), b.as_tensor(), 1.0).unwrap().sum_all().unwrap().backward().unwrap();
+        assert!(g.get(&x).is_none() && g.get(a.as_tensor()).is_some() && g.get(b.as_tensor()).is_some());
+        // Shapes that do not fit are an error, not a panic.
+        assert!(lora_delta(&rand(&[5, 7], 1), a.as_tensor(), b.as_tensor(), 1.0).is_err());
+    }
+
+    #[test]
+    fn causal_softmax_is_the_masked_softmax_and_checks_its_mask() {
+        let x = rand(&[2, 3, 4, 4], 5);
+        let mask = Tensor::from_vec(
+            (0..4).flat_map(|i| (0..4).map(move |j| if j <= i { 0f32 } else { f32::NEG_INFINITY })).collect::<Vec<_>>(),
+            (4, 4),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let p = causal_softmax(&x, 0.5, &mask).unwrap();
+        let q = softmax_last_dim(&(&x * 0.5).unwrap().broadcast_add(&mask).unwrap()).unwrap();
+        assert!(max_diff(&p, &q) < 1e-7);
+        let e = causal_softmax(&x, 0.5, &mask.narrow(0, 0, 3).unwrap()).unwrap_err().to_string();
+        assert!(e.contains("not square"), "{e}");
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -799,8 +852,10 @@ impl candle_core::CustomOp3 for LoraDelta {
         let gb = gs.matmul(&b)?; // [N, r]
         let db = gs.t()?.matmul(&low)?; // [out, r]
         let da = gb.t()?.matmul(&xf)?; // [r, in]
-        let dx = gb.matmul(&a)?.to_dtype(x.dtype())?; // [N, in]
-        Ok((Some(dx), Some(da), Some(db)))
+        // No dx for an input that needs none (block 0's normed embeddings): candle would still
+        // zero-fill and add it.
+        let dx = if x.track_op() { Some(gb.matmul(&a)?.to_dtype(x.dtype())?) } else { None }; // [N, in]
+        Ok((dx, Some(da), Some(db)))
     }
 }
 

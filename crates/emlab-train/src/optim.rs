@@ -35,7 +35,9 @@ pub fn lr_at(base: f64, schedule: Schedule, warmup: usize, total: usize, step: u
 
 /// AdamW as torch.optim.AdamW computes it (decoupled weight decay `p -= lr * wd * p`, then the
 /// bias-corrected Adam update), on host f32 buffers.
-#[derive(Debug, Clone)]
+/// Not `Clone`: a clone would share the device moments, which [`AdamW::step_cuda`] updates in
+/// place.
+#[derive(Debug)]
 pub struct AdamW {
     pub beta1: f64,
     pub beta2: f64,
@@ -162,7 +164,8 @@ impl AdamW {
 
     /// One update of CUDA tensors in place ([`crate::cuda_optim`]): `params` and `grads` in
     /// parameter order (contiguous f32), gradients scaled by `gscale` first (clipping). Returns
-    /// the sum of squares of each updated tensor.
+    /// the sum of squares of each updated tensor. The formula and constants are the host loop's;
+    /// the last bits are not (nvcc fuses multiply-adds, and the sums use float atomics).
     #[cfg(feature = "cuda")]
     pub fn step_cuda(&mut self, params: &[candle_core::Tensor], grads: &[candle_core::Tensor], gscale: f32, lr: f64) -> candle_core::Result<Vec<f64>> {
         let Some(first) = params.first() else { return Ok(Vec::new()) };
