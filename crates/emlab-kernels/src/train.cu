@@ -110,16 +110,23 @@ __device__ void silu_mul_bwd(const T* g, const T* u, const T* dy, T* out, size_t
 }
 
 // loss[r] = logsumexp(x[r]) - x[r, tg[r]] (f32 out).
+// The row's maximum m and sum of exp(x - m), in every thread of the block.
+template <typename T>
+__device__ __forceinline__ void row_max_sumexp(const T* xr, int v, float* sh, float& m, float& s) {
+    m = -INFINITY;
+    for (int j = threadIdx.x; j < v; j += blockDim.x) m = fmaxf(m, to_f(xr[j]));
+    m = block_max(m, sh);
+    s = 0.f;
+    for (int j = threadIdx.x; j < v; j += blockDim.x) s += expf(to_f(xr[j]) - m);
+    s = block_sum(s, sh);
+}
+
 template <typename T>
 __device__ void ce_fwd(const T* x, const uint32_t* tg, float* loss, int v) {
     __shared__ float sh[32];
     const size_t off = (size_t)blockIdx.x * v;
-    float m = -INFINITY;
-    for (int j = threadIdx.x; j < v; j += blockDim.x) m = fmaxf(m, to_f(x[off + j]));
-    m = block_max(m, sh);
-    float s = 0.f;
-    for (int j = threadIdx.x; j < v; j += blockDim.x) s += expf(to_f(x[off + j]) - m);
-    s = block_sum(s, sh);
+    float m, s;
+    row_max_sumexp(x + off, v, sh, m, s);
     const uint32_t t = tg[blockIdx.x];
     // A target outside the vocabulary: NaN (the CPU op refuses it), never a read out of the row.
     if (threadIdx.x == 0) loss[blockIdx.x] = t < (uint32_t)v ? m + logf(s) - to_f(x[off + t]) : NAN;
@@ -135,12 +142,8 @@ __device__ void ce_bwd(const T* x, const uint32_t* tg, const float* gr, T* dx, i
         for (int j = threadIdx.x; j < v; j += blockDim.x) dx[off + j] = from_f<T>(0.f);
         return;
     }
-    float m = -INFINITY;
-    for (int j = threadIdx.x; j < v; j += blockDim.x) m = fmaxf(m, to_f(x[off + j]));
-    m = block_max(m, sh);
-    float s = 0.f;
-    for (int j = threadIdx.x; j < v; j += blockDim.x) s += expf(to_f(x[off + j]) - m);
-    s = block_sum(s, sh);
+    float m, s;
+    row_max_sumexp(x + off, v, sh, m, s);
     const float k = g / s;
     const uint32_t t = tg[blockIdx.x];
     for (int j = threadIdx.x; j < v; j += blockDim.x)

@@ -106,6 +106,33 @@ macro_rules! by_dtype {
     };
 }
 
+/// `cpu_fwd` of an op that exists only on CUDA (the CPU runs `crate::ops`' own kernels).
+macro_rules! cuda_only {
+    (1, $name:literal) => {
+        fn cpu_fwd(&self, _: &candle_core::CpuStorage, _: &Layout) -> Result<(candle_core::CpuStorage, Shape)> {
+            bail!(concat!($name, ": CUDA only"))
+        }
+    };
+    (2, $name:literal) => {
+        fn cpu_fwd(&self, _: &candle_core::CpuStorage, _: &Layout, _: &candle_core::CpuStorage, _: &Layout) -> Result<(candle_core::CpuStorage, Shape)> {
+            bail!(concat!($name, ": CUDA only"))
+        }
+    };
+    (3, $name:literal) => {
+        fn cpu_fwd(
+            &self,
+            _: &candle_core::CpuStorage,
+            _: &Layout,
+            _: &candle_core::CpuStorage,
+            _: &Layout,
+            _: &candle_core::CpuStorage,
+            _: &Layout,
+        ) -> Result<(candle_core::CpuStorage, Shape)> {
+            bail!(concat!($name, ": CUDA only"))
+        }
+    };
+}
+
 // ---------------------------------------------------------------------------------------------
 // RMSNorm
 
@@ -131,9 +158,7 @@ impl CustomOp2 for RmsNorm {
     fn name(&self) -> &'static str {
         "cuda-rms-norm"
     }
-    fn cpu_fwd(&self, _: &candle_core::CpuStorage, _: &Layout, _: &candle_core::CpuStorage, _: &Layout) -> Result<(candle_core::CpuStorage, Shape)> {
-        bail!("cuda-rms-norm: CUDA only")
-    }
+    cuda_only!(2, "cuda-rms-norm");
     fn cuda_fwd(&self, x: &CudaStorage, lx: &Layout, w: &CudaStorage, lw: &Layout) -> Result<(CudaStorage, Shape)> {
         by_dtype!(x, "rms-norm", rms_fwd(self.eps, x, lx, w, lw))
     }
@@ -165,17 +190,7 @@ impl CustomOp3 for RmsNormBwd {
     fn name(&self) -> &'static str {
         "cuda-rms-norm-bwd"
     }
-    fn cpu_fwd(
-        &self,
-        _: &candle_core::CpuStorage,
-        _: &Layout,
-        _: &candle_core::CpuStorage,
-        _: &Layout,
-        _: &candle_core::CpuStorage,
-        _: &Layout,
-    ) -> Result<(candle_core::CpuStorage, Shape)> {
-        bail!("cuda-rms-norm-bwd: CUDA only")
-    }
+    cuda_only!(3, "cuda-rms-norm-bwd");
     fn cuda_fwd(&self, x: &CudaStorage, lx: &Layout, w: &CudaStorage, lw: &Layout, g: &CudaStorage, lg: &Layout) -> Result<(CudaStorage, Shape)> {
         by_dtype!(x, "rms-norm bwd", rms_bwd(self.eps, x, lx, w, lw, g, lg))
     }
@@ -219,9 +234,7 @@ impl CustomOp1 for CausalSoftmax {
     fn name(&self) -> &'static str {
         "cuda-causal-softmax"
     }
-    fn cpu_fwd(&self, _: &candle_core::CpuStorage, _: &Layout) -> Result<(candle_core::CpuStorage, Shape)> {
-        bail!("cuda-causal-softmax: CUDA only")
-    }
+    cuda_only!(1, "cuda-causal-softmax");
     fn cuda_fwd(&self, x: &CudaStorage, lx: &Layout) -> Result<(CudaStorage, Shape)> {
         by_dtype!(x, "causal-softmax", softmax_fwd(self.scale, x, lx))
     }
@@ -252,9 +265,7 @@ impl CustomOp2 for SoftmaxBwd {
     fn name(&self) -> &'static str {
         "cuda-softmax-bwd"
     }
-    fn cpu_fwd(&self, _: &candle_core::CpuStorage, _: &Layout, _: &candle_core::CpuStorage, _: &Layout) -> Result<(candle_core::CpuStorage, Shape)> {
-        bail!("cuda-softmax-bwd: CUDA only")
-    }
+    cuda_only!(2, "cuda-softmax-bwd");
     fn cuda_fwd(&self, y: &CudaStorage, ly: &Layout, g: &CudaStorage, lg: &Layout) -> Result<(CudaStorage, Shape)> {
         by_dtype!(y, "softmax bwd", softmax_bwd(self.scale, y, ly, g, lg))
     }
@@ -307,17 +318,7 @@ impl CustomOp3 for Rope {
     fn name(&self) -> &'static str {
         "cuda-rope"
     }
-    fn cpu_fwd(
-        &self,
-        _: &candle_core::CpuStorage,
-        _: &Layout,
-        _: &candle_core::CpuStorage,
-        _: &Layout,
-        _: &candle_core::CpuStorage,
-        _: &Layout,
-    ) -> Result<(candle_core::CpuStorage, Shape)> {
-        bail!("cuda-rope: CUDA only")
-    }
+    cuda_only!(3, "cuda-rope");
     fn cuda_fwd(&self, x: &CudaStorage, lx: &Layout, c: &CudaStorage, lc: &Layout, s: &CudaStorage, ls: &Layout) -> Result<(CudaStorage, Shape)> {
         by_dtype!(x, "rope", rope_run(self.sign, x, lx, c, lc, s, ls))
     }
@@ -362,9 +363,7 @@ impl CustomOp2 for SiluMul {
     fn name(&self) -> &'static str {
         "cuda-silu-mul"
     }
-    fn cpu_fwd(&self, _: &candle_core::CpuStorage, _: &Layout, _: &candle_core::CpuStorage, _: &Layout) -> Result<(candle_core::CpuStorage, Shape)> {
-        bail!("cuda-silu-mul: CUDA only")
-    }
+    cuda_only!(2, "cuda-silu-mul");
     fn cuda_fwd(&self, g: &CudaStorage, lg: &Layout, u: &CudaStorage, lu: &Layout) -> Result<(CudaStorage, Shape)> {
         by_dtype!(g, "silu-mul", silu_fwd(g, lg, u, lu))
     }
@@ -397,17 +396,7 @@ impl CustomOp3 for SiluMulBwd {
     fn name(&self) -> &'static str {
         "cuda-silu-mul-bwd"
     }
-    fn cpu_fwd(
-        &self,
-        _: &candle_core::CpuStorage,
-        _: &Layout,
-        _: &candle_core::CpuStorage,
-        _: &Layout,
-        _: &candle_core::CpuStorage,
-        _: &Layout,
-    ) -> Result<(candle_core::CpuStorage, Shape)> {
-        bail!("cuda-silu-mul-bwd: CUDA only")
-    }
+    cuda_only!(3, "cuda-silu-mul-bwd");
     fn cuda_fwd(&self, g: &CudaStorage, lg: &Layout, u: &CudaStorage, lu: &Layout, d: &CudaStorage, ld: &Layout) -> Result<(CudaStorage, Shape)> {
         by_dtype!(g, "silu-mul bwd", silu_bwd(g, lg, u, lu, d, ld))
     }
@@ -449,9 +438,7 @@ impl CustomOp2 for CrossEntropy {
     fn name(&self) -> &'static str {
         "cuda-cross-entropy"
     }
-    fn cpu_fwd(&self, _: &candle_core::CpuStorage, _: &Layout, _: &candle_core::CpuStorage, _: &Layout) -> Result<(candle_core::CpuStorage, Shape)> {
-        bail!("cuda-cross-entropy: CUDA only")
-    }
+    cuda_only!(2, "cuda-cross-entropy");
     fn cuda_fwd(&self, x: &CudaStorage, lx: &Layout, t: &CudaStorage, lt: &Layout) -> Result<(CudaStorage, Shape)> {
         by_dtype!(x, "cross-entropy", ce_fwd(x, lx, t, lt))
     }
@@ -483,17 +470,7 @@ impl CustomOp3 for CrossEntropyBwd {
     fn name(&self) -> &'static str {
         "cuda-cross-entropy-bwd"
     }
-    fn cpu_fwd(
-        &self,
-        _: &candle_core::CpuStorage,
-        _: &Layout,
-        _: &candle_core::CpuStorage,
-        _: &Layout,
-        _: &candle_core::CpuStorage,
-        _: &Layout,
-    ) -> Result<(candle_core::CpuStorage, Shape)> {
-        bail!("cuda-cross-entropy-bwd: CUDA only")
-    }
+    cuda_only!(3, "cuda-cross-entropy-bwd");
     fn cuda_fwd(&self, x: &CudaStorage, lx: &Layout, t: &CudaStorage, lt: &Layout, g: &CudaStorage, lg: &Layout) -> Result<(CudaStorage, Shape)> {
         by_dtype!(x, "cross-entropy bwd", ce_bwd(x, lx, t, lt, g, lg))
     }
