@@ -119,3 +119,53 @@ impl CustomOp3 for SparseRowsAcc {
 pub fn sparse_rows_acc(ids: &Tensor, coef: &Tensor, src: &Tensor, m: usize) -> Result<Tensor> {
     ids.contiguous()?.apply_op3_no_bwd(&coef.contiguous()?, &src.contiguous()?, &SparseRowsAcc { m })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn equals_the_dense_product_and_skips_out_of_range_ids() {
+        let dev = Device::Cpu;
+        let (n, k, d, m) = (4usize, 3usize, 5usize, 6usize);
+        // Repeated latents across rows, an id past m (skipped) and a zero coefficient.
+        let ids: Vec<u32> = vec![0, 2, 5, 2, 2, 1, 5, 0, 9, 3, 4, 2];
+        let coef: Vec<f32> = (0..n * k).map(|i| if i == 4 { 0.0 } else { (i as f32 - 5.0) / 3.0 }).collect();
+        let src: Vec<f32> = (0..n * d).map(|i| ((i * 7 % 11) as f32 - 5.0) / 4.0).collect();
+        let out = sparse_rows_acc(
+            &Tensor::from_vec(ids.clone(), (n, k), &dev).unwrap(),
+            &Tensor::from_vec(coef.clone(), (n, k), &dev).unwrap(),
+            &Tensor::from_vec(src.clone(), (n, d), &dev).unwrap(),
+            m,
+        )
+        .unwrap();
+        // Dense reference: Z [n, m] with the coefficients at their ids, then Zᵀ src.
+        let mut z = vec![0f32; n * m];
+        for (p, (&id, &c)) in ids.iter().zip(&coef).enumerate() {
+            if (id as usize) < m {
+                z[(p / k) * m + id as usize] += c;
+            }
+        }
+        let got = out.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        for j in 0..m {
+            for c in 0..d {
+                let want: f32 = (0..n).map(|t| z[t * m + j] * src[t * d + c]).sum();
+                assert!((got[j * d + c] - want).abs() < 1e-5, "out[{j}, {c}] = {} vs {want}", got[j * d + c]);
+            }
+        }
+    }
+
+    #[test]
+    fn mismatched_shapes_are_errors() {
+        let dev = Device::Cpu;
+        let ids = Tensor::zeros((2, 3), candle_core::DType::U32, &dev).unwrap();
+        let coef = Tensor::zeros((2, 3), candle_core::DType::F32, &dev).unwrap();
+        let e = sparse_rows_acc(&ids, &coef, &Tensor::zeros((3, 4), candle_core::DType::F32, &dev).unwrap(), 8).unwrap_err();
+        assert!(e.to_string().contains("src must be [2, d]"), "{e}");
+        let e = sparse_rows_acc(&ids, &coef.narrow(1, 0, 2).unwrap(), &Tensor::zeros((2, 4), candle_core::DType::F32, &dev).unwrap(), 8).unwrap_err();
+        assert!(e.to_string().contains("does not match ids"), "{e}");
+        let e = sparse_rows_acc(&ids.to_dtype(candle_core::DType::F32).unwrap(), &coef, &Tensor::zeros((2, 4), candle_core::DType::F32, &dev).unwrap(), 8);
+        assert!(e.is_err());
+    }
+}
