@@ -75,10 +75,14 @@ impl Linear {
             y = y.broadcast_add(b)?;
         }
         if let Some(l) = &self.lora {
-            // One graph node on a GPU (`ops::lora_delta`); with dropout, the composed form below.
-            let no_dropout = rng.is_none() || l.dropout <= 0.0;
-            if no_dropout && crate::ops::wanted_lora(x, l.a.as_tensor(), l.b.as_tensor()) {
-                let delta = crate::ops::lora_delta(x, l.a.as_tensor(), l.b.as_tensor(), l.scale)?;
+            // One graph node (`ops::lora_delta`): the dropout mask, when there is one, multiplies
+            // the adapter's f32 input first, exactly as in the composed form below.
+            if crate::ops::wanted_lora(x, l.a.as_tensor(), l.b.as_tensor()) {
+                let xin = match rng {
+                    Some(rng) if l.dropout > 0.0 => dropout(&x.to_dtype(l.a.dtype())?, l.dropout, rng)?,
+                    _ => x.clone(),
+                };
+                let delta = crate::ops::lora_delta(&xin, l.a.as_tensor(), l.b.as_tensor(), l.scale)?;
                 let delta = if delta.dtype() != y.dtype() { delta.to_dtype(y.dtype())? } else { delta };
                 return Ok((y + delta)?);
             }

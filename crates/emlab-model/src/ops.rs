@@ -859,12 +859,13 @@ impl candle_core::CustomOp3 for LoraDelta {
     }
 }
 
-/// True when the adapter of a projection with input `x` takes [`lora_delta`]: on a CUDA device
-/// (or with the GPU's paths forced, [`with_portable`]), f32 adapters, `x` `[N, in]` in f32 or bf16,
-/// unless `EMLAB_CUDA_FUSED=0`. The CPU's own training path keeps the composed form.
+/// True when the adapter of a projection with input `x` takes [`lora_delta`]: f32 adapters, `x`
+/// `[N, in]` in f32 or bf16, on any device, unless switched off (`EMLAB_CUDA_FUSED=0` on a GPU,
+/// `EMLAB_LORA_OP=0` anywhere: the composed form, for A/B runs).
 pub fn wanted_lora(x: &Tensor, a: &Tensor, b: &Tensor) -> bool {
-    (x.device().is_cuda() || portable_forced())
-        && crate::device::cuda_fused()
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let on = *ON.get_or_init(|| crate::device::env_switch("EMLAB_LORA_OP", &["1", "0"], "1") == "1");
+    on && (x.device().is_cpu() || crate::device::cuda_fused())
         && matches!(x.dtype(), DType::F32 | DType::BF16)
         && a.dtype() == DType::F32
         && b.dtype() == DType::F32
