@@ -45,7 +45,7 @@ fn dptr(t: &Tensor, what: &str) -> Result<(u64, CudaDevice)> {
     }
 }
 
-fn table(ts: &[&Tensor], what: &str) -> Result<(Vec<u64>, CudaDevice)> {
+fn table(ts: &[Tensor], what: &str) -> Result<(Vec<u64>, CudaDevice)> {
     let mut dev = None;
     let mut ptrs = Vec::with_capacity(ts.len());
     for t in ts {
@@ -71,8 +71,7 @@ fn launch_cfg(len: &[i64]) -> LaunchConfig {
 
 /// Sum of squares of each tensor (contiguous f32 on one CUDA device), in f64.
 pub fn sumsq(ts: &[Tensor]) -> Result<Vec<f64>> {
-    let refs: Vec<&Tensor> = ts.iter().collect();
-    let (ptrs, dev) = table(&refs, "gradient")?;
+    let (ptrs, dev) = table(ts, "gradient")?;
     let len: Vec<i64> = ts.iter().map(|t| t.elem_count() as i64).collect();
     let (gp, ln) = (upload(&dev, &ptrs)?, upload(&dev, &len)?);
     let out = dev.alloc_zeros::<f64>(ts.len())?;
@@ -83,22 +82,11 @@ pub fn sumsq(ts: &[Tensor]) -> Result<Vec<f64>> {
     dev.cuda_stream().clone_dtoh(&out).w()
 }
 
-/// Hyper-parameters of one update, already rounded to f32 as the host loop rounds them.
-#[derive(Debug, Clone, Copy)]
-pub struct Step {
-    pub gscale: f32,
-    pub b1: f32,
-    pub b2: f32,
-    pub step_size: f32,
-    pub bc2_sqrt: f32,
-    pub eps: f32,
-    pub decay: f32,
-}
-
 /// One AdamW update of `params` (f32 CUDA tensors, updated in place) with `grads` (same
 /// shapes), moments `m`, `v` flat `[sum of sizes]` in parameter order (updated in place).
-/// Returns the sum of squares of each updated parameter tensor.
-pub fn adamw(params: &[Tensor], grads: &[Tensor], m: &Tensor, v: &Tensor, h: Step) -> Result<Vec<f64>> {
+/// Gradients are scaled by `gscale` (clipping); `c`: the update's constants, rounded to f32 as
+/// the host loop rounds them. Returns the sum of squares of each updated parameter tensor.
+pub(crate) fn adamw(params: &[Tensor], grads: &[Tensor], m: &Tensor, v: &Tensor, gscale: f32, c: &crate::optim::Consts) -> Result<Vec<f64>> {
     if params.len() != grads.len() {
         bail!("adamw: {} parameters, {} gradients", params.len(), grads.len());
     }
@@ -115,15 +103,15 @@ pub fn adamw(params: &[Tensor], grads: &[Tensor], m: &Tensor, v: &Tensor, h: Ste
         bail!("adamw: moments hold {} values, parameters {acc}", m.elem_count());
     }
     let len: Vec<i64> = params.iter().map(|t| t.elem_count() as i64).collect();
-    let (pp, dev) = table(&params.iter().collect::<Vec<_>>(), "parameter")?;
-    let (gp, _) = table(&grads.iter().collect::<Vec<_>>(), "gradient")?;
+    let (pp, dev) = table(params, "parameter")?;
+    let (gp, _) = table(grads, "gradient")?;
     let ((mp, _), (vp, _)) = (dptr(m, "first moment")?, dptr(v, "second moment")?);
     let (pp, gp, of, ln) = (upload(&dev, &pp)?, upload(&dev, &gp)?, upload(&dev, &off)?, upload(&dev, &len)?);
     let out = dev.alloc_zeros::<f64>(params.len())?;
     let f = dev.get_or_load_custom_func("multi_adamw_f32", "emlab-train", emlab_kernels::TRAIN)?;
     let mut b = f.builder();
     b.arg(&pp).arg(&gp).arg(&of).arg(&ln).arg(&mp).arg(&vp);
-    b.arg(&h.gscale).arg(&h.b1).arg(&h.b2).arg(&h.step_size).arg(&h.bc2_sqrt).arg(&h.eps).arg(&h.decay).arg(&out);
+    b.arg(&gscale).arg(&c.b1).arg(&c.b2).arg(&c.step_size).arg(&c.bc2_sqrt).arg(&c.eps).arg(&c.decay).arg(&out);
     unsafe { b.launch(launch_cfg(&len)) }.w()?;
     dev.cuda_stream().clone_dtoh(&out).w()
 }

@@ -174,54 +174,32 @@ impl AdamW {
         }
         let c = self.next_consts(lr);
         let (m, v) = self.dev.as_ref().expect("moments pushed above");
-        let h = crate::cuda_optim::Step {
-            gscale,
-            b1: c.b1,
-            b2: c.b2,
-            step_size: c.step_size,
-            bc2_sqrt: c.bc2_sqrt,
-            eps: c.eps,
-            decay: c.decay,
-        };
-        crate::cuda_optim::adamw(params, grads, m, v, h)
+        crate::cuda_optim::adamw(params, grads, m, v, gscale, &c)
     }
 
     /// Sends the host moments to `dev` (flattened in parameter order): the state
     /// [`AdamW::step_flat`] continues from.
     pub fn push_moments(&mut self, dev: &candle_core::Device) -> candle_core::Result<()> {
-        let flat = |b: &[Vec<f32>]| {
-            let v: Vec<f32> = b.iter().flat_map(|x| x.iter().copied()).collect();
-            let n = v.len();
-            candle_core::Tensor::from_vec(v, n, dev)
-        };
-        self.dev = Some((flat(&self.m)?, flat(&self.v)?));
+        self.dev = Some((flat_tensor(&self.m, dev)?, flat_tensor(&self.v, dev)?));
         Ok(())
     }
 
     /// Copies the device moments (if any) into the host buffers `m` and `v`.
     pub fn pull_moments(&mut self) -> candle_core::Result<()> {
         let Some((m, v)) = &self.dev else { return Ok(()) };
-        for (dst, src) in [(&mut self.m, m), (&mut self.v, v)] {
-            let flat = src.to_vec1::<f32>()?;
-            let mut rest = &flat[..];
-            for b in dst.iter_mut() {
-                let (head, tail) = rest.split_at(b.len());
-                b.copy_from_slice(head);
-                rest = tail;
-            }
-        }
-        Ok(())
+        split_flat(m, &mut self.m)?;
+        split_flat(v, &mut self.v)
     }
 }
 
 /// The constants of one update (see [`AdamW::step`]).
-struct Consts {
-    b1: f32,
-    b2: f32,
-    step_size: f32,
-    bc2_sqrt: f32,
-    eps: f32,
-    decay: f32,
+pub(crate) struct Consts {
+    pub(crate) b1: f32,
+    pub(crate) b2: f32,
+    pub(crate) step_size: f32,
+    pub(crate) bc2_sqrt: f32,
+    pub(crate) eps: f32,
+    pub(crate) decay: f32,
 }
 
 /// Global L2 norm of all gradients (f64 accumulation). Per-tensor sums run in parallel and are
@@ -235,11 +213,34 @@ pub fn global_norm(grads: &[Vec<f32>]) -> f64 {
 /// factor `max_norm / (norm + 1e-6)` when below 1). Returns the norm before clipping.
 pub fn clip_grad_norm(grads: &mut [Vec<f32>], max_norm: f64) -> f64 {
     let norm = global_norm(grads);
-    if max_norm > 0.0 {
-        let coef = max_norm / (norm + 1e-6);
-        if coef < 1.0 {
-            grads.par_iter_mut().for_each(|g| g.iter_mut().for_each(|x| *x *= coef as f32));
-        }
+    if let Some(coef) = clip_factor(norm, max_norm) {
+        grads.par_iter_mut().for_each(|g| g.iter_mut().for_each(|x| *x *= coef));
     }
     norm
+}
+
+/// The factor torch's `clip_grad_norm_` scales gradients of global norm `norm` by, when it
+/// clips (`max_norm > 0` and the factor below 1), rounded to f32 as every path applies it.
+pub fn clip_factor(norm: f64, max_norm: f64) -> Option<f32> {
+    let coef = max_norm / (norm + 1e-6);
+    (max_norm > 0.0 && coef < 1.0).then_some(coef as f32)
+}
+
+/// `bufs` concatenated into one f32 tensor `[sum of lengths]` on `dev` (one upload).
+pub(crate) fn flat_tensor(bufs: &[Vec<f32>], dev: &candle_core::Device) -> candle_core::Result<candle_core::Tensor> {
+    let v: Vec<f32> = bufs.iter().flat_map(|x| x.iter().copied()).collect();
+    let n = v.len();
+    candle_core::Tensor::from_vec(v, n, dev)
+}
+
+/// The inverse of [`flat_tensor`]: one download of `flat`, split into `bufs` by their lengths.
+pub(crate) fn split_flat(flat: &candle_core::Tensor, bufs: &mut [Vec<f32>]) -> candle_core::Result<()> {
+    let flat = flat.to_vec1::<f32>()?;
+    let mut rest = &flat[..];
+    for b in bufs.iter_mut() {
+        let (head, tail) = rest.split_at(b.len());
+        b.copy_from_slice(head);
+        rest = tail;
+    }
+    Ok(())
 }

@@ -11,7 +11,7 @@ use crate::checkpoint::{self, TrainState};
 use crate::config::TrainConfig;
 use crate::data::{fingerprint, make_batch, plan_epoch, Example};
 use crate::kernels;
-use crate::optim::{clip_grad_norm, lr_at, AdamW};
+use crate::optim::{clip_factor, clip_grad_norm, lr_at, AdamW};
 use crate::{Error, Result};
 use candle_core::{Tensor, Var};
 use emlab_model::{Forward, Logits, Model};
@@ -253,28 +253,20 @@ impl Params {
         }
         Ok(out)
     }
-    /// Sets every variable from the flat parameters `p` `[N]` (device-side copies) and refreshes
-    /// the host mirror with one download (it feeds the per-step norms and checkpoints).
-    fn set_from_flat(&mut self, p: &Tensor) -> Result<()> {
+    /// Sets every variable from the flat parameters `p` `[N]` (device-side copies into each).
+    fn set_vars_from_flat(&self, p: &Tensor) -> Result<()> {
         let mut off = 0;
         for (v, h) in self.vars.iter().zip(&self.host) {
             v.set(&p.narrow(0, off, h.len())?.reshape(v.shape())?)?;
             off += h.len();
         }
-        let flat = p.to_vec1::<f32>()?;
-        let mut rest = &flat[..];
-        for h in self.host.iter_mut() {
-            let (head, tail) = rest.split_at(h.len());
-            h.copy_from_slice(head);
-            rest = tail;
-        }
         Ok(())
     }
-    /// The host mirror as one flat tensor on `dev`.
-    fn flat_on(&self, dev: &candle_core::Device) -> Result<Tensor> {
-        let flat: Vec<f32> = self.host.iter().flat_map(|h| h.iter().copied()).collect();
-        let n = flat.len();
-        Ok(Tensor::from_vec(flat, n, dev)?)
+    /// [`Params::set_vars_from_flat`], then the host mirror refreshed with one download (it feeds
+    /// the per-step norms and checkpoints).
+    fn set_from_flat(&mut self, p: &Tensor) -> Result<()> {
+        self.set_vars_from_flat(p)?;
+        Ok(crate::optim::split_flat(p, &mut self.host)?)
     }
     /// Moves the device-side gradient sums into `grads` with one copy.
     fn flush(&self, grads: &mut [Vec<f32>]) -> Result<()> {
@@ -309,15 +301,7 @@ impl Params {
         }
         // Off the CPU: one upload of all adapters, then device-side copies into each variable
         // (one host-to-device transfer per tensor blocked the host hundreds of times a step).
-        let flat: Vec<f32> = self.host.iter().flat_map(|h| h.iter().copied()).collect();
-        let n = flat.len();
-        let flat = Tensor::from_vec(flat, n, &dev)?;
-        let mut off = 0;
-        for (v, h) in self.vars.iter().zip(&self.host) {
-            v.set(&flat.narrow(0, off, h.len())?.reshape(v.shape())?)?;
-            off += h.len();
-        }
-        Ok(())
+        self.set_vars_from_flat(&crate::optim::flat_tensor(&self.host, &dev)?)
     }
     /// Frobenius norms of A and B per module (one tensor per task: the same sums on any
     /// number of threads).
@@ -588,7 +572,7 @@ fn run(
     // On a CUDA device the optimizer updates the variables in place (`cuda_optim`); elsewhere off
     // the CPU it runs on flat tensors.
     let cuda_opt = cuda_optimizer(&dev);
-    let mut flat_p = if on_device && !cuda_opt { Some(params.flat_on(&dev)?) } else { None };
+    let mut flat_p = if on_device && !cuda_opt { Some(crate::optim::flat_tensor(&params.host, &dev)?) } else { None };
     let mut metrics = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -691,8 +675,10 @@ fn run(
             let g = params.take_flat_grads(&dev)?;
             let norm = g.to_dtype(candle_core::DType::F64)?.sqr()?.sum_all()?.to_scalar::<f64>()?.sqrt();
             profile::mark(&dev, 2);
-            let coef = cfg.max_grad_norm / (norm + 1e-6);
-            let g = if cfg.max_grad_norm > 0.0 && coef < 1.0 { (g * coef as f32 as f64)? } else { g };
+            let g = match clip_factor(norm, cfg.max_grad_norm) {
+                Some(coef) => (g * coef as f64)?,
+                None => g,
+            };
             let p = opt.step_flat(&p, &g, lr)?;
             params.set_from_flat(&p)?;
             flat_p = Some(p);
@@ -808,8 +794,7 @@ fn cuda_step(params: &mut Params, opt: &mut AdamW, dev: &candle_core::Device, ma
     let grads = params.take_grads(dev)?;
     let norm = crate::cuda_optim::sumsq(&grads)?.iter().sum::<f64>().sqrt();
     profile::mark(dev, 2);
-    let coef = max_norm / (norm + 1e-6);
-    let gscale = if max_norm > 0.0 && coef < 1.0 { coef as f32 } else { 1.0 };
+    let gscale = crate::optim::clip_factor(norm, max_norm).unwrap_or(1.0);
     let vars: Vec<Tensor> = params.vars.iter().map(|v| v.as_tensor().clone()).collect();
     params.sq = Some(opt.step_cuda(&vars, &grads, gscale, lr)?);
     Ok(norm)
