@@ -11,7 +11,8 @@
 # Steps run in priority order (correctness, then generation, SAE, training) and each is skipped
 # when less than its estimate is left of BUDGET seconds, so the call ends inside its limit with
 # whatever it could measure. PLAN (default: all) picks steps: parity gen sae torchgen train ckpt
-# profile.
+# profile; also genab (generation with and without CUDA graphs and with the composed decode
+# attention) and trainab (training pairs alternated), not in the default plan.
 #
 # Models: the GGUF files cannot travel (93 MB and 470 MB against a 64 MiB carry), so each shape is
 # built on the GPU machine with random weights from the real config + tokenizer (carried, small).
@@ -156,23 +157,28 @@ if want parity; then
     "$py" -c "
 import random; r = random.Random(3); w = 'alpha beta gamma delta river stone light paper'.split()
 print('\n'.join(' '.join(r.choice(w) for _ in range(4 + 5 * i)) for i in range(4)))" > "$work/parity-prompts.txt"
-    for d in cpu cuda; do
+    # Greedy text: the CPU kernels vs the GPU (f32) decoding from CUDA graphs (the default), vs
+    # the GPU without graphs, vs the composed decode attention; then bf16 with and without graphs
+    # (the same kernels: must be identical). 4 prompts of 4-19 words, 12 new tokens, one wave.
+    for v in cpu:cpu:f32:1:1 cuda:cuda:f32:1:1 cuda-eager:cuda:f32:0:1 cuda-composed:cuda:f32:0:0 \
+             bf16:cuda:bf16:1:1 bf16-eager:cuda:bf16:0:1; do
+        IFS=: read -r name d t g k <<< "$v"
         [ $dry = 1 ] && [ "$d" = cuda ] && continue
-        step "parity-gen-$d" 15 env EMLAB_DEVICE=$d EMLAB_DTYPE=f32 "$bin" generate --model "$work/model-smollm2" \
-            --prompts "$work/parity-prompts.txt" --raw --out "$work/parity-gen-$d.jsonl" --batch-size 4 \
-            --max-new-tokens 12 --temperature 0
+        step "parity-gen-$name" 15 env EMLAB_DEVICE=$d EMLAB_DTYPE=$t EMLAB_CUDA_GRAPH=$g EMLAB_DECODE_KERNEL=$k \
+            "$bin" generate --model "$work/model-smollm2" --prompts "$work/parity-prompts.txt" --raw \
+            --out "$work/parity-gen-$name.jsonl" --batch-size 4 --max-new-tokens 12 --temperature 0
     done
-    "$py" - "$work/parity-gen-cpu.jsonl" "$work/parity-gen-cuda.jsonl" <<'PY' | tee -a "$res"
+    "$py" - "$work" <<'PY' | tee -a "$res"
 import json, sys
-def rows(p):
+def rows(name):
     try:
-        return [json.loads(l) for l in open(p)]
+        return [json.loads(l) for l in open(f"{sys.argv[1]}/parity-gen-{name}.jsonl")]
     except OSError:
         return []
-a, b = rows(sys.argv[1]), rows(sys.argv[2])
-key = "tokens" if a and "tokens" in a[0] else "text"
-same = sum(x.get(key) == y.get(key) for x, y in zip(a, b))
-print(json.dumps({"step": "parity-gen", "rows": len(a), "rows_gpu": len(b), "identical_greedy_rows": same, "compared": key}))
+for a, b in [("cpu", "cuda"), ("cpu", "cuda-eager"), ("cpu", "cuda-composed"), ("bf16", "bf16-eager")]:
+    x, y = rows(a), rows(b)
+    same = sum(p.get("completion") == q.get("completion") for p, q in zip(x, y))
+    print(json.dumps({"step": f"parity-gen-{a}-vs-{b}", "rows": len(x), "rows_other": len(y), "identical_greedy_rows": same}))
 PY
 fi
 
@@ -182,15 +188,25 @@ for shape in smollm2 qwen; do
 import random; r = random.Random(1); w = 'alpha beta gamma delta river stone light paper'.split()
 print('\n'.join(' '.join(r.choice(w) for _ in range(24)) for _ in range($GEN_B)))" > "$work/prompts-$shape.txt"
 done
+# Variants (GEN_VARIANTS, default: the default build's path only; PLAN "genab": all three, in
+# turn per shape): graph = decode steps replayed from CUDA graphs, eager = the same ops without
+# graphs (EMLAB_CUDA_GRAPH=0), composed = the composed decode attention (EMLAB_DECODE_KERNEL=0).
+GEN_VARIANTS="${GEN_VARIANTS:-graph}"
+case "$PLAN" in *" genab "*) GEN_VARIANTS="graph eager composed"; PLAN="$PLAN gen " ;; esac
 if want gen; then
     for shape in smollm2 qwen; do
+      for variant in $GEN_VARIANTS; do
+        case $variant in graph) g=1 k=1 ;; eager) g=0 k=1 ;; *) g=0 k=0 ;; esac
+        name="emlab-generate-$shape$([ "$variant" = graph ] || echo "-$variant")"
         # emlab's wall time includes loading the model: time a 1-token run too and subtract it.
-        [ "$(left)" -lt 30 ] && { emit "{\"step\": \"emlab-generate-$shape\", \"skipped\": \"budget\"}"; continue; }
-        gen() { timeout "$(left)" "$bin" generate --model "$work/model-$shape" --prompts "$work/prompts-$shape.txt" --raw \
-            --out "$1" --batch-size $GEN_B --max-new-tokens "$2" --temperature 1 2>> "$out/emlab-gen-$shape.log"; }
+        [ "$(left)" -lt 30 ] && { emit "{\"step\": \"$name\", \"skipped\": \"budget\"}"; continue; }
+        gen() { timeout "$(left)" env EMLAB_CUDA_GRAPH=$g EMLAB_DECODE_KERNEL=$k "$bin" generate --model "$work/model-$shape" \
+            --prompts "$work/prompts-$shape.txt" --raw --out "$1" --batch-size $GEN_B --max-new-tokens "$2" --temperature 1 \
+            2>> "$out/$name.log"; }
+        rm -f "$work/gen1-$shape.jsonl" "$work/gen-$shape.jsonl"
         t0=$(now_ms); gen "$work/gen1-$shape.jsonl" 1; t1=$(now_ms)
         gen "$work/gen-$shape.jsonl" $GEN_NEW; rc=$?; t2=$(now_ms)
-        "$py" - "$work/gen-$shape.jsonl" "$shape" "$t0" "$t1" "$t2" "$rc" <<'PY' | tee -a "$res"
+        "$py" - "$work/gen-$shape.jsonl" "$name" "$t0" "$t1" "$t2" "$rc" <<'PY' | tee -a "$res"
 import json, sys
 path, shape, t0, t1, t2, rc = sys.argv[1], sys.argv[2], *(float(x) / 1000 for x in sys.argv[3:6]), int(sys.argv[6])
 try:
@@ -199,11 +215,12 @@ except OSError:
     rows = []
 new = sum(r["n_tokens"] for r in rows)
 net = (t2 - t1) - (t1 - t0)
-print(json.dumps({"step": f"emlab-generate-{shape}", "impl": "emlab", "task": "generate", "exit": rc, "sequences": len(rows),
+print(json.dumps({"step": shape, "impl": "emlab", "task": "generate", "exit": rc, "sequences": len(rows),
                   "new_tokens": new, "wall_s": t2 - t1, "load_and_first_token_s": t1 - t0,
                   "tokens_per_s": new / net if net > 0 else None,
                   "tokens_per_s_incl_load": new / (t2 - t1) if t2 > t1 else None}))
 PY
+      done
     done
 fi
 

@@ -7,7 +7,7 @@ use std::process::Command;
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-env-changed=CUDA_COMPUTE_CAP");
-    for f in ["train.cu", "sae.cu", "common.cuh"] {
+    for f in ["train.cu", "sae.cu", "decode.cu", "common.cuh"] {
         println!("cargo:rerun-if-changed=src/{f}");
     }
     if std::env::var_os("CARGO_FEATURE_CUDA").is_none() {
@@ -19,7 +19,7 @@ fn main() {
         Err(_) => PathBuf::from("nvcc"),
     };
     let cap = std::env::var("CUDA_COMPUTE_CAP").unwrap_or_else(|_| "90".into());
-    for name in ["train", "sae"] {
+    for name in ["train", "sae", "decode"] {
         let src = format!("src/{name}.cu");
         let dst = out.join(format!("{name}.ptx"));
         let status = Command::new(&nvcc)

@@ -9,6 +9,9 @@
 //!   backward, half-rotation RoPE (the backward is the opposite rotation), SiLU(gate) * up
 //!   forward / backward, cross-entropy forward / backward (f32 and bf16 inputs, f32 arithmetic);
 //!   multi-tensor AdamW and sums of squares over tables of device pointers.
+//! - `DECODE` (`src/decode.cu`): a decode step's attention over a batched KV cache (RoPE on the
+//!   new key and query, the key/value write, online-softmax attention), reading the write column
+//!   from device memory so that a captured CUDA graph replays every step.
 //! - `SAE` (`src/sae.cu`): `out[ids[i]] += coef[i] * src[i / k]`, the sparse outer-product
 //!   accumulation that replaces two dense `[d, m]` GEMMs of a TopK SAE step (atomic adds).
 
@@ -19,3 +22,7 @@ pub const TRAIN: &str = include_str!(concat!(env!("OUT_DIR"), "/train.ptx"));
 /// PTX of `src/sae.cu`.
 #[cfg(feature = "cuda")]
 pub const SAE: &str = include_str!(concat!(env!("OUT_DIR"), "/sae.ptx"));
+
+/// PTX of `src/decode.cu`.
+#[cfg(feature = "cuda")]
+pub const DECODE: &str = include_str!(concat!(env!("OUT_DIR"), "/decode.ptx"));

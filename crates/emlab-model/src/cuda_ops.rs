@@ -19,7 +19,7 @@
 //! LoRA update, one node for every device, is [`crate::ops::lora_delta`].
 
 use candle_core::backend::BackendStorage;
-use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg};
+use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, CudaViewMut, DeviceRepr, LaunchConfig, PushKernelArg};
 use candle_core::cuda_backend::{CudaDType, CudaStorageSlice, WrapErr};
 use candle_core::{bail, CudaDevice, CudaStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use half::bf16;
@@ -29,13 +29,20 @@ const MODULE: &str = "emlab-train";
 /// True when `x` should take the fused CUDA path: a CUDA tensor in f32 or bf16 that tracks
 /// gradients, unless `EMLAB_CUDA_FUSED=0`.
 pub fn wanted(x: &Tensor) -> bool {
-    crate::device::cuda_fused() && x.device().is_cuda() && x.track_op() && matches!(x.dtype(), DType::F32 | DType::BF16)
+    available(x) && x.track_op()
+}
+
+/// True when the fused kernels can run on `x` at all (a CUDA tensor in f32 or bf16, unless
+/// `EMLAB_CUDA_FUSED=0`), whether or not it tracks gradients.
+pub fn available(x: &Tensor) -> bool {
+    crate::device::cuda_fused() && x.device().is_cuda() && matches!(x.dtype(), DType::F32 | DType::BF16)
 }
 
 /// The element types the kernels are built for, with their kernel-name suffixes.
 trait Elem: DeviceRepr + CudaDType + Copy + 'static {
     const SUFFIX: &'static str;
     fn view<'a>(s: &'a CudaStorage, l: &Layout, what: &str) -> Result<CudaView<'a, Self>>;
+    fn view_mut<'a>(s: &'a mut CudaStorage, l: &Layout, what: &str) -> Result<CudaViewMut<'a, Self>>;
 }
 
 fn offsets(l: &Layout, what: &str) -> Result<(usize, usize)> {
@@ -51,6 +58,14 @@ impl Elem for f32 {
             _ => bail!("{what}: expected f32, got {:?}", s.dtype()),
         }
     }
+    fn view_mut<'a>(s: &'a mut CudaStorage, l: &Layout, what: &str) -> Result<CudaViewMut<'a, f32>> {
+        let (a, b) = offsets(l, what)?;
+        let dt = s.dtype();
+        match &mut s.slice {
+            CudaStorageSlice::F32(x) => Ok(x.slice_mut(a..b)),
+            _ => bail!("{what}: expected f32, got {dt:?}"),
+        }
+    }
 }
 
 impl Elem for bf16 {
@@ -60,6 +75,14 @@ impl Elem for bf16 {
         match &s.slice {
             CudaStorageSlice::BF16(x) => Ok(x.slice(a..b)),
             _ => bail!("{what}: expected bf16, got {:?}", s.dtype()),
+        }
+    }
+    fn view_mut<'a>(s: &'a mut CudaStorage, l: &Layout, what: &str) -> Result<CudaViewMut<'a, bf16>> {
+        let (a, b) = offsets(l, what)?;
+        let dt = s.dtype();
+        match &mut s.slice {
+            CudaStorageSlice::BF16(x) => Ok(x.slice_mut(a..b)),
+            _ => bail!("{what}: expected bf16, got {dt:?}"),
         }
     }
 }
@@ -490,4 +513,139 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
         return Tensor::zeros(logits.dim(0)?, DType::F32, logits.device());
     }
     logits.contiguous()?.apply_op2(&t.detach().contiguous()?, CrossEntropy)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Decode-step attention (`crate::decode`): no backward, generation only.
+
+const DECODE_MODULE: &str = "emlab-decode";
+
+/// A read-only tensor held by a decode op (its RoPE tables, `meta`): the CUDA view of it is
+/// taken inside `f`, while its storage is borrowed.
+fn with_cuda_view<T: Elem, R>(t: &Tensor, what: &str, f: impl FnOnce(CudaView<'_, T>) -> Result<R>) -> Result<R> {
+    let (st, l) = t.storage_and_layout();
+    match &*st {
+        candle_core::Storage::Cuda(c) => f(T::view(c, l, what)?),
+        _ => bail!("{what}: expected a CUDA tensor"),
+    }
+}
+
+fn with_meta<R>(t: &Tensor, f: impl FnOnce(CudaView<'_, u32>) -> Result<R>) -> Result<R> {
+    let (st, l) = t.storage_and_layout();
+    match &*st {
+        candle_core::Storage::Cuda(c) => f(u32_view(c, l, "decode meta")?),
+        _ => bail!("decode meta: expected a CUDA tensor"),
+    }
+}
+
+fn i32s(d: &crate::decode::Dims) -> [i32; 6] {
+    [d.b as i32, d.g as i32, d.h as i32, d.cap as i32, d.d as i32, d.p as i32]
+}
+
+#[allow(clippy::too_many_arguments)]
+fn write_kv_t<T: Elem>(
+    kv: &mut CudaStorage,
+    lkv: &Layout,
+    k: &CudaStorage,
+    lk: &Layout,
+    v: &CudaStorage,
+    lv: &Layout,
+    meta: &Tensor,
+    cos: &Tensor,
+    sin: &Tensor,
+    d: &crate::decode::Dims,
+) -> Result<()> {
+    let dev = kv.device().clone();
+    let (kvw, vvw) = (T::view(k, lk, "decode keys")?, T::view(v, lv, "decode values")?);
+    let [b, g, _, cap, hd, p] = i32s(d);
+    let f = dev.get_or_load_custom_func(&format!("kv_write_{}", T::SUFFIX), DECODE_MODULE, emlab_kernels::DECODE)?;
+    let mut dst = T::view_mut(kv, lkv, "decode cache")?;
+    with_meta(meta, |m| {
+        with_cuda_view::<T, _>(cos, "rope cos", |c| {
+            with_cuda_view::<T, _>(sin, "rope sin", |s| {
+                let mut a = f.builder();
+                a.arg(&kvw).arg(&vvw).arg(&mut dst).arg(&m).arg(&c).arg(&s).arg(&b).arg(&g).arg(&cap).arg(&hd).arg(&p);
+                let threads = (d.d.div_ceil(32) * 32).clamp(32, 256) as u32;
+                unsafe { a.launch(rows_cfg(d.b * d.g, threads)) }.w()?;
+                Ok(())
+            })
+        })
+    })
+}
+
+/// [`crate::decode::write_kv`] on CUDA: one block per (row, kv head).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn decode_write_kv(
+    kv: &mut CudaStorage,
+    lkv: &Layout,
+    k: &CudaStorage,
+    lk: &Layout,
+    v: &CudaStorage,
+    lv: &Layout,
+    meta: &Tensor,
+    cos: &Tensor,
+    sin: &Tensor,
+    d: &crate::decode::Dims,
+) -> Result<()> {
+    match kv.dtype() {
+        DType::F32 => write_kv_t::<f32>(kv, lkv, k, lk, v, lv, meta, cos, sin, d),
+        DType::BF16 => write_kv_t::<bf16>(kv, lkv, k, lk, v, lv, meta, cos, sin, d),
+        dt => bail!("decode: no CUDA kernel for a {dt:?} cache"),
+    }
+}
+
+/// Warps per attention block: each walks every 4th key.
+const ATTN_WARPS: usize = 4;
+
+#[allow(clippy::too_many_arguments)]
+fn attend_t<T: Elem>(
+    q: &CudaStorage,
+    lq: &Layout,
+    kv: &CudaStorage,
+    lkv: &Layout,
+    m: &CudaStorage,
+    lm: &Layout,
+    cos: &Tensor,
+    sin: &Tensor,
+    d: &crate::decode::Dims,
+) -> Result<(CudaStorage, Shape)> {
+    let dev = q.device();
+    let (qv, kvv, mv) = (T::view(q, lq, "decode queries")?, T::view(kv, lkv, "decode cache")?, u32_view(m, lm, "decode meta")?);
+    let n = d.b * d.h * d.d;
+    let out = unsafe { dev.alloc::<T>(n)? };
+    let [b, g, h, cap, hd, p] = i32s(d);
+    let scale = 1.0f32 / (d.d as f32).sqrt();
+    let f = dev.get_or_load_custom_func(&format!("decode_attn_{}", T::SUFFIX), DECODE_MODULE, emlab_kernels::DECODE)?;
+    with_cuda_view::<T, _>(cos, "rope cos", |c| {
+        with_cuda_view::<T, _>(sin, "rope sin", |s| {
+            let mut a = f.builder();
+            a.arg(&qv).arg(&kvv).arg(&mv).arg(&c).arg(&s).arg(&out).arg(&b).arg(&h).arg(&g).arg(&cap).arg(&hd).arg(&p).arg(&scale);
+            // Shared memory: the rotated query, then each warp's max, sum and D partial sums.
+            let shared = ((d.d + 2 * ATTN_WARPS + ATTN_WARPS * d.d) * 4) as u32;
+            let cfg = LaunchConfig { grid_dim: ((d.b * d.h) as u32, 1, 1), block_dim: ((32 * ATTN_WARPS) as u32, 1, 1), shared_mem_bytes: shared };
+            unsafe { a.launch(cfg) }.w()?;
+            Ok(())
+        })
+    })?;
+    Ok((wrap(out, dev), Shape::from((d.b, d.h * d.d))))
+}
+
+/// [`crate::decode::attend`] on CUDA: one block of four warps per (row, query head).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn decode_attend(
+    q: &CudaStorage,
+    lq: &Layout,
+    kv: &CudaStorage,
+    lkv: &Layout,
+    m: &CudaStorage,
+    lm: &Layout,
+    cos: &Tensor,
+    sin: &Tensor,
+    d: &crate::decode::Dims,
+) -> Result<(CudaStorage, Shape)> {
+    match q.dtype() {
+        DType::F32 => attend_t::<f32>(q, lq, kv, lkv, m, lm, cos, sin, d),
+        DType::BF16 => attend_t::<bf16>(q, lq, kv, lkv, m, lm, cos, sin, d),
+        dt => bail!("decode: no CUDA kernel for {dt:?} queries"),
+    }
 }

@@ -17,6 +17,7 @@
 //! assert!(out.iter().all(|g| g.tokens.len() <= 4));
 //! ```
 
+use crate::decode_graph::DecodeStepper;
 use crate::hooks::Hooks;
 use crate::model::{BatchCache, Forward, Logits, Model, SeqCache};
 use crate::{Error, Result};
@@ -269,6 +270,7 @@ fn generate_waves(
     let dev = model.device().clone();
     let mut results: Vec<Option<Generation>> = vec![None; requests.len()];
     let mut next = 0usize;
+    let mut stepper = DecodeStepper::new(model);
     while next < requests.len() {
         let mut wave: Vec<Active> = Vec::new();
         while wave.len() < params.batch_size && next < requests.len() {
@@ -295,64 +297,69 @@ fn generate_waves(
         let refills = next < requests.len();
         let cap = width + params.max_new_tokens * if refills { 2 } else { 1 };
         let mut cache = BatchCache::new(model, start, cap)?;
-        let mut ids = Tensor::from_vec(ids, (wave.len(), width), &dev)?;
+        let ids = Tensor::from_vec(ids, (wave.len(), width), &dev)?;
+        let f = Forward { logits: Logits::Last, hooks: reborrow(&mut hooks), batch_cache: Some(&mut cache), ..Default::default() };
+        let mut logits = model.forward(&ids, f)?.logits.expect("Last logits");
+        // Rows whose request finished and that no other request has taken over yet: parked
+        // (`BatchCache::park`) and decoded along until a quarter of the rows are idle, then
+        // dropped together. Dropping rows costs two copies per layer and a new graph capture.
+        let mut live = vec![true; wave.len()];
         loop {
-            let out = model.forward(
-                &ids,
-                Forward { logits: Logits::Last, hooks: reborrow(&mut hooks), batch_cache: Some(&mut cache), ..Default::default() },
-            )?;
-            let logits = out.logits.expect("Last logits");
             let mut rngs: Vec<&mut ChaCha8Rng> = wave.iter_mut().map(|a| &mut a.rng).collect();
             let toks = sample_on_device(&logits, params, &mut rngs)?;
-            let mut keep = Vec::with_capacity(wave.len());
             for (row, tok) in toks.into_iter().enumerate() {
                 let a = &mut wave[row];
+                if !live[row] {
+                    continue;
+                }
                 match accept(a, tok, stop, params, cache.row_len(row), ctx) {
-                    None => {
-                        on_event(a.idx, Event::Token(tok));
-                        keep.push(row);
-                    }
+                    None => on_event(a.idx, Event::Token(tok)),
                     Some(fin) => {
                         if fin != Finish::Stop {
                             on_event(a.idx, Event::Token(tok));
                         }
                         on_event(a.idx, Event::Done(fin));
                         results[a.idx] = Some(Generation { tokens: std::mem::take(&mut a.tokens), finish: fin });
-                        // Refill the row with the next request when its prompt fits before the
-                        // current column and its budget fits after it: prefilled on its own,
-                        // then written into the row (`BatchCache::fill_row`).
-                        while next < requests.len() {
-                            let r = &requests[next];
-                            if !r.prompt.is_empty() && r.prompt.len() < ctx && (r.prompt.len() > cache.len() || cache.room() < params.max_new_tokens) {
-                                break;
-                            }
-                            let i = next;
-                            next += 1;
-                            if !admit(i, r, params, ctx, &mut results, on_event)? {
-                                continue;
-                            }
-                            let Some((n, seq)) = start_alone(model, i, r, params, stop, true, reborrow(&mut hooks), on_event, &mut results)?
-                            else {
-                                continue;
-                            };
-                            cache.fill_row(row, &seq)?;
-                            wave[row] = n;
-                            keep.push(row);
-                            break;
-                        }
+                        live[row] = false;
+                        cache.park(row)?;
                     }
                 }
             }
-            if keep.is_empty() {
+            // Refill idle rows with the next requests whose prompt fits before the current column
+            // and whose budget fits after it: prefilled on their own, then written into the row
+            // (`BatchCache::fill_row`).
+            for row in 0..wave.len() {
+                while !live[row] && next < requests.len() {
+                    let r = &requests[next];
+                    if !r.prompt.is_empty() && r.prompt.len() < ctx && (r.prompt.len() > cache.len() || cache.room() < params.max_new_tokens) {
+                        break;
+                    }
+                    let i = next;
+                    next += 1;
+                    if !admit(i, r, params, ctx, &mut results, on_event)? {
+                        continue;
+                    }
+                    let Some((n, seq)) = start_alone(model, i, r, params, stop, true, reborrow(&mut hooks), on_event, &mut results)? else {
+                        continue;
+                    };
+                    cache.fill_row(row, &seq)?;
+                    wave[row] = n;
+                    live[row] = true;
+                }
+            }
+            let n_live = live.iter().filter(|&&l| l).count();
+            if n_live == 0 {
                 break;
             }
-            if keep.len() < wave.len() {
+            if n_live * 4 <= wave.len() * 3 {
+                let keep: Vec<usize> = (0..wave.len()).filter(|&r| live[r]).collect();
                 cache.retain(&keep)?;
                 let mut w = std::mem::take(&mut wave).into_iter().map(Some).collect::<Vec<_>>();
                 wave = keep.iter().map(|&r| w[r].take().expect("kept once")).collect();
+                live = vec![true; wave.len()];
             }
-            let last: Vec<u32> = wave.iter().map(|a| a.last).collect();
-            ids = Tensor::from_vec(last, (wave.len(), 1), &dev)?;
+            let last: Vec<u32> = wave.iter().zip(&live).map(|(a, &l)| if l { a.last } else { 0 }).collect();
+            logits = stepper.step(model, &mut cache, &last, reborrow(&mut hooks))?;
         }
     }
     Ok(results.into_iter().map(|r| r.expect("every request finishes")).collect())
@@ -522,7 +529,7 @@ fn sample_full(logits: &[f32], inv_t: f64, rng: &mut ChaCha8Rng) -> u32 {
 }
 
 /// Shortens the trait object's lifetime so the hooks can be lent to one forward call at a time.
-fn reborrow<'s>(h: &'s mut Option<&mut dyn Hooks>) -> Option<&'s mut dyn Hooks> {
+pub(crate) fn reborrow<'s>(h: &'s mut Option<&mut dyn Hooks>) -> Option<&'s mut dyn Hooks> {
     match h {
         Some(h) => Some(&mut **h),
         None => None,

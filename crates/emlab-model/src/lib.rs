@@ -14,6 +14,8 @@ pub mod config;
 pub mod cpu_attention;
 #[cfg(feature = "cuda")]
 pub mod cuda_ops;
+pub mod decode;
+pub mod decode_graph;
 pub mod device;
 pub mod fetch;
 pub mod generate;

@@ -290,13 +290,29 @@ impl SeqCache {
 /// at column `start[b]`; a query attends to the columns `start[b]..=` its own (a padding query
 /// only to itself), and the token at column `c` sits at position `c - start[b]`, so a row's
 /// logits do not depend on the padding or on the other rows (up to floating-point rounding).
+///
+/// A decode step (one new column) runs [`crate::decode`]'s two ops, which read the write column
+/// and each row's first column from [`BatchCache::meta`] on the device, so that its launches are
+/// the same at every step (what [`crate::decode_graph`] captures once and replays).
 #[derive(Debug, Clone)]
 pub struct BatchCache {
-    k: Vec<Tensor>,
-    v: Vec<Tensor>,
+    /// Per layer, keys then values: `[2, B, G, cap, D]`.
+    kv: Vec<Tensor>,
     start: Vec<usize>,
     len: usize,
     cap: usize,
+    /// `[B + 1]` u32 on the device: each row's first column, then the write column.
+    meta: Tensor,
+    /// What `meta` holds now (empty: not written yet).
+    meta_host: Vec<u32>,
+    /// Changes whenever the device buffers are replaced (a new cache, [`BatchCache::retain`]):
+    /// a captured decode graph is only valid for the buffers it was captured on.
+    id: u64,
+}
+
+fn next_cache_id() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 impl BatchCache {
@@ -310,15 +326,64 @@ impl BatchCache {
         if let Some(b) = start.iter().position(|&s| s >= cap) {
             return Err(Error::Invalid(format!("row {b} starts at column {} of a {cap}-column cache", start[b])));
         }
-        let shape = (start.len(), c.num_kv_heads, cap, c.head_dim);
+        let shape = (2, start.len(), c.num_kv_heads, cap, c.head_dim);
         let dtype = model.embed.dtype();
-        let mut k = Vec::with_capacity(c.num_layers);
-        let mut v = Vec::with_capacity(c.num_layers);
-        for _ in 0..c.num_layers {
-            k.push(Tensor::zeros(shape, dtype, model.device())?);
-            v.push(Tensor::zeros(shape, dtype, model.device())?);
+        let kv = (0..c.num_layers).map(|_| Tensor::zeros(shape, dtype, model.device())).collect::<candle_core::Result<Vec<_>>>()?;
+        // Zeros, not uploaded host data: candle may serve small uploads made while a graph's
+        // host-copy cache is on from a shared cached buffer, which must never be written to.
+        let meta = Tensor::zeros(start.len() + 1, DType::U32, model.device())?;
+        Ok(BatchCache { kv, start, len: 0, cap, meta, meta_host: Vec::new(), id: next_cache_id() })
+    }
+
+    /// Keys (`i = 0`) or values (`i = 1`) of `layer`: a view `[B, G, cap, D]`.
+    fn part(&self, layer: usize, i: usize) -> Result<Tensor> {
+        Ok(self.kv[layer].get(i)?)
+    }
+
+    /// Brings [`BatchCache::meta`] up to date (one small upload when the write column or a
+    /// row's first column changed since the last call; nothing otherwise).
+    pub fn sync_meta(&mut self) -> Result<()> {
+        let want: Vec<u32> = self.start.iter().map(|&s| s as u32).chain([self.len as u32]).collect();
+        if want != self.meta_host {
+            let src = Tensor::from_vec(want.clone(), want.len(), self.meta.device())?;
+            self.meta.slice_set(&src, 0, 0)?;
+            self.meta_host = want;
         }
-        Ok(BatchCache { k, v, start, len: 0, cap })
+        Ok(())
+    }
+
+    /// The device buffers' identity (see the field's docs).
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Records `t` columns written by a replayed decode step (which ran no host code).
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    pub(crate) fn advance(&mut self, t: usize) {
+        self.len += t;
+    }
+
+    /// Forgets the columns from `len` on (a captured step that never ran).
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    pub(crate) fn rewind(&mut self, len: usize) {
+        self.len = self.len.min(len);
+    }
+
+    /// Errors when `t` more columns do not fit the cache, or would reach past `max_positions`.
+    pub(crate) fn check_step(&self, t: usize, max_positions: usize) -> Result<()> {
+        if self.len + t > self.cap {
+            return Err(Error::Invalid(format!(
+                "{t} new columns for a batch cache of {} rows x {} columns holding {}",
+                self.rows(),
+                self.cap,
+                self.len
+            )));
+        }
+        let end = self.positions(t).into_iter().max().map_or(0, |p| p as usize + 1);
+        if end > max_positions {
+            return Err(Error::Invalid(format!("sequence of {end} tokens exceeds the context of {max_positions} positions")));
+        }
+        Ok(())
     }
 
     /// Rows in the batch.
@@ -349,12 +414,15 @@ impl BatchCache {
         if keep.len() == self.rows() && keep.iter().enumerate().all(|(i, &r)| i == r) {
             return Ok(());
         }
-        let dev = self.k[0].device().clone();
+        let dev = self.kv[0].device().clone();
         let idx = Tensor::from_vec(keep.iter().map(|&r| r as u32).collect::<Vec<_>>(), keep.len(), &dev)?;
-        for t in self.k.iter_mut().chain(self.v.iter_mut()) {
-            *t = t.index_select(&idx, 0)?;
+        for t in self.kv.iter_mut() {
+            *t = t.index_select(&idx, 1)?;
         }
         self.start = keep.iter().map(|&r| self.start[r]).collect();
+        self.meta = Tensor::zeros(keep.len() + 1, DType::U32, &dev)?;
+        self.meta_host.clear();
+        self.id = next_cache_id();
         Ok(())
     }
 
@@ -372,8 +440,9 @@ impl BatchCache {
             )));
         }
         let start = self.len - l;
-        for layer in 0..self.k.len() {
-            for (dst, src) in [(&mut self.k[layer], seq.kt.get(layer)), (&mut self.v[layer], seq.vt.get(layer))] {
+        for layer in 0..self.kv.len() {
+            for (i, src) in [(0, seq.kt.get(layer)), (1, seq.vt.get(layer))] {
+                let dst = self.part(layer, i)?;
                 let Some(Some(src)) = src else {
                     return Err(Error::Invalid(format!("layer {layer} of the sequence has no device-side keys/values")));
                 };
@@ -392,6 +461,17 @@ impl BatchCache {
             }
         }
         self.start[row] = start;
+        Ok(())
+    }
+
+    /// Parks row `b` (its request finished; nothing replaces it yet): from the next column on
+    /// it attends only to itself at position 0, so it can be decoded along with the others at
+    /// no risk (its output is ignored) until [`BatchCache::fill_row`] or [`BatchCache::retain`].
+    pub fn park(&mut self, b: usize) -> Result<()> {
+        if b >= self.rows() {
+            return Err(Error::Invalid(format!("row {b} of a {}-row batch cache", self.rows())));
+        }
+        self.start[b] = self.cap;
         Ok(())
     }
 
@@ -661,14 +741,10 @@ impl Model {
             if f.cache.is_some() || first > 0 {
                 return Err(Error::Invalid("a batch cache excludes per-row caches and needs the pass to start at block 0".into()));
             }
-            if bc.rows() != b || bc.len + t > bc.cap {
-                return Err(Error::Invalid(format!(
-                    "{t} new columns for a batch cache of {} rows x {} columns holding {}, batch of {b}",
-                    bc.rows(),
-                    bc.cap,
-                    bc.len
-                )));
+            if bc.rows() != b {
+                return Err(Error::Invalid(format!("a batch of {b} rows for a batch cache of {} rows", bc.rows())));
             }
+            bc.check_step(t, self.max_positions())?;
         }
         let starts: Vec<usize> = match &f.cache {
             Some(c) => c.iter().map(|s| s.len).collect(),
@@ -685,11 +761,18 @@ impl Model {
                 self.max_positions()
             )));
         }
+        // A decode step over a batch cache: `crate::decode`'s ops, no host-built tables or mask.
+        let decode = t == 1 && f.batch_cache.is_some() && crate::decode::wanted(&self.device, x.dtype());
         let (cos, sin) = match batch_pos {
+            _ if decode => (self.rope.cos.clone(), self.rope.sin.clone()), // unused
             Some(pos) => self.rope_tables_at(pos, b, t)?,
             None => self.rope_tables(&starts, t)?,
         };
-        let batch_mask = match &f.batch_cache {
+        let batch_mask = match f.batch_cache.as_deref_mut() {
+            Some(bc) if decode => {
+                bc.sync_meta()?;
+                None
+            }
             Some(bc) => Some(bc.mask(t, x.dtype(), &self.device)?),
             None => None,
         };
@@ -704,18 +787,26 @@ impl Model {
         for (li, blk) in self.layers.iter().enumerate().take(n_layers).skip(first) {
             x = hook(&mut f.hooks, HookPoint { layer: li, kind: HookKind::ResidPre }, x)?;
             let hn = blk.input_norm.forward(&x)?.reshape((b * t, d))?;
-            let q = blk.q.forward(&hn, f.dropout_rng.as_deref_mut())?.reshape((b, t, cfg.num_heads, cfg.head_dim))?;
-            let k = blk.k.forward(&hn, f.dropout_rng.as_deref_mut())?.reshape((b, t, cfg.num_kv_heads, cfg.head_dim))?;
-            let v = blk.v.forward(&hn, f.dropout_rng.as_deref_mut())?.reshape((b, t, cfg.num_kv_heads, cfg.head_dim))?;
-            let q = Rope::apply(&q, &cos, &sin)?;
-            let k = Rope::apply(&k, &cos, &sin)?;
+            let q = blk.q.forward(&hn, f.dropout_rng.as_deref_mut())?;
+            let k = blk.k.forward(&hn, f.dropout_rng.as_deref_mut())?;
+            let v = blk.v.forward(&hn, f.dropout_rng.as_deref_mut())?;
             let attn = match (&mut f.cache, fresh) {
+                _ if decode => {
+                    let bc = f.batch_cache.as_deref_mut().expect("decode has a batch cache");
+                    crate::decode::write_kv(&bc.kv[li], &k, &v, &bc.meta, &self.rope.cos, &self.rope.sin)?;
+                    crate::decode::attend(&q, &bc.kv[li], &bc.meta, &self.rope.cos, &self.rope.sin, cfg.num_heads)?
+                }
                 _ if f.batch_cache.is_some() => {
+                    let (q, k, v) = self.rotated_qkv(&q, &k, &v, (b, t), &cos, &sin)?;
                     let (Some(bc), Some(m)) = (f.batch_cache.as_deref_mut(), batch_mask.as_ref()) else { unreachable!() };
                     self.batch_cache_attention(li, &q, &k, &v, bc, m)?
                 }
-                (Some(cache), false) => self.cached_attention(li, &q, &k, &v, cache)?,
+                (Some(cache), false) => {
+                    let (q, k, v) = self.rotated_qkv(&q, &k, &v, (b, t), &cos, &sin)?;
+                    self.cached_attention(li, &q, &k, &v, cache)?
+                }
                 (cache, _) => {
+                    let (q, k, v) = self.rotated_qkv(&q, &k, &v, (b, t), &cos, &sin)?;
                     let a = self.attention(&q, &k, &v, mask.as_ref())?;
                     if let Some(cache) = cache {
                         append_kv(cache, li, &k, &v, self.kv_f16)?;
@@ -770,6 +861,15 @@ impl Model {
         Ok(ForwardOut { logits, hidden })
     }
 
+    /// Projections `[B*T, heads*D]` -> `[B, T, heads, D]`, queries and keys rotated.
+    fn rotated_qkv(&self, q: &Tensor, k: &Tensor, v: &Tensor, (b, t): (usize, usize), cos: &Tensor, sin: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+        let c = &self.config;
+        let q = q.reshape((b, t, c.num_heads, c.head_dim))?;
+        let k = k.reshape((b, t, c.num_kv_heads, c.head_dim))?;
+        let v = v.reshape((b, t, c.num_kv_heads, c.head_dim))?;
+        Ok((Rope::apply(&q, cos, sin)?, Rope::apply(&k, cos, sin)?, v))
+    }
+
     /// cos/sin for each row's positions: `[1 or B, T, 1, D/2]`.
     fn rope_tables(&self, starts: &[usize], t: usize) -> Result<(Tensor, Tensor)> {
         let half = self.config.head_dim / 2;
@@ -803,12 +903,13 @@ impl Model {
         // [B, T, G, D] -> [B, G, T, D]: free when T = 1 (size-1 dims do not break contiguity).
         let kt = k.detach().transpose(1, 2)?.contiguous()?;
         let vt = v.detach().transpose(1, 2)?.contiguous()?;
-        bc.k[layer].slice_set(&kt, 2, bc.len)?;
-        bc.v[layer].slice_set(&vt, 2, bc.len)?;
+        let (kc, vc) = (bc.part(layer, 0)?, bc.part(layer, 1)?);
+        kc.slice_set(&kt, 2, bc.len)?;
+        vc.slice_set(&vt, 2, bc.len)?;
         let n = bc.len + t;
         // Narrowed views: uniform batch strides, so cuBLAS reads them without a copy.
-        let kc = bc.k[layer].narrow(2, 0, n)?; // [B, G, n, D]
-        let vc = bc.v[layer].narrow(2, 0, n)?;
+        let kc = kc.narrow(2, 0, n)?; // [B, G, n, D]
+        let vc = vc.narrow(2, 0, n)?;
         let q = q.reshape((b, t, g, rep, hd))?.permute((0, 2, 3, 1, 4))?.reshape((b, g, rep * t, hd))?;
         let scale = 1.0 / (hd as f64).sqrt();
         let sc = (q.matmul(&kc.t()?)? * scale)?; // [B, G, rep*T, n]

@@ -326,8 +326,10 @@ pub fn causal_softmax(x: &Tensor, scale: f64, mask: &Tensor) -> Result<Tensor> {
 /// `silu(gate) * up`: the SwiGLU activation (one fused kernel forward and backward for CUDA
 /// training, candle's `silu` and a product elsewhere).
 pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    // The fused kernel also serves inference (one launch instead of two): its forward is the
+    // same, and an op on inputs that track no gradient records no backward.
     #[cfg(feature = "cuda")]
-    if crate::cuda_ops::wanted(gate) && gate.dtype() == up.dtype() && gate.dims() == up.dims() {
+    if crate::cuda_ops::available(gate) && gate.dtype() == up.dtype() && gate.dims() == up.dims() {
         return crate::cuda_ops::silu_mul(gate, up);
     }
     gate.silu()? * up

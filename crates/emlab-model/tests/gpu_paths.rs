@@ -182,8 +182,16 @@ fn bf16_base_with_f32_adapters_runs_trains_and_decodes() {
 /// logits equal an uncached forward over that row alone (padding and neighbours invisible).
 #[test]
 fn batch_cache_logits_equal_each_rows_uncached_forward() {
-    use emlab_model::BatchCache;
+    // Decode steps through `emlab_model::decode`'s ops (the default), then the composed path.
     for arch in [Arch::Llama, Arch::Qwen2] {
+        batch_cache_case(arch);
+        emlab_model::decode::with_composed(|| batch_cache_case(arch));
+    }
+}
+
+fn batch_cache_case(arch: Arch) {
+    use emlab_model::BatchCache;
+    {
         let m = model(arch, 11, None);
         let prompts: [&[u32]; 3] = [&[3, 50, 60, 61], &[9, 8], &[7]];
         let next: [[u32; 3]; 2] = [[62, 10, 4], [200, 11, 5]];
@@ -320,4 +328,31 @@ fn batch_cache_fill_row_continues_a_separately_prefilled_sequence() {
     with_portable(|| m.forward(&ids(&[&[1; 8]]), Forward { logits: Logits::Last, cache: Some(&mut long), ..Default::default() })).unwrap();
     assert!(cache.fill_row(0, &long[0]).is_err());
     assert!(cache.fill_row(5, &seq[0]).is_err());
+}
+
+/// Rows that finish early while most of the wave runs on are parked (decoded along, attending
+/// only to themselves) and refilled with the next requests; texts still equal the CPU path's,
+/// token for token, with the decode ops and with the composed decode attention.
+#[test]
+fn parked_and_refilled_rows_match_the_cpu_path() {
+    use emlab_model::generate::Finish;
+    let m = model(Arch::Qwen2, 13, None);
+    let reqs: Vec<Request> = (0..12u32)
+        .map(|i| Request { prompt: (0..1 + i % 4).map(|j| 40 + 7 * i + j).collect(), seed: 90 + i as u64 })
+        .collect();
+    // Tokens this seed's model switches to part-way through some rows: those rows stop at
+    // different steps while the others run to the length limit.
+    let stop: Vec<u32> = vec![229, 221, 234, 62];
+    let params = SamplingParams { temperature: 1.0, max_new_tokens: 9, batch_size: 6, ..Default::default() };
+    let cpu = generate(&m, &reqs, &params, &stop, None, &mut |_, _| {}).unwrap();
+    assert!(cpu.iter().any(|g| g.finish == Finish::Stop) && cpu.iter().any(|g| g.finish == Finish::Length));
+    let lens: std::collections::BTreeSet<usize> = cpu.iter().map(|g| g.tokens.len()).collect();
+    assert!(lens.len() >= 3, "rows should finish at different steps: {lens:?}");
+    for composed in [false, true] {
+        let run = || with_portable(|| generate(&m, &reqs, &params, &stop, None, &mut |_, _| {})).unwrap();
+        let dev = if composed { emlab_model::decode::with_composed(run) } else { run() };
+        for (i, (x, y)) in cpu.iter().zip(&dev).enumerate() {
+            assert_eq!((&x.tokens, x.finish), (&y.tokens, y.finish), "request {i}, composed decode {composed}");
+        }
+    }
 }

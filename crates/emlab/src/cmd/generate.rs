@@ -163,6 +163,10 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         return Err(e);
     }
     eprintln!("emlab: wrote {} samples to {}", jobs.len(), a.out.display());
+    let c = emlab_model::decode_graph::counts();
+    if c.captures + c.replays > 0 {
+        eprintln!("emlab: decode steps: {} eager, {} from CUDA graphs ({} captured)", c.eager, c.replays, c.captures);
+    }
     Ok(())
 }
 
