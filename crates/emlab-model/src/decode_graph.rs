@@ -188,8 +188,11 @@ mod cuda {
             match (out, end) {
                 (Ok(logits), Ok(Some(graph))) => {
                     bump(&CAPTURES);
-                    graph.upload().w().map_err(Step::fallback)?;
-                    graph.launch().w().map_err(Step::fallback)?;
+                    if let Err(e) = graph.upload().and_then(|_| graph.launch()) {
+                        cache.rewind(len);
+                        std::mem::forget(logits); // graph memory that was never allocated
+                        return Err(Step::Fallback(crate::Error::Invalid(format!("launching the captured graph: {e}"))));
+                    }
                     bump(&REPLAYS);
                     self.captured = Some(Captured { logits: logits.clone(), graph, cache_id: cache.id() });
                     Ok(logits)
