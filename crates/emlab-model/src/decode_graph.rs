@@ -6,14 +6,14 @@
 //! is bound by the host (docs/benchmarks.md, "GPU"). Captured into a CUDA graph, the whole step
 //! is one launch.
 //!
-//! [`DecodeStepper::step`] runs one decode step of a [`BatchCache`]. On CUDA (no hooks,
-//! `EMLAB_CUDA_GRAPH` not `0`): the first decode step of a stepper runs eagerly (it loads every
+//! [`DecodeStepper::step`] runs one decode step of a [`BatchCache`]. On CUDA (no hooks, or hooks
+//! that say they are [`Hooks::graph_safe`], like steering edits; `EMLAB_CUDA_GRAPH` not `0`): the first decode step of a stepper runs eagerly (it loads every
 //! kernel and fills candle's cache of the small uploads that a capture must not make); the next
 //! is captured and launched; each later step of the same cache writes the new tokens into a fixed
 //! device buffer, brings the cache's `meta` up to date ([`BatchCache::sync_meta`]) and launches
 //! the graph. A cache whose buffers changed ([`BatchCache::retain`], a new wave) is captured
 //! again. The graph computes exactly the eager forward pass ([`crate::Model::forward`]): this
-//! module adds no model code. Everywhere else (the CPU, hooks, `EMLAB_CUDA_GRAPH=0`, after a
+//! module adds no model code. Everywhere else (the CPU, other hooks, `EMLAB_CUDA_GRAPH=0`, after a
 //! capture that failed, which is warned about once), every step is that eager pass.
 //!
 //! ```
@@ -91,13 +91,13 @@ impl DecodeStepper {
     /// One decode step: `tokens[b]` is row `b`'s next input token. Returns the logits `[B, V]`
     /// (f32) at the new column; the cache grows by one column. Logits of a replayed graph live
     /// in the graph's output buffer: read them before the next step.
-    pub fn step(&mut self, model: &Model, cache: &mut BatchCache, tokens: &[u32], hooks: Option<&mut dyn Hooks>) -> Result<Tensor> {
+    pub fn step(&mut self, model: &Model, cache: &mut BatchCache, tokens: &[u32], #[cfg_attr(not(feature = "cuda"), allow(unused_mut))] mut hooks: Option<&mut dyn Hooks>) -> Result<Tensor> {
         if tokens.len() != cache.rows() {
             return Err(crate::Error::Invalid(format!("{} tokens for a batch cache of {} rows", tokens.len(), cache.rows())));
         }
         #[cfg(feature = "cuda")]
-        if self.graphs && hooks.is_none() {
-            match self.cuda.step(model, cache, tokens) {
+        if self.graphs && hooks.as_ref().is_none_or(|h| h.graph_safe()) {
+            match self.cuda.step(model, cache, tokens, crate::generate::reborrow(&mut hooks)) {
                 Ok(l) => return Ok(l),
                 Err(cuda::Step::Error(e)) => return Err(e),
                 Err(cuda::Step::Fallback(e)) => {
@@ -144,7 +144,13 @@ mod cuda {
     }
 
     impl State {
-        pub(super) fn step(&mut self, model: &Model, cache: &mut BatchCache, tokens: &[u32]) -> std::result::Result<Tensor, Step> {
+        pub(super) fn step(
+            &mut self,
+            model: &Model,
+            cache: &mut BatchCache,
+            tokens: &[u32],
+            mut hooks: Option<&mut dyn Hooks>,
+        ) -> std::result::Result<Tensor, Step> {
             let Device::Cuda(cd) = model.device() else {
                 return Err(Step::Fallback(crate::Error::Invalid("CUDA graphs need a CUDA device".into())));
             };
@@ -174,7 +180,7 @@ mod cuda {
             }
             let _uploads = cd.enable_cuda_graph_htod_cache();
             if !self.warm {
-                let l = eager(model, cache, &ids, None).map_err(Step::Error)?;
+                let l = eager(model, cache, &ids, crate::generate::reborrow(&mut hooks)).map_err(Step::Error)?;
                 self.warm = true;
                 bump(&EAGER);
                 return Ok(l);
@@ -183,7 +189,7 @@ mod cuda {
             let stream = cd.cuda_stream();
             let len = cache.len();
             stream.begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL).w().map_err(Step::fallback)?;
-            let out = eager(model, cache, &ids, None);
+            let out = eager(model, cache, &ids, crate::generate::reborrow(&mut hooks));
             let end = stream.end_capture(sys::CUgraphInstantiate_flags::CUDA_GRAPH_INSTANTIATE_FLAG_AUTO_FREE_ON_LAUNCH);
             match (out, end) {
                 (Ok(logits), Ok(Some(graph))) => {

@@ -92,6 +92,14 @@ pub trait Hooks {
     fn wants(&self, point: HookPoint) -> bool;
     /// Receives the stream `[B, T, d]` at `point` and returns it, possibly edited.
     fn apply(&mut self, point: HookPoint, x: Tensor) -> Result<Tensor>;
+    /// True when `apply` only computes on the device from the stream and tensors it holds for
+    /// its whole life (no host reads, nothing kept, the same work at every call): then a decode
+    /// step with these hooks may be captured once as a CUDA graph and replayed
+    /// ([`crate::decode_graph`]), which runs the captured edits again without calling `apply`.
+    /// Default: false (the step runs eagerly and `apply` is called every time).
+    fn graph_safe(&self) -> bool {
+        false
+    }
 }
 
 /// One edit of the residual stream.
@@ -199,6 +207,11 @@ pub fn project_out(x: &Tensor, r: &Tensor) -> Result<Tensor> {
 impl Hooks for HookSet {
     fn wants(&self, point: HookPoint) -> bool {
         self.edits.contains_key(&point) || self.capturing.contains(&point)
+    }
+    /// Edits only (additions and ablations of fixed vectors): steering while sampling replays
+    /// from a graph. A set that captures keeps tensors, so it runs eagerly.
+    fn graph_safe(&self) -> bool {
+        self.capturing.is_empty()
     }
     fn apply(&mut self, point: HookPoint, mut x: Tensor) -> Result<Tensor> {
         if let Some(edits) = self.edits.get(&point) {

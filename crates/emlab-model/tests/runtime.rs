@@ -188,7 +188,11 @@ fn steering_adds_the_vector_with_its_coefficient() {
     base.capture(p);
     m.forward(&x, Forward { hooks: Some(&mut base), ..Default::default() }).unwrap();
     let mut hs = HookSet::new();
-    hs.add(p, &v, 2.5).capture(p);
+    hs.add(p, &v, 2.5);
+    // Edits alone may be replayed from a CUDA graph; a set that also captures may not.
+    assert!(emlab_model::Hooks::graph_safe(&hs));
+    hs.capture(p);
+    assert!(!emlab_model::Hooks::graph_safe(&hs));
     m.forward(&x, Forward { hooks: Some(&mut hs), ..Default::default() }).unwrap();
     let diff = (&hs.captured(p)[0] - &base.captured(p)[0]).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
     for (i, x) in diff.iter().enumerate() {
