@@ -12,8 +12,11 @@
 //! - [`write_kv`]: rotates each row's new key (at position `col - first`) and writes keys and
 //!   values at column `col` of the cache, in place. `kv` `[2, B, G, cap, D]`, `k`/`v` `[B, G*D]`.
 //! - [`attend`]: rotates the queries and attends over columns `first..=col` of each row
-//!   (online softmax; the query rounded to the cache's dtype first, as the composed path stores
-//!   it). `q` `[B, H*D]` -> `[B, H*D]`.
+//!   (online softmax). `q` `[B, H*D]` -> `[B, H*D]`.
+//!
+//! Arithmetic is f32 and the rotated key and query are rounded once to the cache's dtype; the
+//! composed path rounds after each bf16 operation, so in bf16 the two agree to about one unit
+//! in the last place (exactly in f32, up to summation order).
 //!
 //! The CPU implementations below (f32, bf16, f16; arithmetic in f32) are the reference the tests
 //! check against the composed path; the CUDA kernels (`emlab_kernels::DECODE`, f32 and bf16)
@@ -258,7 +261,7 @@ impl Attend {
             for h in 0..dm.h {
                 let base = (b * dm.h + h) * d;
                 rotate(|i| q[base + i].to_f64() as f32, c, s, &mut qr);
-                // Rounded to the cache's dtype, as the composed path keeps its rotated queries.
+                // Rounded once to the cache's dtype (the composed path keeps rotated queries in it).
                 qr.iter_mut().for_each(|x| *x = T::from_f64(*x as f64).to_f64() as f32);
                 let kbase = (b * dm.g + h / rep) * dm.cap * d;
                 sc.clear();

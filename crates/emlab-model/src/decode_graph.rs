@@ -7,14 +7,15 @@
 //! is one launch.
 //!
 //! [`DecodeStepper::step`] runs one decode step of a [`BatchCache`]. On CUDA (no hooks, or hooks
-//! that say they are [`Hooks::graph_safe`], like steering edits; `EMLAB_CUDA_GRAPH` not `0`): the first decode step of a stepper runs eagerly (it loads every
-//! kernel and fills candle's cache of the small uploads that a capture must not make); the next
-//! is captured and launched; each later step of the same cache writes the new tokens into a fixed
-//! device buffer, brings the cache's `meta` up to date ([`BatchCache::sync_meta`]) and launches
-//! the graph. A cache whose buffers changed ([`BatchCache::retain`], a new wave) is captured
-//! again. The graph computes exactly the eager forward pass ([`crate::Model::forward`]): this
-//! module adds no model code. Everywhere else (the CPU, other hooks, `EMLAB_CUDA_GRAPH=0`, after a
-//! capture that failed, which is warned about once), every step is that eager pass.
+//! that say they are [`Hooks::graph_safe`], like steering edits; `EMLAB_CUDA_GRAPH` not `0`):
+//! the first decode step at each batch size runs eagerly (it loads every kernel and fills
+//! candle's cache of the small uploads that a capture must not make); the next is captured and
+//! launched; each later step of the same cache writes the new tokens into a fixed device buffer,
+//! brings the cache's `meta` up to date ([`BatchCache::sync_meta`]) and launches the graph. A
+//! cache whose buffers changed ([`BatchCache::retain`], a new wave) is captured again. The graph
+//! computes exactly the eager forward pass ([`crate::Model::forward`]): this module adds no model
+//! code. Everywhere else (the CPU, other hooks, `EMLAB_CUDA_GRAPH=0`, after a capture that
+//! failed, which is warned about once), every step is that eager pass.
 //!
 //! ```
 //! # use emlab_model::{testing::*, Arch, Model};
@@ -140,7 +141,10 @@ mod cuda {
         captured: Option<Captured>,
         /// `[B, 1]` u32: the token buffer every captured graph reads.
         ids: Option<Tensor>,
-        warm: bool,
+        /// Batch sizes that already ran one eager step under candle's upload cache: the cached
+        /// kernel parameters (an embedding lookup's, a broadcast bias add's) and cuBLAS's
+        /// kernels depend on the batch size, and a capture must find them all.
+        warm: std::collections::BTreeSet<usize>,
     }
 
     impl State {
@@ -179,9 +183,9 @@ mod cuda {
                 return Ok(c.logits.clone());
             }
             let _uploads = cd.enable_cuda_graph_htod_cache();
-            if !self.warm {
+            if !self.warm.contains(&b) {
                 let l = eager(model, cache, &ids, crate::generate::reborrow(&mut hooks)).map_err(Step::Error)?;
-                self.warm = true;
+                self.warm.insert(b);
                 bump(&EAGER);
                 return Ok(l);
             }
@@ -190,7 +194,16 @@ mod cuda {
             let len = cache.len();
             stream.begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL).w().map_err(Step::fallback)?;
             let out = eager(model, cache, &ids, crate::generate::reborrow(&mut hooks));
-            let end = stream.end_capture(sys::CUgraphInstantiate_flags::CUDA_GRAPH_INSTANTIATE_FLAG_AUTO_FREE_ON_LAUNCH);
+            // A capture that went wrong makes the frees of the tensors dropped inside it fail,
+            // and cudarc keeps such an error for the next call, which would then return it
+            // without ending the capture: clear it first, and end the capture for certain.
+            let flags = sys::CUgraphInstantiate_flags::CUDA_GRAPH_INSTANTIATE_FLAG_AUTO_FREE_ON_LAUNCH;
+            let _ = stream.context().check_err();
+            let mut end = stream.end_capture(flags);
+            if end.is_err() && stream.capture_status().is_ok_and(|s| s != sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE) {
+                let _ = stream.context().check_err();
+                end = stream.end_capture(flags);
+            }
             match (out, end) {
                 (Ok(logits), Ok(Some(graph))) => {
                     bump(&CAPTURES);

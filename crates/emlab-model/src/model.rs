@@ -329,8 +329,8 @@ impl BatchCache {
         let shape = (2, start.len(), c.num_kv_heads, cap, c.head_dim);
         let dtype = model.embed.dtype();
         let kv = (0..c.num_layers).map(|_| Tensor::zeros(shape, dtype, model.device())).collect::<candle_core::Result<Vec<_>>>()?;
-        // Zeros, not uploaded host data: candle may serve small uploads made while a graph's
-        // host-copy cache is on from a shared cached buffer, which must never be written to.
+        // Filled on the device, before any capture: the buffers a captured decode graph reads
+        // (`kv`, `meta`) must exist, at fixed addresses, for the cache's whole life.
         let meta = Tensor::zeros(start.len() + 1, DType::U32, model.device())?;
         Ok(BatchCache { kv, start, len: 0, cap, meta, meta_host: Vec::new(), id: next_cache_id() })
     }

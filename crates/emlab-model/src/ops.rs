@@ -135,26 +135,41 @@ fn compute_dtype(d: DType) -> DType {
 
 struct FrozenMatmul;
 
+/// `x Wᵀ` on any backend's storage: the same strided GEMM `x.matmul(&w.t())` runs, so values
+/// match the plain op bit for bit.
+fn frozen_fwd<S: BackendStorage>(s1: &S, l1: &Layout, s2: &S, l2: &Layout) -> Result<(S, Shape)> {
+    let (m, k) = match l1.dims() {
+        [m, k] => (*m, *k),
+        d => bail!("frozen-matmul: x must be [M, K], got {d:?}"),
+    };
+    let (n, k2) = match l2.dims() {
+        [n, k2] => (*n, *k2),
+        d => bail!("frozen-matmul: w must be [N, K], got {d:?}"),
+    };
+    if k != k2 {
+        bail!("frozen-matmul: x is [{m}, {k}] but w is [{n}, {k2}]");
+    }
+    let wt = l2.transpose(0, 1)?;
+    let out = s1.matmul(s2, (1, m, n, k), l1, &wt)?;
+    Ok((out, Shape::from((m, n))))
+}
+
 impl CustomOp2 for FrozenMatmul {
     fn name(&self) -> &'static str {
         "frozen-matmul"
     }
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (m, k) = match l1.dims() {
-            [m, k] => (*m, *k),
-            d => bail!("frozen-matmul: x must be [M, K], got {d:?}"),
-        };
-        let (n, k2) = match l2.dims() {
-            [n, k2] => (*n, *k2),
-            d => bail!("frozen-matmul: w must be [N, K], got {d:?}"),
-        };
-        if k != k2 {
-            bail!("frozen-matmul: x is [{m}, {k}] but w is [{n}, {k2}]");
-        }
-        // The same strided GEMM `x.matmul(&w.t())` runs, so values match the plain op bit for bit.
-        let wt = l2.transpose(0, 1)?;
-        let out = s1.matmul(s2, (1, m, n, k), l1, &wt)?;
-        Ok((out, Shape::from((m, n))))
+        frozen_fwd(s1, l1, s2, l2)
+    }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        frozen_fwd(s1, l1, s2, l2)
     }
     fn bwd(&self, _x: &Tensor, w: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         // dX = dY W; no dW: the weight is frozen.
@@ -163,13 +178,21 @@ impl CustomOp2 for FrozenMatmul {
 }
 
 /// `x W^T` for `x` `[..., in]` and a frozen `W` `[out, in]`; gradients flow to `x` only.
+///
+/// While `x` tracks gradients this is one graph node whose backward is the single GEMM `dY W`:
+/// candle's own matmul node would also compute `dW = xᵀ dY` for the frozen weight (a GEMM as
+/// large as the forward's, then a zero-filled weight-sized buffer and an add) and throw it away.
 pub fn frozen_matmul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    if !trains_on_cpu(x) || w.dtype() != DType::F32 {
-        // cuBLAS / gemm in the weight's dtype (bf16 base on a GPU); the result keeps it. The
-        // weight is frozen: detached, so no dW is computed on any path.
+    let x = if !trains_on_cpu(x) || w.dtype() != DType::F32 {
+        // cuBLAS / gemm in the weight's dtype (bf16 base on a GPU); the result keeps it.
         let x = if x.dtype() != w.dtype() { x.to_dtype(w.dtype())? } else { x.clone() };
-        return x.broadcast_matmul(&w.detach().t()?);
-    }
+        if !x.track_op() || x.rank() < 2 {
+            return x.broadcast_matmul(&w.detach().t()?);
+        }
+        x
+    } else {
+        x.clone()
+    };
     let dims = x.dims().to_vec();
     let k = *dims.last().unwrap_or(&0);
     let m: usize = dims[..dims.len() - 1].iter().product();
