@@ -66,6 +66,21 @@ impl Linear {
 
     /// `x`: `[N, in]` -> `[N, out]`.
     fn forward(&self, x: &Tensor, rng: Option<&mut ChaCha8Rng>) -> Result<Tensor> {
+        if let Some(l) = &self.lora {
+            let (a, b) = (l.a.as_tensor(), l.b.as_tensor());
+            // Training: the whole layer as one graph node (`ops::lora_linear`), the dropout mask
+            // (same draws as `dropout`) held by the op.
+            if (x.track_op() || a.track_op() || b.track_op())
+                && crate::ops::wanted_linear(x, &self.weight, a, b)
+                && self.bias.as_ref().is_none_or(|t| t.dtype() == self.weight.dtype())
+            {
+                let mask = match rng {
+                    Some(rng) if l.dropout > 0.0 => Some(dropout_mask(x.dims(), l.dropout, rng, x.device())?),
+                    _ => None,
+                };
+                return Ok(crate::ops::lora_linear(x, &self.weight, self.bias.as_ref(), a, b, l.scale, mask.as_ref())?);
+            }
+        }
         let mut y = match &self.quant {
             Some(q) if !x.track_op() => q.matmul(x)?,
             // Frozen base weight: the backward computes dX only, never dW.
@@ -104,11 +119,16 @@ impl Linear {
 
 /// Inverted dropout with a caller-owned RNG, so that training is reproducible and resumable.
 fn dropout(x: &Tensor, p: f32, rng: &mut ChaCha8Rng) -> Result<Tensor> {
-    let n = x.elem_count();
+    let mask = dropout_mask(x.dims(), p, rng, x.device())?.to_dtype(x.dtype())?;
+    Ok((x * mask)?)
+}
+
+/// The f32 mask of [`dropout`] (0 or `1 / (1 - p)`), one draw per element in row-major order.
+fn dropout_mask(shape: &[usize], p: f32, rng: &mut ChaCha8Rng, device: &Device) -> Result<Tensor> {
+    let n: usize = shape.iter().product();
     let keep = 1.0 / (1.0 - p);
     let mask: Vec<f32> = (0..n).map(|_| if rng.random::<f32>() < p { 0.0 } else { keep }).collect();
-    let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
-    Ok((x * mask)?)
+    Ok(Tensor::from_vec(mask, shape, device)?)
 }
 
 /// RMSNorm written with differentiable ops (candle's fused `rms_norm` records no backward).

@@ -46,7 +46,7 @@
 //! This file uses nothing but candle, candle-nn and rayon, so it can be compiled into another crate too.
 
 use candle_core::backend::BackendStorage;
-use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor, D};
+use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 use std::sync::Arc;
 
@@ -764,6 +764,59 @@ mod tests {
         assert!(cross_entropy(z.as_tensor(), &bad).is_err());
     }
 
+    /// The one-node LoRA layer against its parts as separate nodes (frozen matmul, bias add,
+    /// dropout mask on the adapter's f32 input, `lora_delta`, add): values and the gradients of
+    /// x, A and B, f32 and a bf16 base, with and without bias and mask, on the CPU kernels and on
+    /// the GPU's branches.
+    #[test]
+    fn lora_linear_matches_its_composed_parts() {
+        for (dt, tol) in [(DType::F32, 1e-5f32), (DType::BF16, 2e-2)] {
+            for (with_bias, with_mask, portable) in [(false, false, false), (true, true, false), (true, false, true), (false, true, true)] {
+                let run = || {
+                    let w = rand(&[6, 8], 11).to_dtype(dt).unwrap();
+                    let bias = rand(&[6], 12).to_dtype(dt).unwrap();
+                    let mask = rand(&[5, 8], 13).ge(-0.4).unwrap().to_dtype(DType::F32).unwrap().affine(1.0 / 0.7, 0.0).unwrap();
+                    let xv = Var::from_tensor(&rand(&[5, 8], 1).to_dtype(dt).unwrap()).unwrap();
+                    let a = Var::from_tensor(&rand(&[3, 8], 2)).unwrap();
+                    let b = Var::from_tensor(&rand(&[6, 3], 3)).unwrap();
+                    let (bias, mask) = (with_bias.then_some(&bias), with_mask.then_some(&mask));
+                    let up = rand(&[5, 6], 4);
+                    let y = lora_linear(xv.as_tensor(), &w, bias, a.as_tensor(), b.as_tensor(), 0.7, mask).unwrap();
+                    let mut yc = frozen_matmul(xv.as_tensor(), &w).unwrap();
+                    if let Some(bias) = bias {
+                        yc = yc.broadcast_add(bias).unwrap();
+                    }
+                    let xin = match mask {
+                        Some(m) => (xv.as_tensor().to_dtype(DType::F32).unwrap() * m).unwrap(),
+                        None => xv.as_tensor().clone(),
+                    };
+                    let d = lora_delta(&xin, a.as_tensor(), b.as_tensor(), 0.7).unwrap().to_dtype(dt).unwrap();
+                    let yc = (yc + d).unwrap();
+                    assert_eq!(y.dtype(), dt);
+                    let f32v = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
+                    assert!(max_diff(&f32v(&y), &f32v(&yc)) < tol, "{dt:?} value: {}", max_diff(&f32v(&y), &f32v(&yc)));
+                    let g1 = (f32v(&y) * &up).unwrap().sum_all().unwrap().backward().unwrap();
+                    let g2 = (f32v(&yc) * &up).unwrap().sum_all().unwrap().backward().unwrap();
+                    for (name, t) in [("x", xv.as_tensor()), ("A", a.as_tensor()), ("B", b.as_tensor())] {
+                        let (p, q) = (f32v(g1.get(t).unwrap()), f32v(g2.get(t).unwrap()));
+                        let scale = to_vec(&q).unwrap().iter().fold(1f32, |m, v| m.max(v.abs()));
+                        assert!(max_diff(&p, &q) < tol * scale, "{dt:?} bias {with_bias} mask {with_mask}: d{name} differs by {}", max_diff(&p, &q));
+                    }
+                };
+                if portable {
+                    with_portable(run)
+                } else {
+                    run()
+                }
+            }
+        }
+        // Bad shapes are an error.
+        let a = rand(&[3, 8], 2);
+        let b = rand(&[6, 3], 3);
+        assert!(lora_linear(&rand(&[5, 7], 1), &rand(&[6, 8], 1), None, &a, &b, 1.0, None).is_err());
+        assert!(lora_linear(&rand(&[5, 8], 1), &rand(&[6, 8], 1), None, &a, &b, 1.0, Some(&rand(&[4, 8], 1))).is_err());
+    }
+
     #[test]
     fn lora_delta_matches_the_composed_update_and_its_gradients() {
         for dt in [DType::F32, DType::BF16] {
@@ -868,20 +921,194 @@ impl candle_core::CustomOp3 for LoraDelta {
         lora_fwd(self.scale, x, lx, a, la, b, lb)
     }
     fn bwd(&self, x: &Tensor, a: &Tensor, b: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        // y = s x Aᵀ Bᵀ: dB = s gᵀ (x Aᵀ), dA = s (g B)ᵀ x, dx = s (g B) A. Detached operands: the
-        // backward builds no graph of its own.
-        let (a, b) = (a.detach(), b.detach());
-        let gs = (grad.detach().to_dtype(DType::F32)? * self.scale)?;
-        let xf = x.detach().to_dtype(DType::F32)?;
-        let low = xf.matmul(&a.t()?)?; // recomputed [N, r]
-        let gb = gs.matmul(&b)?; // [N, r]
-        let db = gs.t()?.matmul(&low)?; // [out, r]
-        let da = gb.t()?.matmul(&xf)?; // [r, in]
         // No dx for an input that needs none (block 0's normed embeddings): candle would still
         // zero-fill and add it.
-        let dx = if x.track_op() { Some(gb.matmul(&a)?.to_dtype(x.dtype())?) } else { None }; // [N, in]
+        let (dx, da, db) = lora_grads(&x.detach().to_dtype(DType::F32)?, a, b, grad, self.scale, x.track_op())?;
+        Ok((dx.map(|d| d.to_dtype(x.dtype())).transpose()?, Some(da), Some(db)))
+    }
+}
+
+/// Gradients of `y = s · xf Aᵀ Bᵀ` for the f32 input `xf` `[N, in]`: `dB = s gᵀ (xf Aᵀ)`,
+/// `dA = s (g B)ᵀ xf`, and (when `want_dx`) `dxf = s (g B) A` in f32. Detached operands: the
+/// backward builds no graph of its own.
+fn lora_grads(xf: &Tensor, a: &Tensor, b: &Tensor, grad: &Tensor, scale: f64, want_dx: bool) -> Result<(Option<Tensor>, Tensor, Tensor)> {
+    let (a, b) = (a.detach(), b.detach());
+    let gs = (grad.detach().to_dtype(DType::F32)? * scale)?;
+    let low = xf.matmul(&a.t()?)?; // recomputed [N, r]
+    let gb = gs.matmul(&b)?; // [N, r]
+    let db = gs.t()?.matmul(&low)?; // [out, r]
+    let da = gb.t()?.matmul(xf)?; // [r, in]
+    let dx = if want_dx { Some(gb.matmul(&a)?) } else { None }; // [N, in]
+    Ok((dx, da, db))
+}
+
+// ---------------------------------------------------------------------------------------------
+// A LoRA-adapted frozen linear layer as one graph node
+
+/// `y = x Wᵀ + bias + s · (x ⊙ mask) Aᵀ Bᵀ` with `W`, `bias` and the dropout `mask` held by the
+/// op (no gradients) and `x`, `A`, `B` its inputs.
+struct LoraLinear {
+    w: Tensor,
+    bias: Option<Tensor>,
+    scale: f64,
+    /// Inverted-dropout mask for the adapter's input, f32 `[N, in]`.
+    mask: Option<Tensor>,
+}
+
+impl LoraLinear {
+    fn fwd<S: BackendStorage>(
+        &self,
+        w: (&S, &Layout),
+        bias: Option<(&S, &Layout)>,
+        mask: Option<(&S, &Layout)>,
+        (x, lx): (&S, &Layout),
+        a: (&S, &Layout),
+        b: (&S, &Layout),
+    ) -> Result<(S, Shape)> {
+        use candle_core::op::{Add, Mul};
+        let (y, shape) = frozen_fwd(x, lx, w.0, w.1)?;
+        let ly = Layout::contiguous(&shape);
+        let y = match bias {
+            Some((bs, bl)) => y.binary_impl::<Add>(bs, &ly, &bl.broadcast_as(&shape)?)?,
+            None => y,
+        };
+        let (delta, _) = match mask {
+            Some((ms, ml)) => {
+                let xf = if x.dtype() == DType::F32 { x.binary_impl::<Mul>(ms, lx, ml)? } else {
+                    x.to_dtype(lx, DType::F32)?.binary_impl::<Mul>(ms, &Layout::contiguous(lx.shape()), ml)?
+                };
+                lora_fwd(self.scale, &xf, &Layout::contiguous(lx.shape()), a.0, a.1, b.0, b.1)?
+            }
+            None => lora_fwd(self.scale, x, lx, a.0, a.1, b.0, b.1)?,
+        };
+        // The delta comes back in the input's dtype: cast to the output's (the weight's).
+        let delta = if delta.dtype() != y.dtype() { delta.to_dtype(&ly, y.dtype())? } else { delta };
+        Ok((y.binary_impl::<Add>(&delta, &ly, &ly)?, shape))
+    }
+}
+
+/// Runs `f` with the storages of the tensors the op holds on one backend (`get` picks it from a
+/// [`candle_core::Storage`]), their read guards alive for the call.
+macro_rules! with_held {
+    ($op:expr, $get:expr, |$w:ident, $bias:ident, $mask:ident| $body:expr) => {{
+        let (wg, lw) = $op.w.storage_and_layout();
+        let bg = $op.bias.as_ref().map(|t| t.storage_and_layout());
+        let mg = $op.mask.as_ref().map(|t| t.storage_and_layout());
+        let $w = ($get(&wg)?, lw);
+        let $bias = match &bg {
+            Some((g, l)) => Some(($get(g)?, *l)),
+            None => None,
+        };
+        let $mask = match &mg {
+            Some((g, l)) => Some(($get(g)?, *l)),
+            None => None,
+        };
+        $body
+    }};
+}
+
+impl CustomOp3 for LoraLinear {
+    fn name(&self) -> &'static str {
+        "lora-linear"
+    }
+    fn cpu_fwd(&self, x: &CpuStorage, lx: &Layout, a: &CpuStorage, la: &Layout, b: &CpuStorage, lb: &Layout) -> Result<(CpuStorage, Shape)> {
+        fn get(s: &candle_core::Storage) -> Result<&CpuStorage> {
+            match s {
+                candle_core::Storage::Cpu(c) => Ok(c),
+                _ => bail!("lora-linear: weight, bias and mask must be on the input's device"),
+            }
+        }
+        with_held!(self, get, |w, bias, mask| self.fwd(w, bias, mask, (x, lx), (a, la), (b, lb)))
+    }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        x: &candle_core::CudaStorage,
+        lx: &Layout,
+        a: &candle_core::CudaStorage,
+        la: &Layout,
+        b: &candle_core::CudaStorage,
+        lb: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        fn get(s: &candle_core::Storage) -> Result<&candle_core::CudaStorage> {
+            match s {
+                candle_core::Storage::Cuda(c) => Ok(c),
+                _ => bail!("lora-linear: weight, bias and mask must be on the input's device"),
+            }
+        }
+        with_held!(self, get, |w, bias, mask| self.fwd(w, bias, mask, (x, lx), (a, la), (b, lb)))
+    }
+    fn bwd(&self, x: &Tensor, a: &Tensor, b: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.detach();
+        let xf = x.detach().to_dtype(DType::F32)?;
+        let xin = match &self.mask {
+            Some(m) => (xf * m)?,
+            None => xf,
+        };
+        let (dxl, da, db) = lora_grads(&xin, a, b, &grad, self.scale, x.track_op())?;
+        let dx = match dxl {
+            Some(dxl) => {
+                // dX = dY W (the frozen weight: no dW) + the adapter's part through the mask.
+                let dxl = match &self.mask {
+                    Some(m) => (dxl * m)?,
+                    None => dxl,
+                };
+                let base = grad.contiguous()?.matmul(&self.w)?;
+                Some((base + dxl.to_dtype(self.w.dtype())?)?.to_dtype(x.dtype())?)
+            }
+            None => None,
+        };
         Ok((dx, Some(da), Some(db)))
     }
+}
+
+
+/// A LoRA-adapted frozen linear layer for training, as one graph node:
+/// `y = x Wᵀ + bias + s · (x ⊙ mask) Aᵀ Bᵀ` for `x` `[N, in]` in `W`'s dtype, `W` `[out, in]`,
+/// `bias` `[out]` (frozen), `A` `[r, in]`, `B` `[out, r]` (f32), `mask` an f32 inverted-dropout
+/// mask `[N, in]` for the adapter's input. Its backward is `dX = dY W + s ((dY B) A) ⊙ mask` and
+/// the adapter's two gradients: composed (frozen matmul, bias add, [`lora_delta`], add) candle's
+/// autograd added a zero-filled buffer and an add per edge, one of them output-sized for the
+/// constant bias.
+///
+/// ```
+/// use candle_core::{Device, Tensor, Var};
+/// use emlab_model::ops::lora_linear;
+/// let dev = Device::Cpu;
+/// let x = Var::new(&[[1f32, 2.]], &dev)?;                  // [N=1, in=2]
+/// let w = Tensor::new(&[[1f32, 0.], [0., 1.]], &dev)?;     // identity
+/// let a = Var::new(&[[1f32, 1.]], &dev)?;                  // [r=1, in]
+/// let b = Var::new(&[[2f32], [3.]], &dev)?;                // [out=2, r]
+/// let y = lora_linear(x.as_tensor(), &w, None, a.as_tensor(), b.as_tensor(), 0.5, None)?;
+/// assert_eq!(y.to_vec2::<f32>()?, vec![vec![4., 6.5]]);   // [1, 2] + 0.5 * 3 * [2, 3]
+/// let g = y.sum_all()?.backward()?;
+/// assert_eq!(g.get(x.as_tensor()).unwrap().to_vec2::<f32>()?, vec![vec![3.5, 3.5]]); // 1 + 0.5 * 5
+/// # Ok::<(), candle_core::Error>(())
+/// ```
+pub fn lora_linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, a: &Tensor, b: &Tensor, scale: f64, mask: Option<&Tensor>) -> Result<Tensor> {
+    let (n, din) = x.dims2()?;
+    if w.dims() != [w.dim(0)?, din] || x.dtype() != w.dtype() || bias.is_some_and(|t| t.dims() != [w.dim(0).unwrap_or(0)] || t.dtype() != w.dtype()) {
+        bail!("lora-linear: x {:?} {:?}, weight {:?} {:?}, bias {:?}", x.dims(), x.dtype(), w.dims(), w.dtype(), bias.map(|t| t.dims().to_vec()));
+    }
+    if let Some(m) = mask {
+        if m.dims() != [n, din] || m.dtype() != DType::F32 {
+            bail!("lora-linear: mask {:?} {:?} for an input [{n}, {din}]", m.dims(), m.dtype());
+        }
+    }
+    let op = LoraLinear { w: w.detach(), bias: bias.map(|t| t.detach()), scale, mask: mask.map(|m| m.detach().contiguous()).transpose()? };
+    x.contiguous()?.apply_op3(a, b, op)
+}
+
+/// True when a training step's LoRA layer takes [`lora_linear`]: off the CPU's fused f32
+/// kernels (a GPU, a half-precision base, or [`with_portable`]), what [`wanted_lora`] asks, `x`
+/// in the weight's dtype, unless `EMLAB_LINEAR_OP=0` (the frozen matmul, bias add,
+/// [`lora_delta`] and add as separate nodes, for A/B runs). The CPU keeps the separate nodes:
+/// there the per-edge work is memory traffic, not launches, and the one node measured no faster
+/// (`bench_train`, docs/benchmarks.md).
+pub fn wanted_linear(x: &Tensor, w: &Tensor, a: &Tensor, b: &Tensor) -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let on = *ON.get_or_init(|| crate::device::env_switch("EMLAB_LINEAR_OP", &["1", "0"], "1") == "1");
+    on && !trains_on_cpu(x) && wanted_lora(x, a, b) && x.dtype() == w.dtype()
 }
 
 /// True when the adapter of a projection with input `x` takes [`lora_delta`]: f32 adapters, `x`
