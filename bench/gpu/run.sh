@@ -257,8 +257,9 @@ if want trainab; then
     for shape in smollm2 qwen; do
         for rep in 1 2; do
             emlab_train $shape "ab$rep-emlab-train-$shape" --config "$work/no-ckpt.toml"
-            # A/B: each LoRA layer as separate nodes instead of one (`ops::lora_linear`).
-            EMLAB_LINEAR_OP=0 emlab_train $shape "ab$rep-emlab-train-$shape-parts" --config "$work/no-ckpt.toml"
+            # A/B: LoRA layers and attention as separate nodes instead of one each
+            # (`ops::lora_linear`, `attention::causal_attention`).
+            EMLAB_LINEAR_OP=0 EMLAB_ATTN_OP=0 emlab_train $shape "ab$rep-emlab-train-$shape-parts" --config "$work/no-ckpt.toml"
             step "ab$rep-torch-train-$shape" 35 "$py" bench/gpu/torch_bench.py train --model "$work/model-$shape" --batch $TRAIN_B --seq $TRAIN_T --steps $(( TRAIN_STEPS - 2 )) --warmup 2
         done
     done

@@ -297,6 +297,12 @@ impl CustomOp2 for SoftmaxBwd {
 /// `softmax(scale * x + causal mask)` over the last axis of square `[.., n, n]` score blocks:
 /// row `q` of a block sees columns `0..=q`, the rest come out 0. The scale and mask live in the
 /// kernel (composed, they cost two more ops and, in candle's backward, a reduction over the mask).
+/// The gradient of the scores given `p = softmax(scale * x)` and `dp` (same shape, contiguous
+/// rows over the last axis): `scale * p * (dp - sum(p * dp))`, one kernel, f32 inside.
+pub(crate) fn softmax_grad(p: &Tensor, dp: &Tensor, scale: f64) -> Result<Tensor> {
+    p.contiguous()?.apply_op2_no_bwd(&dp.contiguous()?, &SoftmaxBwd { scale: scale as f32 })
+}
+
 pub fn causal_softmax(x: &Tensor, scale: f64) -> Result<Tensor> {
     if x.elem_count() == 0 {
         return Ok(x.clone());

@@ -5,6 +5,7 @@
 //! differentiable, hookable forward pass that serves generation, training, activation capture and
 //! steering.
 
+pub mod attention;
 pub mod chat;
 pub mod error;
 pub mod tokenizer;

@@ -825,6 +825,11 @@ impl Model {
                     let (q, k, v) = self.rotated_qkv(&q, &k, &v, (b, t), &cos, &sin)?;
                     self.cached_attention(li, &q, &k, &v, cache)?
                 }
+                // Training off the CPU's fused kernels: one graph node (`crate::attention`).
+                (None, _) if mask.is_some() && crate::attention::wanted(&q) => {
+                    let m = mask.as_ref().expect("checked");
+                    crate::attention::causal_attention(&q, &k, &v, (b, t), cfg.num_heads, cfg.num_kv_heads, &cos, &sin, m)?
+                }
                 (cache, _) => {
                     let (q, k, v) = self.rotated_qkv(&q, &k, &v, (b, t), &cos, &sin)?;
                     let a = self.attention(&q, &k, &v, mask.as_ref())?;

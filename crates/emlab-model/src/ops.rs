@@ -339,8 +339,9 @@ pub fn causal_softmax(x: &Tensor, scale: f64, mask: &Tensor) -> Result<Tensor> {
     }
     // The fused kernel builds the causal mask itself: `mask` must be that mask (the only kind
     // this function takes; other masks go through `softmax_last_dim`).
+    // Also without gradients (a prefill, the attention node's forward): one launch, not three.
     #[cfg(feature = "cuda")]
-    if crate::cuda_ops::wanted(x) {
+    if crate::cuda_ops::available(x) {
         return crate::cuda_ops::causal_softmax(x, scale);
     }
     softmax_last_dim(&(x * scale)?.broadcast_add(mask)?)
