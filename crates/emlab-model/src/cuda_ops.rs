@@ -593,11 +593,7 @@ pub(crate) fn decode_write_kv(
     sin: &Tensor,
     d: &crate::decode::Dims,
 ) -> Result<()> {
-    match kv.dtype() {
-        DType::F32 => write_kv_t::<f32>(kv, lkv, k, lk, v, lv, meta, cos, sin, d),
-        DType::BF16 => write_kv_t::<bf16>(kv, lkv, k, lk, v, lv, meta, cos, sin, d),
-        dt => bail!("decode: no CUDA kernel for a {dt:?} cache"),
-    }
+    by_dtype!(kv, "decode cache", write_kv_t(kv, lkv, k, lk, v, lv, meta, cos, sin, d))
 }
 
 /// Warps per attention block: each walks every 4th key.
@@ -649,9 +645,5 @@ pub(crate) fn decode_attend(
     sin: &Tensor,
     d: &crate::decode::Dims,
 ) -> Result<(CudaStorage, Shape)> {
-    match q.dtype() {
-        DType::F32 => attend_t::<f32>(q, lq, kv, lkv, m, lm, cos, sin, d),
-        DType::BF16 => attend_t::<bf16>(q, lq, kv, lkv, m, lm, cos, sin, d),
-        dt => bail!("decode: no CUDA kernel for {dt:?} queries"),
-    }
+    by_dtype!(q, "decode queries", attend_t(q, lq, kv, lkv, m, lm, cos, sin, d))
 }

@@ -269,3 +269,19 @@ pub fn write_hf_model(dir: &Path, cfg: &ModelConfig, weights: &BTreeMap<String, 
     }
     w("model.safetensors.index.json", &serde_json::json!({"metadata": {}, "weight_map": map}))
 }
+
+/// A tensor of `shape` with values uniform in `[lo, hi)` from a xorshift generator seeded by
+/// `seed`, on the CPU: deterministic test inputs without another dependency.
+pub fn uniform(shape: &[usize], seed: u64, lo: f32, hi: f32) -> Tensor {
+    let n: usize = shape.iter().product();
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let v: Vec<f32> = (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            lo + (hi - lo) * ((x >> 40) as f32 / (1u64 << 24) as f32)
+        })
+        .collect();
+    Tensor::from_vec(v, shape, &candle_core::Device::Cpu).expect("shape matches the data")
+}
