@@ -66,8 +66,8 @@ pub fn causal_attention(
     let rep = h / g;
     let scale = 1.0 / (hd as f64).sqrt();
     // The forward of `Model::attention` after RoPE, on detached operands: no graph is recorded.
-    let qr = crate::ops::rope(&q.detach().reshape((b, t, h, hd))?, cos, sin)?;
-    let kr = crate::ops::rope(&k.detach().reshape((b, t, g, hd))?, cos, sin)?;
+    let qr = rotate(&q.detach().reshape((b, t, h, hd))?, cos, sin)?;
+    let kr = rotate(&k.detach().reshape((b, t, g, hd))?, cos, sin)?;
     let qg = qr.reshape((b, t, g, rep, hd))?.permute((0, 2, 3, 1, 4))?.contiguous()?.reshape((b, g, rep * t, hd))?;
     let kg = kr.transpose(1, 2)?.contiguous()?; // [B, G, T, D]
     let vg = v.detach().reshape((b, t, g, hd))?.transpose(1, 2)?.contiguous()?;
@@ -153,13 +153,13 @@ impl CustomOp3 for AttentionNode {
         let dq = if q.track_op() {
             let dqg = ds.matmul(&self.kg)?; // [B, G, rep*T, D]
             let dq = dqg.reshape((b, g, rep, t, hd))?.permute((0, 3, 1, 2, 4))?.contiguous()?.reshape((b, t, h, hd))?;
-            Some(crate::ops::rope(&dq, &self.cos, &nsin)?.reshape((b * t, h * hd))?)
+            Some(rotate(&dq, &self.cos, &nsin)?.reshape((b * t, h * hd))?)
         } else {
             None
         };
         let dk = if k.track_op() {
             let dkg = ds.t()?.matmul(&self.qg)?; // [B, G, T, D]
-            Some(crate::ops::rope(&dkg.transpose(1, 2)?.contiguous()?, &self.cos, &nsin)?.reshape((b * t, g * hd))?)
+            Some(rotate(&dkg.transpose(1, 2)?.contiguous()?, &self.cos, &nsin)?.reshape((b * t, g * hd))?)
         } else {
             None
         };
@@ -171,6 +171,16 @@ impl CustomOp3 for AttentionNode {
         };
         Ok((dq, dk, dv))
     }
+}
+
+/// RoPE of an operand that tracks no gradient: on CUDA emlab's kernel (f32 inside, one rounding,
+/// as the composed training path computes it), elsewhere [`crate::ops::rope`].
+fn rotate(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if crate::cuda_ops::available(x) {
+        return crate::cuda_ops::rope(x, cos, sin);
+    }
+    crate::ops::rope(x, cos, sin)
 }
 
 /// The gradient of the scores `x` of `p = softmax(scale * x)` given `dp`: `scale * p * (dp -

@@ -71,6 +71,7 @@ impl Linear {
             // Training: the whole layer as one graph node (`ops::lora_linear`), the dropout mask
             // (same draws as `dropout`) held by the op.
             if (x.track_op() || a.track_op() || b.track_op())
+                && (self.quant.is_none() || x.track_op())
                 && crate::ops::wanted_linear(x, &self.weight, a, b)
                 && self.bias.as_ref().is_none_or(|t| t.dtype() == self.weight.dtype())
             {

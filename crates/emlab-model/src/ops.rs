@@ -1109,7 +1109,8 @@ pub fn lora_linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, a: &Tensor, b:
 pub fn wanted_linear(x: &Tensor, w: &Tensor, a: &Tensor, b: &Tensor) -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     let on = *ON.get_or_init(|| crate::device::env_switch("EMLAB_LINEAR_OP", &["1", "0"], "1") == "1");
-    on && !trains_on_cpu(x) && wanted_lora(x, a, b) && x.dtype() == w.dtype()
+    let off_cpu_kernels = !x.device().is_cpu() || portable_forced() || x.dtype() != DType::F32;
+    on && off_cpu_kernels && wanted_lora(x, a, b) && x.dtype() == w.dtype()
 }
 
 /// True when the adapter of a projection with input `x` takes [`lora_delta`]: f32 adapters, `x`
