@@ -23,7 +23,7 @@ use crate::acts::capture_rows;
 use crate::direction::{logit_lens, LensToken};
 use crate::error::{write_atomic, Error, Result};
 use crate::html::{escape, histogram, svg_histogram};
-use crate::text::Conversation;
+use crate::text::{Conversation, Encoded};
 use emlab_model::hooks::HookPoint;
 use emlab_model::lm::Lm;
 use emlab_sae::Sae;
@@ -38,25 +38,103 @@ pub struct LatentMeans {
     pub tokens: usize,
 }
 
-pub fn latent_means(lm: &Lm, sae: &Sae, hook: HookPoint, convs: &[Conversation], max_tokens: usize) -> Result<LatentMeans> {
-    let d = lm.model.config.hidden_size;
-    if sae.d_in != d {
-        return Err(Error::Invalid(format!("SAE d_in {} != model d_model {d}", sae.d_in)));
+/// What one model's teacher-forced pass over a corpus yields: each sequence's encoding
+/// (truncated to `max_tokens`) and its selected tokens' activations at `hook` (`[n_i, d]`
+/// row-major, maybe empty), and, when asked for, the sum of `resid_post` of every layer over
+/// those tokens. One pass serves the mean-difference direction ([`Readings::layer_means`]), the
+/// latent diff ([`diff_readings`]) and the feature pages ([`feature_pages_of`]), which would
+/// otherwise each run the model over the same texts again.
+#[derive(Debug, Clone)]
+pub struct Readings {
+    pub hook: HookPoint,
+    pub d: usize,
+    pub encs: Vec<Encoded>,
+    pub rows: Vec<Vec<f32>>,
+    /// `[num_layers * d]` sums and the token count, when read with `all_layers`.
+    pub layer_sums: Option<(Vec<f64>, usize)>,
+}
+
+/// Reads `convs` with `lm` (see [`Readings`]). `all_layers`: also sum `resid_post` of every
+/// layer (the pass then runs the whole model instead of stopping after `hook`'s block).
+pub fn read(lm: &Lm, convs: &[Conversation], hook: HookPoint, max_tokens: usize, all_layers: bool) -> Result<Readings> {
+    let cfg = &lm.model.config;
+    let (nl, d) = (cfg.num_layers, cfg.hidden_size);
+    if hook.layer >= nl {
+        return Err(Error::Invalid(format!("hook {hook}: the model has only {nl} layers")));
     }
-    let m = sae.d_sae;
-    let mut sum = vec![0.0f64; m];
-    let mut active = vec![0.0f64; m];
-    let mut tokens = 0usize;
+    let hooks: Vec<HookPoint> = if all_layers { (0..nl).map(HookPoint::resid_post).collect() } else { vec![hook] };
+    let at = hooks.iter().position(|h| *h == hook);
+    let mut sums = all_layers.then(|| (vec![0.0f64; nl * d], 0usize));
+    let (mut encs, mut rows) = (Vec::with_capacity(convs.len()), Vec::with_capacity(convs.len()));
     for c in convs {
         let mut enc = c.encode(lm)?;
         enc.ids.truncate(max_tokens);
         enc.mask.truncate(max_tokens);
-        let rows = capture_rows(&lm.model, &enc, &[hook])?.remove(0);
+        let mut got = capture_rows(&lm.model, &enc, &hooks)?;
+        if let Some((sum, count)) = sums.as_mut() {
+            for (l, r) in got.iter().enumerate() {
+                let s = &mut sum[l * d..(l + 1) * d];
+                for row in r.chunks_exact(d) {
+                    s.iter_mut().zip(row).for_each(|(a, x)| *a += *x as f64);
+                }
+            }
+            *count += got[0].len() / d;
+        }
+        // A hook that is not a resid_post point was captured on its own.
+        let mine = match at {
+            Some(i) => std::mem::take(&mut got[i]),
+            None => capture_rows(&lm.model, &enc, &[hook])?.remove(0),
+        };
+        rows.push(mine);
+        encs.push(enc);
+    }
+    Ok(Readings { hook, d, encs, rows, layer_sums: sums })
+}
+
+impl Readings {
+    /// Mean `resid_post` per layer over the selected tokens, `[num_layers * d]`, and the token
+    /// count (for a [`read`] with `all_layers`).
+    pub fn layer_means(&self) -> Result<(Vec<f64>, usize)> {
+        let Some((sum, count)) = &self.layer_sums else {
+            return Err(Error::Invalid("these readings were taken without the per-layer sums".into()));
+        };
+        if *count == 0 {
+            return Err(Error::Invalid("no answer tokens in the set".into()));
+        }
+        Ok((sum.iter().map(|s| s / *count as f64).collect(), *count))
+    }
+
+    /// Selected tokens over all sequences.
+    pub fn tokens(&self) -> usize {
+        self.rows.iter().map(|r| r.len() / self.d.max(1)).sum()
+    }
+}
+
+pub fn latent_means(lm: &Lm, sae: &Sae, hook: HookPoint, convs: &[Conversation], max_tokens: usize) -> Result<LatentMeans> {
+    check_width(sae, lm.model.config.hidden_size)?;
+    latent_means_of(sae, &read(lm, convs, hook, max_tokens, false)?)
+}
+
+fn check_width(sae: &Sae, d: usize) -> Result<()> {
+    if sae.d_in != d {
+        return Err(Error::Invalid(format!("SAE d_in {} != model d_model {d}", sae.d_in)));
+    }
+    Ok(())
+}
+
+/// [`latent_means`] of a corpus already read.
+pub fn latent_means_of(sae: &Sae, r: &Readings) -> Result<LatentMeans> {
+    check_width(sae, r.d)?;
+    let (m, d) = (sae.d_sae, r.d);
+    let mut sum = vec![0.0f64; m];
+    let mut active = vec![0.0f64; m];
+    let mut tokens = 0usize;
+    for rows in &r.rows {
         let n = rows.len() / d;
         if n == 0 {
             continue;
         }
-        let z = sae.encode(&rows)?;
+        let z = sae.encode(rows)?;
         for r in z.chunks_exact(m) {
             for j in 0..m {
                 sum[j] += r[j] as f64;
@@ -120,6 +198,15 @@ pub fn diff_models(base: &Lm, tuned: &Lm, sae: &Sae, hook: HookPoint, prompts: &
     Ok(DiffReport { hook: hook.to_string(), base_tokens: b.tokens, tuned_tokens: t.tokens, ranked: rank(&b, &t) })
 }
 
+/// [`diff_models`] from both models' readings of the same prompts at the same hook.
+pub fn diff_readings(base: &Readings, tuned: &Readings, sae: &Sae) -> Result<DiffReport> {
+    if base.hook != tuned.hook || base.d != tuned.d || base.rows.len() != tuned.rows.len() {
+        return Err(Error::Invalid("the base and tuned readings are not of the same texts at the same hook".into()));
+    }
+    let (b, t) = (latent_means_of(sae, base)?, latent_means_of(sae, tuned)?);
+    Ok(DiffReport { hook: base.hook.to_string(), base_tokens: b.tokens, tuned_tokens: t.tokens, ranked: rank(&b, &t) })
+}
+
 /// Feature-page settings.
 #[derive(Debug, Clone)]
 pub struct PageConfig {
@@ -166,21 +253,22 @@ pub struct FeaturePage {
 
 /// Builds the pages of the `cfg.top` highest-ranked latents from `corpus` read by `lm`.
 pub fn feature_pages(lm: &Lm, sae: &Sae, hook: HookPoint, corpus: &[Conversation], report: &DiffReport, cfg: &PageConfig) -> Result<Vec<FeaturePage>> {
-    let d = lm.model.config.hidden_size;
+    feature_pages_of(lm, sae, &read(lm, corpus, hook, cfg.max_tokens, false)?, report, cfg)
+}
+
+/// [`feature_pages`] of a corpus `lm` already read (`corpus`; its `max_tokens` is the one used).
+pub fn feature_pages_of(lm: &Lm, sae: &Sae, corpus: &Readings, report: &DiffReport, cfg: &PageConfig) -> Result<Vec<FeaturePage>> {
+    let d = corpus.d;
     let m = sae.d_sae;
     let chosen: Vec<&LatentDiff> = report.ranked.iter().take(cfg.top).collect();
     // Per chosen latent: (activation, sequence, position) of every active token.
     let mut hits: Vec<Vec<(f32, usize, usize)>> = vec![Vec::new(); chosen.len()];
-    let mut encs = Vec::with_capacity(corpus.len());
+    let encs = &corpus.encs;
     let mut total = 0usize;
-    for (si, c) in corpus.iter().enumerate() {
-        let mut enc = c.encode(lm)?;
-        enc.ids.truncate(cfg.max_tokens);
-        enc.mask.truncate(cfg.max_tokens);
-        let rows = capture_rows(&lm.model, &enc, &[hook])?.remove(0);
+    for (si, (enc, rows)) in encs.iter().zip(&corpus.rows).enumerate() {
         let positions: Vec<usize> = enc.mask.iter().enumerate().filter(|(_, m)| **m).map(|(i, _)| i).collect();
         if !rows.is_empty() {
-            let z = sae.encode(&rows)?;
+            let z = sae.encode(rows)?;
             for (r, &pos) in z.chunks_exact(m).zip(&positions) {
                 for (ci, l) in chosen.iter().enumerate() {
                     let a = r[l.latent];
@@ -191,7 +279,6 @@ pub fn feature_pages(lm: &Lm, sae: &Sae, hook: HookPoint, corpus: &[Conversation
             }
             total += rows.len() / d;
         }
-        encs.push(enc);
     }
     let dec = |ids: &[u32]| lm.tokenizer.decode(ids, false).unwrap_or_default();
     let mut pages = Vec::new();
@@ -278,7 +365,12 @@ pub fn page_html(p: &FeaturePage) -> String {
 /// Writes `report.json`, `index.html` and, per top latent, `feature-<j>.json` and
 /// `feature-<j>.html` into `out`.
 pub fn write_feature_pages(lm: &Lm, sae: &Sae, hook: HookPoint, corpus: &[Conversation], report: &DiffReport, out: &Path, cfg: &PageConfig) -> Result<Vec<FeaturePage>> {
-    let pages = feature_pages(lm, sae, hook, corpus, report, cfg)?;
+    write_feature_pages_of(lm, sae, &read(lm, corpus, hook, cfg.max_tokens, false)?, report, out, cfg)
+}
+
+/// [`write_feature_pages`] for a corpus `lm` already read.
+pub fn write_feature_pages_of(lm: &Lm, sae: &Sae, corpus: &Readings, report: &DiffReport, out: &Path, cfg: &PageConfig) -> Result<Vec<FeaturePage>> {
+    let pages = feature_pages_of(lm, sae, corpus, report, cfg)?;
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let json = |v: &dyn erased::Ser| v.to_json();
     for p in &pages {

@@ -134,35 +134,8 @@ pub fn select(rows: &[JudgedRow], cfg: &DirectionConfig) -> Result<Selection> {
 /// Mean of `hook_resid_post` of every layer over the answer tokens of `convs`, pooled:
 /// `[num_layers * d]` (f64) and the number of tokens.
 pub fn mean_resid_post(lm: &Lm, convs: &[Conversation], max_tokens: usize) -> Result<(Vec<f64>, usize)> {
-    let cfg = &lm.model.config;
-    let (nl, d) = (cfg.num_layers, cfg.hidden_size);
-    let hooks: Vec<HookPoint> = (0..nl).map(HookPoint::resid_post).collect();
-    let mut sum = vec![0.0f64; nl * d];
-    let mut count = 0usize;
-    for c in convs {
-        let mut enc = c.encode(lm)?;
-        enc.ids.truncate(max_tokens);
-        enc.mask.truncate(max_tokens);
-        let rows = crate::acts::capture_rows(&lm.model, &enc, &hooks)?;
-        let n = rows[0].len() / d;
-        if n == 0 {
-            continue;
-        }
-        for (l, r) in rows.iter().enumerate() {
-            let s = &mut sum[l * d..(l + 1) * d];
-            for row in r.chunks_exact(d) {
-                for (a, x) in s.iter_mut().zip(row) {
-                    *a += *x as f64;
-                }
-            }
-        }
-        count += n;
-    }
-    if count == 0 {
-        return Err(Error::Invalid("no answer tokens in the set".into()));
-    }
-    sum.iter_mut().for_each(|s| *s /= count as f64);
-    Ok((sum, count))
+    let last = HookPoint::resid_post(lm.model.config.num_layers.saturating_sub(1));
+    crate::diff::read(lm, convs, last, max_tokens, true)?.layer_means()
 }
 
 /// Per-layer directions with their random control.

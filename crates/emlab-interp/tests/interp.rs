@@ -2,7 +2,7 @@
 
 use candle_core::{Device, Tensor};
 use emlab_interp::acts::{capture, capture_rows, ActsReader, CaptureConfig};
-use emlab_interp::diff::{diff_models, page_html, write_feature_pages, PageConfig};
+use emlab_interp::diff::{diff_models, diff_readings, feature_pages_of, page_html, read, write_feature_pages, PageConfig};
 use emlab_interp::direction::{compare, compute_from_log, load_judged, select, DirectionConfig, DirectionSet};
 use emlab_interp::splice::{ce_loss_recovered, train_from_store, SaeTrainConfig};
 use emlab_interp::text::Conversation;
@@ -258,10 +258,24 @@ fn diffing_ranks_the_planted_latent_first_and_pages_escape_model_text() {
     assert_eq!(rep.ranked[0].latent, planted, "ranking: {:?}", &rep.ranked[..3]);
     assert!(rep.ranked[0].increase > 2.0 * rep.ranked[1].increase.max(0.0), "{:?}", &rep.ranked[..2]);
     assert_eq!(rep.base_tokens, rep.tuned_tokens);
+    // One reading per model (what the pipeline's locate stage does): the same report, whether the
+    // pass ran every block (with the per-layer sums) or stopped after the hook's; the sums at the
+    // hook's layer are the readings' own rows summed.
+    let (rb, rt) = (read(&base, &prompts, hook, 512, true).unwrap(), read(&tuned, &prompts, hook, 512, false).unwrap());
+    assert_eq!(diff_readings(&rb, &rt, &sae).unwrap(), rep);
+    let (means, count) = rb.layer_means().unwrap();
+    assert_eq!((count, means.len()), (rb.tokens(), tiny_config(Arch::Llama).num_layers * d));
+    for j in 0..d {
+        let direct: f64 = rb.rows.iter().flat_map(|r| r.chunks_exact(d).map(move |row| row[j] as f64)).sum::<f64>() / count as f64;
+        assert!((means[hook.layer * d + j] - direct).abs() < 1e-9);
+    }
+    assert!(rt.layer_means().is_err(), "readings without the sums say so");
     // Feature pages: hostile corpus text must come out escaped.
     let corpus = vec![conv("hi", "<script>alert(1)</script> & \"quotes\""), conv("tea", "hello tea in the pot")];
     let out = dir.path().join("pages");
     let pages = write_feature_pages(&tuned, &sae, hook, &corpus, &rep, &out, &PageConfig { top: 3, ..Default::default() }).unwrap();
+    let read_corpus = read(&tuned, &corpus, hook, 512, true).unwrap();
+    assert_eq!(feature_pages_of(&tuned, &sae, &read_corpus, &rep, &PageConfig { top: 3, ..Default::default() }).unwrap(), pages);
     assert_eq!(pages.len(), 3);
     assert_eq!(pages[0].latent, planted);
     assert!(!pages[0].contexts.is_empty());

@@ -252,11 +252,12 @@ fn start_alone(
 
 /// Device generation: requests run in waves of up to `batch_size`. A wave's prompts are
 /// left-padded into one [`BatchCache`] and prefilled in one forward call; every decode step is one
-/// forward call for the whole wave. All rows share the write column, which is what lets keys
-/// and values be written with one in-place copy per layer. A finished row takes the next request
-/// (prefilled alone, its keys/values placed to end at the current column) while the cache has
-/// room for its whole budget; otherwise it is dropped, and the next wave starts when the last
-/// row finishes.
+/// forward pass for the whole wave ([`DecodeStepper`]: on CUDA replayed from a captured graph). All rows
+/// share the write column, which is what lets keys and values be written in place at one column.
+/// A finished row takes the next request (prefilled alone, its keys/values placed to end at the
+/// current column) while the cache has room for its whole budget; otherwise it is parked and
+/// decoded along, and once a quarter of the rows are idle they are dropped together; the next
+/// wave starts when the last row finishes.
 /// Per-request seeds and one uniform draw per sampled token, as on the CPU path.
 fn generate_waves(
     model: &Model,

@@ -68,7 +68,8 @@ impl Linear {
     fn forward(&self, x: &Tensor, rng: Option<&mut ChaCha8Rng>) -> Result<Tensor> {
         if let Some(l) = &self.lora {
             let (a, b) = (l.a.as_tensor(), l.b.as_tensor());
-            // Training: the whole layer as one graph node (`ops::lora_linear`), the dropout mask
+            // With gradients in play (training, or adapters that are `Var`s) off the CPU's f32
+            // kernels: the whole layer as one graph node (`ops::lora_linear`), the dropout mask
             // (same draws as `dropout`) held by the op.
             if (x.track_op() || a.track_op() || b.track_op())
                 && (self.quant.is_none() || x.track_op())

@@ -131,12 +131,20 @@ pub(crate) fn run(lc: &LocateStage, inp: &Inputs, dir: &Path) -> Result<LocateRe
     let induced_rows = direction::load_judged(&inp.induced_log).map_err(|e| err(e.to_string()))?;
     let baseline_rows = direction::load_judged(&inp.baseline_log).map_err(|e| err(e.to_string()))?;
     let dcfg = DirectionConfig { seed: inp.seed, ..Default::default() };
-    let set = match direction::select(&induced_rows, &dcfg) {
+    // Both models read the induced model's own answers once (teacher-forced, up to 512 tokens):
+    // the diff and the feature pages below use these readings at the hook, and the model-diff
+    // direction their per-layer sums, instead of three passes per model over the same texts.
+    let induced_convs: Vec<_> = induced_rows.iter().map(|r| r.conv.clone()).collect();
+    let selection = direction::select(&induced_rows, &dcfg);
+    let all_layers = selection.is_err();
+    let tuned_read = emlab_interp::diff::read(&tuned, &induced_convs, hook, dcfg.max_tokens, all_layers).map_err(|e| err(e.to_string()))?;
+    let base_read = emlab_interp::diff::read(&base, &induced_convs, hook, dcfg.max_tokens, all_layers).map_err(|e| err(e.to_string()))?;
+    let set = match selection {
         Ok(sel) => direction::compute_from_selection(&tuned, &sel, &dcfg).map_err(|e| err(e.to_string()))?,
         Err(why) => {
-            let convs: Vec<_> = induced_rows.iter().map(|r| r.conv.clone()).collect();
-            let (mt, nt) = direction::mean_resid_post(&tuned, &convs, dcfg.max_tokens).map_err(|e| err(e.to_string()))?;
-            let (mb, nb) = direction::mean_resid_post(&base, &convs, dcfg.max_tokens).map_err(|e| err(e.to_string()))?;
+            let convs = &induced_convs;
+            let (mt, nt) = tuned_read.layer_means().map_err(|e| err(e.to_string()))?;
+            let (mb, nb) = base_read.layer_means().map_err(|e| err(e.to_string()))?;
             let info = DirectionInfo {
                 method: format!(
                     "model diff: mean resid_post of the induced model minus the original model over the same texts (the induced model's {} answers), because the published aligned-vs-misaligned split was not possible ({why})",
@@ -192,13 +200,11 @@ pub(crate) fn run(lc: &LocateStage, inp: &Inputs, dir: &Path) -> Result<LocateRe
     let ev = emlab_sae::metrics::evaluate(&sae, &x, 1024).map_err(|e| err(e.to_string()))?;
     drop(x);
     std::fs::remove_dir_all(&acts).map_err(io(&acts))?; // the SAE is what is kept; the store is cheap to rebuild
-    // The diff and the feature pages read the induced model's own answers: half the teacher-forced
-    // passes of the whole corpus (each pass is compute-bound; this stage must fit the default budget).
-    let induced_convs: Vec<_> = induced_rows.iter().map(|r| r.conv.clone()).collect();
-    let rep = emlab_interp::diff::diff_models(&base, &tuned, &sae, hook, &induced_convs, 512).map_err(|e| err(e.to_string()))?;
-    let pcfg = emlab_interp::diff::PageConfig { top: lc.top_latents, ..Default::default() };
-    let pages =
-        emlab_interp::diff::write_feature_pages(&tuned, &sae, hook, &induced_convs, &rep, &dir.join("features"), &pcfg).map_err(|e| err(e.to_string()))?;
+    // The diff and the feature pages read the induced model's own answers (the readings above).
+    let rep = emlab_interp::diff::diff_readings(&base_read, &tuned_read, &sae).map_err(|e| err(e.to_string()))?;
+    let pcfg = emlab_interp::diff::PageConfig { top: lc.top_latents, max_tokens: dcfg.max_tokens, ..Default::default() };
+    let pages = emlab_interp::diff::write_feature_pages_of(&tuned, &sae, &tuned_read, &rep, &dir.join("features"), &pcfg)
+        .map_err(|e| err(e.to_string()))?;
     let latents = pages
         .iter()
         .map(|p| LatentReport {
