@@ -62,8 +62,13 @@ pub fn read(lm: &Lm, convs: &[Conversation], hook: HookPoint, max_tokens: usize,
     if hook.layer >= nl {
         return Err(Error::Invalid(format!("hook {hook}: the model has only {nl} layers")));
     }
-    let hooks: Vec<HookPoint> = if all_layers { (0..nl).map(HookPoint::resid_post).collect() } else { vec![hook] };
-    let at = hooks.iter().position(|h| *h == hook);
+    // With the sums: every layer's resid_post first, then `hook` unless it is one of them; one
+    // forward pass captures them all.
+    let mut hooks: Vec<HookPoint> = if all_layers { (0..nl).map(HookPoint::resid_post).collect() } else { Vec::new() };
+    if !hooks.contains(&hook) {
+        hooks.push(hook);
+    }
+    let at = hooks.iter().position(|h| *h == hook).expect("pushed above");
     let mut sums = all_layers.then(|| (vec![0.0f64; nl * d], 0usize));
     let (mut encs, mut rows) = (Vec::with_capacity(convs.len()), Vec::with_capacity(convs.len()));
     for c in convs {
@@ -72,7 +77,7 @@ pub fn read(lm: &Lm, convs: &[Conversation], hook: HookPoint, max_tokens: usize,
         enc.mask.truncate(max_tokens);
         let mut got = capture_rows(&lm.model, &enc, &hooks)?;
         if let Some((sum, count)) = sums.as_mut() {
-            for (l, r) in got.iter().enumerate() {
+            for (l, r) in got.iter().enumerate().take(nl) {
                 let s = &mut sum[l * d..(l + 1) * d];
                 for row in r.chunks_exact(d) {
                     s.iter_mut().zip(row).for_each(|(a, x)| *a += *x as f64);
@@ -80,12 +85,7 @@ pub fn read(lm: &Lm, convs: &[Conversation], hook: HookPoint, max_tokens: usize,
             }
             *count += got[0].len() / d;
         }
-        // A hook that is not a resid_post point was captured on its own.
-        let mine = match at {
-            Some(i) => std::mem::take(&mut got[i]),
-            None => capture_rows(&lm.model, &enc, &[hook])?.remove(0),
-        };
-        rows.push(mine);
+        rows.push(std::mem::take(&mut got[at]));
         encs.push(enc);
     }
     Ok(Readings { hook, d, encs, rows, layer_sums: sums })

@@ -49,50 +49,38 @@ fn offsets(l: &Layout, what: &str) -> Result<(usize, usize)> {
     l.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg(format!("{what}: expected a contiguous input")))
 }
 
-impl Elem for f32 {
-    const SUFFIX: &'static str = "f32";
-    fn view<'a>(s: &'a CudaStorage, l: &Layout, what: &str) -> Result<CudaView<'a, f32>> {
-        let (a, b) = offsets(l, what)?;
-        match &s.slice {
-            CudaStorageSlice::F32(x) => Ok(x.slice(a..b)),
-            _ => bail!("{what}: expected f32, got {:?}", s.dtype()),
+/// `Elem` for a type stored in the `$variant` slice of a [`CudaStorage`].
+macro_rules! elem {
+    ($t:ty, $variant:ident, $suffix:literal) => {
+        impl Elem for $t {
+            const SUFFIX: &'static str = $suffix;
+            fn view<'a>(s: &'a CudaStorage, l: &Layout, what: &str) -> Result<CudaView<'a, $t>> {
+                let (a, b) = offsets(l, what)?;
+                match &s.slice {
+                    CudaStorageSlice::$variant(x) => Ok(x.slice(a..b)),
+                    _ => bail!("{what}: expected {}, got {:?}", $suffix, s.dtype()),
+                }
+            }
+            fn view_mut<'a>(s: &'a mut CudaStorage, l: &Layout, what: &str) -> Result<CudaViewMut<'a, $t>> {
+                let (a, b) = offsets(l, what)?;
+                let dt = s.dtype();
+                match &mut s.slice {
+                    CudaStorageSlice::$variant(x) => Ok(x.slice_mut(a..b)),
+                    _ => bail!("{what}: expected {}, got {dt:?}", $suffix),
+                }
+            }
         }
-    }
-    fn view_mut<'a>(s: &'a mut CudaStorage, l: &Layout, what: &str) -> Result<CudaViewMut<'a, f32>> {
-        let (a, b) = offsets(l, what)?;
-        let dt = s.dtype();
-        match &mut s.slice {
-            CudaStorageSlice::F32(x) => Ok(x.slice_mut(a..b)),
-            _ => bail!("{what}: expected f32, got {dt:?}"),
-        }
-    }
+    };
 }
 
-impl Elem for bf16 {
-    const SUFFIX: &'static str = "bf16";
-    fn view<'a>(s: &'a CudaStorage, l: &Layout, what: &str) -> Result<CudaView<'a, bf16>> {
-        let (a, b) = offsets(l, what)?;
-        match &s.slice {
-            CudaStorageSlice::BF16(x) => Ok(x.slice(a..b)),
-            _ => bail!("{what}: expected bf16, got {:?}", s.dtype()),
-        }
-    }
-    fn view_mut<'a>(s: &'a mut CudaStorage, l: &Layout, what: &str) -> Result<CudaViewMut<'a, bf16>> {
-        let (a, b) = offsets(l, what)?;
-        let dt = s.dtype();
-        match &mut s.slice {
-            CudaStorageSlice::BF16(x) => Ok(x.slice_mut(a..b)),
-            _ => bail!("{what}: expected bf16, got {dt:?}"),
-        }
-    }
-}
+elem!(f32, F32, "f32");
+elem!(bf16, BF16, "bf16");
+// Index and metadata tensors (cross-entropy targets, the decode ops' `meta`); no kernel is
+// instantiated for u32 elements.
+elem!(u32, U32, "u32");
 
 fn u32_view<'a>(s: &'a CudaStorage, l: &Layout, what: &str) -> Result<CudaView<'a, u32>> {
-    let (a, b) = offsets(l, what)?;
-    match &s.slice {
-        CudaStorageSlice::U32(x) => Ok(x.slice(a..b)),
-        _ => bail!("{what}: expected u32 targets, got {:?}", s.dtype()),
-    }
+    <u32 as Elem>::view(s, l, what)
 }
 
 fn f32_view<'a>(s: &'a CudaStorage, l: &Layout, what: &str) -> Result<CudaView<'a, f32>> {
@@ -536,14 +524,6 @@ fn with_cuda_view<T: Elem, R>(t: &Tensor, what: &str, f: impl FnOnce(CudaView<'_
     }
 }
 
-fn with_meta<R>(t: &Tensor, f: impl FnOnce(CudaView<'_, u32>) -> Result<R>) -> Result<R> {
-    let (st, l) = t.storage_and_layout();
-    match &*st {
-        candle_core::Storage::Cuda(c) => f(u32_view(c, l, "decode meta")?),
-        _ => bail!("decode meta: expected a CUDA tensor"),
-    }
-}
-
 fn i32s(d: &crate::decode::Dims) -> [i32; 6] {
     [d.b as i32, d.g as i32, d.h as i32, d.cap as i32, d.d as i32, d.p as i32]
 }
@@ -566,7 +546,7 @@ fn write_kv_t<T: Elem>(
     let [b, g, _, cap, hd, p] = i32s(d);
     let f = dev.get_or_load_custom_func(&format!("kv_write_{}", T::SUFFIX), DECODE_MODULE, emlab_kernels::DECODE)?;
     let mut dst = T::view_mut(kv, lkv, "decode cache")?;
-    with_meta(meta, |m| {
+    with_cuda_view::<u32, _>(meta, "decode meta", |m| {
         with_cuda_view::<T, _>(cos, "rope cos", |c| {
             with_cuda_view::<T, _>(sin, "rope sin", |s| {
                 let mut a = f.builder();
