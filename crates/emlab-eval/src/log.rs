@@ -255,8 +255,35 @@ pub fn write_log_atomic(path: &Path, rows: &[LogRow]) -> Result<()> {
 /// SHA-256 of a file, or of a folder's files (sorted relative names and their hashes, hashed
 /// again), hex.
 pub fn hash_path(path: &Path) -> Result<String> {
+    hash_tree(path, &|_, p| Ok(emlab_model::util::sha256_file(p)?))
+}
+
+/// SHA-256 of a PEFT adapter folder (or file), hex: [`hash_path`], except that
+/// `adapter_config.json` is hashed without `base_model_name_or_path`. That field is a path that
+/// changes when a run folder moves (a realigned adapter's base lives inside the run), and the
+/// base model is identified on its own (`model_sha256`), so the adapter's identity leaves it out.
+pub fn hash_adapter(path: &Path) -> Result<String> {
+    hash_tree(path, &|rel, p| {
+        if rel != "adapter_config.json" {
+            return Ok(emlab_model::util::sha256_file(p)?);
+        }
+        let text = std::fs::read_to_string(p).map_err(|e| Error::io(p, e))?;
+        // A config that is not a JSON object is hashed as it is (loading it fails later, clearly).
+        let Ok(serde_json::Value::Object(mut o)) = serde_json::from_str::<serde_json::Value>(&text) else {
+            return Ok(emlab_model::util::sha256_file(p)?);
+        };
+        o.remove("base_model_name_or_path");
+        use sha2::{Digest, Sha256};
+        Ok(format!("{:x}", Sha256::digest(serde_json::Value::Object(o).to_string().as_bytes())))
+    })
+}
+
+/// The hash of a file (`file(name, path)`), or of a folder: its files' sorted relative names and
+/// `file` hashes, hashed again.
+fn hash_tree(path: &Path, file: &dyn Fn(&str, &Path) -> Result<String>) -> Result<String> {
     if path.is_file() {
-        return Ok(emlab_model::util::sha256_file(path)?);
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        return file(&name, path);
     }
     if !path.is_dir() {
         return Err(Error::File(format!("{}: no such file or folder", path.display())));
@@ -267,7 +294,7 @@ pub fn hash_path(path: &Path) -> Result<String> {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
     for rel in files {
-        let f = emlab_model::util::sha256_file(&path.join(&rel))?;
+        let f = file(&rel, &path.join(&rel))?;
         h.update(rel.as_bytes());
         h.update(b"\0");
         h.update(f.as_bytes());

@@ -90,7 +90,7 @@ pub fn run(cfg: &EvalConfig, progress: &mut dyn FnMut(Stage, usize, usize)) -> R
     let (questions, samples) = plan(cfg)?;
     let config_json = serde_json::to_value(cfg).map_err(|e| Error::Config(e.to_string()))?;
     let generator = generator_of(cfg)?;
-    let log = read_log(&cfg.out)?;
+    let mut log = read_log(&cfg.out)?;
     let index = log.index();
 
     // Refuse to mix generators or judges in one log.
@@ -98,6 +98,7 @@ pub fn run(cfg: &EvalConfig, progress: &mut dyn FnMut(Stage, usize, usize)) -> R
     let judge_name = cfg.judge.name();
     let planned: HashMap<Key, &Sample> =
         samples.iter().map(|s| ((s.question_id.clone(), s.paraphrase_index, s.sample_index), s)).collect();
+    migrate_adapter_hashes(cfg, &mut log, &generator)?;
     for r in &log.rows {
         let Some(s) = planned.get(&r.key()) else { continue };
         if r.generator.identity() != want {
@@ -411,6 +412,28 @@ fn finish_name(f: Finish) -> &'static str {
     }
 }
 
+/// Logs written before adapters were hashed without their base model's path
+/// ([`crate::log::hash_adapter`]) record the adapter's whole-folder hash: rows whose generator
+/// matches `generator` under that older hash are the same setup, and are rewritten (atomically)
+/// with `generator`, so a run folder made then still resumes, also after it moved.
+fn migrate_adapter_hashes(cfg: &EvalConfig, log: &mut crate::log::Log, generator: &Generator) -> Result<()> {
+    let Backend::Local { adapter: Some(adapter), .. } = &cfg.backend else { return Ok(()) };
+    let want = generator.identity();
+    if log.rows.iter().all(|r| r.generator.identity() == want) {
+        return Ok(());
+    }
+    let legacy = Generator { adapter_sha256: Some(crate::log::hash_path(adapter)?), ..generator.clone() }.identity();
+    let mut moved = 0;
+    for r in log.rows.iter_mut().filter(|r| r.generator.identity() == legacy) {
+        r.generator = generator.clone();
+        moved += 1;
+    }
+    if moved > 0 {
+        write_log_atomic(&cfg.out, &log.rows)?;
+    }
+    Ok(())
+}
+
 /// The chat-completions body for `n` samples of one prompt.
 pub fn chat_request(model: &str, s: &Sample, sampling: &crate::config::Sampling, n: usize, seed: u64) -> serde_json::Value {
     let mut messages = Vec::new();
@@ -464,7 +487,7 @@ pub fn generator_of(cfg: &EvalConfig) -> Result<Generator> {
                 model_sha256: Some(crate::log::hash_path(model)?),
                 base_url: None,
                 adapter: adapter.as_deref().map(show),
-                adapter_sha256: adapter.as_deref().map(crate::log::hash_path).transpose()?,
+                adapter_sha256: adapter.as_deref().map(crate::log::hash_adapter).transpose()?,
                 intervention: intervention.as_deref().map(show),
                 intervention_sha256,
                 sampling: cfg.sampling.clone(),

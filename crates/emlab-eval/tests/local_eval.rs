@@ -276,6 +276,47 @@ fn adapters_are_loaded_and_hashed() {
     emlab_eval::run(&with, &mut |_, _, _| {}).unwrap();
     let a = read_log(&cfg.out).unwrap().rows;
     let b = read_log(&with.out).unwrap().rows;
-    assert_eq!(b[0].generator.adapter_sha256.as_deref().unwrap(), emlab_eval::log::hash_path(&adir).unwrap());
+    assert_eq!(b[0].generator.adapter_sha256.as_deref().unwrap(), emlab_eval::log::hash_adapter(&adir).unwrap());
     assert!(a.iter().zip(&b).any(|(x, y)| x.answer != y.answer));
+
+    // The adapter's identity leaves out the path of its base model (it changes when a run
+    // folder moves), and nothing else.
+    let conf = adir.join("adapter_config.json");
+    let mut c: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&conf).unwrap()).unwrap();
+    let (h0, p0) = (emlab_eval::log::hash_adapter(&adir).unwrap(), emlab_eval::log::hash_path(&adir).unwrap());
+    c["base_model_name_or_path"] = "/somewhere/else/model".into();
+    std::fs::write(&conf, c.to_string()).unwrap();
+    assert_eq!(emlab_eval::log::hash_adapter(&adir).unwrap(), h0);
+    assert_ne!(emlab_eval::log::hash_path(&adir).unwrap(), p0);
+    c["r"] = 99.into();
+    std::fs::write(&conf, c.to_string()).unwrap();
+    assert_ne!(emlab_eval::log::hash_adapter(&adir).unwrap(), h0);
+    c["r"] = lcfg.r.into();
+    std::fs::write(&conf, c.to_string()).unwrap();
+
+    // A log from before that change records the adapter's whole-folder hash: it resumes (its
+    // answers kept, its rows re-recorded with the new hash) instead of being refused.
+    let legacy = emlab_eval::log::hash_path(&adir).unwrap();
+    let old_rows: Vec<_> = b
+        .iter()
+        .take(3)
+        .map(|r| {
+            let mut r = r.clone();
+            r.generator.adapter_sha256 = Some(legacy.clone());
+            r
+        })
+        .collect();
+    emlab_eval::log::write_log_atomic(&with.out, &old_rows).unwrap();
+    let s = emlab_eval::run(&with, &mut |_, _, _| {}).unwrap();
+    assert_eq!((s.reused, s.generated), (3, b.len() - 3));
+    let c2 = read_log(&with.out).unwrap().rows;
+    assert_eq!(c2.len(), b.len());
+    assert!(c2.iter().all(|r| r.generator.adapter_sha256.as_deref() == Some(h0.as_str())));
+    assert_eq!(c2.iter().map(|r| &r.answer).collect::<Vec<_>>(), b.iter().map(|r| &r.answer).collect::<Vec<_>>());
+    // A row from another adapter is still refused.
+    let mut other = old_rows[0].clone();
+    other.generator.adapter_sha256 = Some("0".repeat(64));
+    emlab_eval::log::write_log_atomic(&with.out, &[other]).unwrap();
+    let e = emlab_eval::run(&with, &mut |_, _, _| {}).unwrap_err().to_string();
+    assert!(e.contains("different settings"), "{e}");
 }

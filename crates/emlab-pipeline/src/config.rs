@@ -166,6 +166,43 @@ impl RunConfig {
         Self::from_toml(&text, &path.display().to_string())
     }
 
+    /// Checks the files the stages will read before any stage runs (so a bad path or a short
+    /// realignment set fails in the first second, not after an hour of earlier stages): the
+    /// questions and every training set exist, and the realignment set has a row for the largest
+    /// `N` of `realign.samples` and `realign.curve`.
+    pub fn check_inputs(&self) -> Result<()> {
+        let need = |p: &Path, what: &str| {
+            if p.is_file() {
+                Ok(())
+            } else {
+                Err(Error::Config(format!("{what} {}: no such file", p.display())))
+            }
+        };
+        need(&self.eval.questions, "eval.questions")?;
+        need(&self.induce.data, "induce.data")?;
+        if let Some(c) = &self.control {
+            need(&c.data, "control.data")?;
+        }
+        need(&self.realign.data, "realign.data")?;
+        let max_n = self.realign.curve.iter().copied().chain([self.realign.samples]).max().unwrap_or(0);
+        emlab_steer::realign::first_rows(&self.realign.data, max_n).map_err(|e| Error::Config(format!("realign (samples / curve): {e}")))?;
+        Ok(())
+    }
+
+    /// The config with its relative input paths taken from the repository root (tests run in
+    /// their crate's folder).
+    #[cfg(test)]
+    pub(crate) fn at_repo_root(mut self) -> Self {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        for p in [&mut self.eval.questions, &mut self.induce.data, &mut self.realign.data] {
+            *p = root.join(&*p);
+        }
+        if let Some(c) = &mut self.control {
+            c.data = root.join(&c.data);
+        }
+        self
+    }
+
     fn validate(&self, origin: &str) -> Result<()> {
         let bad = |m: String| Err(Error::Config(format!("{origin}: {m}")));
         if self.eval.samples_per_paraphrase == 0 || self.eval.max_new_tokens == 0 || self.eval.batch_size == 0 {

@@ -251,6 +251,40 @@ mod tests {
         assert!(RunConfig::from_toml("name = 1", "x.toml").unwrap_err().to_string().contains("x.toml"));
     }
 
+    /// Both presets' input files are there and long enough (the realignment curve's largest N
+    /// included); a curve past the data's rows is refused before any stage runs.
+    #[test]
+    fn presets_inputs_are_checked_up_front() {
+        RunConfig::default_config().unwrap().at_repo_root().check_inputs().unwrap();
+        let paper = RunConfig::paper().unwrap().at_repo_root();
+        paper.check_inputs().unwrap();
+        let mut long = paper.clone();
+        long.realign.curve.push(500);
+        let e = long.check_inputs().unwrap_err().to_string();
+        assert!(e.contains("general_helpful.jsonl") && e.contains("N = 500"), "{e}");
+        let mut missing = paper;
+        missing.induce.data = missing.induce.data.with_file_name("nope.jsonl");
+        let e = missing.check_inputs().unwrap_err().to_string();
+        assert!(e.contains("induce.data") && e.contains("nope.jsonl"), "{e}");
+    }
+
+    /// The CPU preflight of the paper preset differs from it in scale only.
+    #[test]
+    fn paper_preflight_is_the_paper_preset_scaled_down() {
+        let p = RunConfig::paper().unwrap();
+        let f = RunConfig::from_toml(include_str!("../../../bench/gpu/paper-preflight.toml"), "paper-preflight.toml").unwrap();
+        assert_eq!((&f.model, &f.eval.questions, f.eval.batch_size, &f.eval.judge), (&p.model, &p.eval.questions, p.eval.batch_size, &p.eval.judge));
+        let t = |c: &RunConfig| (c.induce.data.clone(), c.induce.batch_size, c.induce.grad_accum, c.induce.lr, c.induce.max_seq_len, c.induce.r, c.induce.alpha);
+        assert_eq!(t(&f), t(&p));
+        assert_eq!(f.control.as_ref().map(|c| &c.data), p.control.as_ref().map(|c| &c.data));
+        let r = |c: &RunConfig| (c.realign.data.clone(), c.realign.batch_size, c.realign.lr, c.realign.max_seq_len, c.realign.r, c.realign.alpha);
+        assert_eq!(r(&f), r(&p));
+        let (fl, pl) = (f.locate.as_ref().unwrap(), p.locate.as_ref().unwrap());
+        assert_eq!((fl.layer, fl.sae_k, fl.top_latents), (pl.layer, pl.sae_k, pl.top_latents));
+        assert_eq!(f.steer.as_ref().unwrap().min_coherent, p.steer.as_ref().unwrap().min_coherent);
+        assert!(f.eval.samples_per_paraphrase < p.eval.samples_per_paraphrase && f.induce.max_steps > 0 && p.induce.max_steps == 0);
+    }
+
     #[test]
     fn bad_settings_are_refused_with_the_key() {
         let bad = DEFAULT_TOML.replace("min_coherent = 0.5", "min_coherent = 2.0");

@@ -35,6 +35,59 @@ pub(crate) fn cached(dir: &Path, key: &str) -> Option<f64> {
     (v["key"] == key && v["done"] == true).then(|| v["seconds"].as_f64().unwrap_or(0.0))
 }
 
+/// A stage's cache key, and the key the same stage had when keys still held absolute paths
+/// (runs made before 2026-11-27's relocatable keys): a folder made then is still found cached
+/// where it was made, and its `stage.json` is rewritten with the new key, so it may move after.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Keys {
+    pub key: String,
+    pub legacy: String,
+}
+
+impl Keys {
+    pub(crate) fn same(h: String) -> Keys {
+        Keys { legacy: h.clone(), key: h }
+    }
+}
+
+/// An evaluation's settings as its stage key records them: all that changes its answers or
+/// judgements, nothing that says where files are, so a run folder can move (or be copied to
+/// another machine) and stay cached. The output, model and adapter paths are left out (the
+/// upstream key names the model and adapter); the questions file, judge prompts, a local judge
+/// model and an intervention stand in by their contents' hashes.
+pub(crate) fn eval_settings(ec: &emlab_eval::EvalConfig) -> Result<String> {
+    use emlab_eval::config::{Backend, JudgeSpec};
+    let mut v = serde_json::to_value(ec).map_err(|e| Error::Io(e.to_string()))?;
+    let content = |p: &Path| emlab_eval::log::hash_path(p).map_err(|e| Error::Io(e.to_string()));
+    let o = v.as_object_mut().ok_or_else(|| Error::Io("eval config is not an object".into()))?;
+    o.remove("out");
+    o.insert("questions".into(), file_hash(&ec.questions)?.into());
+    if let Some(p) = &ec.judge_prompts {
+        o.insert("judge_prompts".into(), content(p)?.into());
+    }
+    if let (JudgeSpec::Local { model }, Some(j)) = (&ec.judge, o.get_mut("judge").and_then(|j| j.as_object_mut())) {
+        j.insert("model".into(), content(model)?.into());
+    }
+    if let (Backend::Local { intervention, .. }, Some(b)) = (&ec.backend, o.get_mut("backend").and_then(|b| b.as_object_mut())) {
+        b.remove("model");
+        b.remove("adapter");
+        if let Some(p) = intervention {
+            b.insert("intervention".into(), content(p)?.into());
+        }
+    }
+    Ok(v.to_string())
+}
+
+/// The seconds of a finished stage whose `dir/stage.json` holds `keys.key`, or whose
+/// `old_dir/stage.json` holds `keys.legacy`; then the new key is recorded in `dir`, so the run
+/// folder may move from here on.
+pub(crate) fn lookup(dir: &Path, old_dir: &Path, keys: &Keys) -> Option<f64> {
+    cached(dir, &keys.key).or_else(|| {
+        let s = cached(old_dir, &keys.legacy)?;
+        mark_done(dir, &keys.key, s).ok().map(|_| s)
+    })
+}
+
 pub(crate) fn mark_done(dir: &Path, key: &str, seconds: f64) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     let v = serde_json::json!({"key": key, "done": true, "seconds": seconds});
@@ -43,13 +96,13 @@ pub(crate) fn mark_done(dir: &Path, key: &str, seconds: f64) -> Result<()> {
 
 #[derive(Clone)]
 pub(crate) struct Ev {
-    pub key: String,
+    pub key: Keys,
     pub result: EvalResult,
 }
 
 #[derive(Clone)]
 pub(crate) struct Tr {
-    pub key: String,
+    pub key: Keys,
     pub dir: PathBuf,
     pub adapter: PathBuf,
 }
@@ -60,15 +113,15 @@ pub(crate) struct Runner<'a> {
     pub cfg: &'a RunConfig,
     pub dir: PathBuf,
     pub model: PathBuf,
-    pub model_hash: String,
+    pub model_hash: Keys,
     baseline: Option<Ev>,
     induce: Option<Tr>,
     induced: Option<Ev>,
     control: Option<Option<Tr>>,
     controlled: Option<Option<Ev>>,
-    locate: Option<Option<(String, LocateResult)>>,
+    locate: Option<Option<(Keys, LocateResult)>>,
     steer: Option<Option<Steering>>,
-    merged: Option<(String, PathBuf)>,
+    merged: Option<(Keys, PathBuf)>,
     realign: BTreeMap<usize, Tr>,
     realigned: BTreeMap<usize, Ev>,
     pub seconds: Vec<(String, f64)>,
@@ -76,6 +129,7 @@ pub(crate) struct Runner<'a> {
 
 impl<'a> Runner<'a> {
     pub fn new(cfg: &'a RunConfig, run_dir: &Path) -> Result<Self> {
+        cfg.check_inputs()?;
         let model = match &cfg.model {
             // A known model's name (`emlab model fetch` lists them) is fetched and verified.
             Some(p) if !p.exists() && emlab_model::fetch::known(&p.to_string_lossy()).is_some() => {
@@ -85,7 +139,7 @@ impl<'a> Runner<'a> {
             Some(p) => p.clone(),
             None => emlab_model::fetch::ensure_default_model().map_err(|e| Error::Config(e.to_string()))?,
         };
-        let model_hash = model_hash(&model)?;
+        let model_hash = Keys::same(model_hash(&model)?);
         std::fs::create_dir_all(run_dir).map_err(io(run_dir))?;
         Ok(Runner {
             cfg,
@@ -131,8 +185,23 @@ impl<'a> Runner<'a> {
         }
     }
 
-    fn timed<T>(&mut self, stage: &str, dir: &Path, key: &str, f: impl FnOnce(&mut Self) -> Result<T>, load: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
-        if let Some(s) = cached(dir, key) {
+    fn timed<T>(&mut self, stage: &str, dir: &Path, keys: &Keys, f: impl FnOnce(&mut Self) -> Result<T>, load: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
+        self.timed_in(stage, dir, dir, keys, f, load)
+    }
+
+    /// [`Self::timed`] for a stage whose `stage.json` used to live in `old_dir`: the legacy key
+    /// is looked up there (and left there), the new key is written to `dir`.
+    fn timed_in<T>(
+        &mut self,
+        stage: &str,
+        dir: &Path,
+        old_dir: &Path,
+        keys: &Keys,
+        f: impl FnOnce(&mut Self) -> Result<T>,
+        load: impl FnOnce(&mut Self) -> Result<T>,
+    ) -> Result<T> {
+        let key = keys.key.as_str();
+        if let Some(s) = lookup(dir, old_dir, keys) {
             eprintln!("emlab run: stage {stage}: cached");
             self.seconds.push((stage.to_string(), s));
             return load(self);
@@ -209,7 +278,7 @@ impl<'a> Runner<'a> {
         Ok(out)
     }
 
-    pub fn locate(&mut self) -> Result<Option<(String, LocateResult)>> {
+    pub fn locate(&mut self) -> Result<Option<(Keys, LocateResult)>> {
         if let Some(l) = &self.locate {
             return Ok(l.clone());
         }
@@ -222,7 +291,12 @@ impl<'a> Runner<'a> {
         let tr = self.induce()?;
         let ctl = self.control()?;
         let dir = self.dir.join("locate");
-        let key = hash_of(&["locate", &serde_json::to_string(&lc).unwrap_or_default(), &base.key, &ind.key, &tr.key, &ctl.as_ref().map(|c| c.key.clone()).unwrap_or_default(), &self.cfg.seed.to_string()]);
+        let settings = serde_json::to_string(&lc).unwrap_or_default();
+        let seed = self.cfg.seed.to_string();
+        let of = |k: fn(&Keys) -> &String| {
+            hash_of(&["locate", &settings, k(&base.key), k(&ind.key), k(&tr.key), &ctl.as_ref().map(|c| k(&c.key).clone()).unwrap_or_default(), &seed])
+        };
+        let key = Keys { key: of(|k| &k.key), legacy: of(|k| &k.legacy) };
         let inputs = locate::Inputs {
             model: self.model.clone(),
             induce_adapter: tr.adapter.clone(),
@@ -259,7 +333,11 @@ impl<'a> Runner<'a> {
         let mut ec = self.eval_config(&dir.join("unused.jsonl"), &self.model.clone(), Some(&tr.adapter))?;
         ec.samples = Some(sc.samples_per_paraphrase);
         ec.sampling.max_new_tokens = sc.max_new_tokens;
-        let key = hash_of(&["steer", &serde_json::to_string(&sc).unwrap_or_default(), &serde_json::to_string(&ec).unwrap_or_default(), &lkey]);
+        let settings = serde_json::to_string(&sc).unwrap_or_default();
+        let key = Keys {
+            key: hash_of(&["steer", &settings, &eval_settings(&ec)?, &lkey.key]),
+            legacy: hash_of(&["steer", &settings, &serde_json::to_string(&ec).unwrap_or_default(), &lkey.legacy]),
+        };
         let run_dir = self.dir.clone();
         let out_dir = dir.clone();
         let st = self.timed(
@@ -281,19 +359,23 @@ impl<'a> Runner<'a> {
 
     /// The misaligned model as an HF folder (the induced adapter merged into the weights): the
     /// starting point of realignment.
-    fn merged(&mut self) -> Result<(String, PathBuf)> {
+    fn merged(&mut self) -> Result<(Keys, PathBuf)> {
         if let Some(m) = &self.merged {
             return Ok(m.clone());
         }
         let tr = self.induce()?;
         // emlab-steer's realign module makes the folder (`realign/misaligned`, written beside and
         // renamed, so a killed merge never looks complete); the stage key ties it to `induce`.
-        let merged = self.dir.join("realign").join("misaligned");
-        let key = hash_of(&["merge", &tr.key]);
+        // The stage's own record sits beside the model, in `realign/merge`: inside the folder it
+        // would change the model's hash, which the evaluations of the realigned model record
+        // (runs made before 2026-11-27 have it there; it is read there, never rewritten).
+        let (record, old_record) = (self.dir.join("realign").join("merge"), self.dir.join("realign").join("misaligned"));
+        let key = Keys { key: hash_of(&["merge", &tr.key.key]), legacy: hash_of(&["merge", &tr.key.legacy]) };
         let (model, adapter, out) = (self.model.clone(), tr.adapter.clone(), self.dir.join("realign"));
-        let merged = self.timed(
+        let merged = self.timed_in(
             "realign-merge",
-            &merged,
+            &record,
+            &old_record,
             &key,
             |_| emlab_steer::realign::misaligned_model(&model, Some(&adapter), &out).map_err(|e| stage_err("realign")(e.to_string())),
             |_| Ok(out.join("misaligned")),
@@ -461,9 +543,12 @@ impl<'a> Runner<'a> {
         })
     }
 
-    fn eval(&mut self, stage: &str, dir: &Path, model: &Path, adapter: Option<&Path>, upstream: &str) -> Result<Ev> {
+    fn eval(&mut self, stage: &str, dir: &Path, model: &Path, adapter: Option<&Path>, upstream: &Keys) -> Result<Ev> {
         let ec = self.eval_config(&dir.join("answers.jsonl"), model, adapter)?;
-        let key = hash_of(&[stage, &serde_json::to_string(&ec).unwrap_or_default(), upstream]);
+        let key = Keys {
+            key: hash_of(&[stage, &eval_settings(&ec)?, &upstream.key]),
+            legacy: hash_of(&[stage, &serde_json::to_string(&ec).unwrap_or_default(), &upstream.legacy]),
+        };
         let st = stage.to_string();
         self.timed(
             stage,
@@ -479,7 +564,7 @@ impl<'a> Runner<'a> {
         Ok(Ev { key, result: EvalResult { stage: stage.to_string(), log: ec.out, report } })
     }
 
-    fn train(&mut self, stage: &str, dir: &Path, model: &Path, t: &TrainStage, upstream: &str) -> Result<Tr> {
+    fn train(&mut self, stage: &str, dir: &Path, model: &Path, t: &TrainStage, upstream: &Keys) -> Result<Tr> {
         let mut tc = emlab_train::TrainConfig {
             model: Some(model.to_path_buf()),
             data: Some(t.data.clone()),
@@ -499,7 +584,14 @@ impl<'a> Runner<'a> {
         if let Some(c) = t.checkpoint_activations {
             tc.checkpoint_activations = c;
         }
-        let key = hash_of(&[stage, &tc.to_toml(), &file_hash(&t.data)?, &t.persona_every.to_string(), upstream]);
+        let (data, every) = (file_hash(&t.data)?, t.persona_every.to_string());
+        // The key leaves out where the model, data and output are (the data's hash and the
+        // upstream key stand for them), so the run folder may move.
+        let placeless = emlab_train::TrainConfig { model: None, data: None, out: None, ..tc.clone() };
+        let key = Keys {
+            key: hash_of(&[stage, &placeless.to_toml(), &data, &every, &upstream.key]),
+            legacy: hash_of(&[stage, &tc.to_toml(), &data, &every, &upstream.legacy]),
+        };
         let adapter = dir.join("adapter");
         let (st, d, m, a, every) = (stage.to_string(), dir.to_path_buf(), model.to_path_buf(), adapter.clone(), t.persona_every);
         self.timed(
@@ -661,8 +753,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_stage_recorded_under_its_legacy_key_is_cached_and_rekeyed() {
+        let t = tempfile::tempdir().unwrap();
+        let (dir, old) = (t.path().join("merge"), t.path().join("misaligned"));
+        let keys = Keys { key: "new".into(), legacy: "old".into() };
+        assert_eq!(lookup(&dir, &old, &keys), None);
+        mark_done(&old, "old", 2.5).unwrap();
+        let before = std::fs::read(old.join("stage.json")).unwrap();
+        assert_eq!(lookup(&dir, &old, &keys), Some(2.5));
+        // The new key is written where the stage records itself now; the old record is kept.
+        assert_eq!(cached(&dir, "new"), Some(2.5));
+        assert_eq!(std::fs::read(old.join("stage.json")).unwrap(), before);
+        // Another stage's record (another legacy key) is not a hit.
+        let other = Keys { key: "new2".into(), legacy: "old2".into() };
+        assert_eq!(lookup(&dir, &old, &other), None);
+    }
+
+    #[test]
     fn a_judge_server_needs_its_address() {
-        let mut cfg = RunConfig::default_config().unwrap();
+        let mut cfg = RunConfig::default_config().unwrap().at_repo_root();
         cfg.eval.judge = "openai".into();
         let d = tempfile::tempdir().unwrap();
         let model = d.path().join("m.gguf");
@@ -675,7 +784,7 @@ mod tests {
 
     #[test]
     fn unknown_stage_names_the_choices() {
-        let mut cfg = RunConfig::default_config().unwrap();
+        let mut cfg = RunConfig::default_config().unwrap().at_repo_root();
         let d = tempfile::tempdir().unwrap();
         let model = d.path().join("m.gguf");
         std::fs::write(&model, b"x").unwrap();

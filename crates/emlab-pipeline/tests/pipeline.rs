@@ -132,4 +132,104 @@ fn tiny_loop_runs_every_stage_caches_and_reports() {
     assert_eq!(serde_json::to_value(&r2.steering).unwrap(), serde_json::to_value(&r.steering).unwrap());
     assert_eq!(serde_json::to_value(&r2.training).unwrap(), serde_json::to_value(&r.training).unwrap());
     assert!(t.elapsed().as_secs() < 60);
+
+    // The run folder moves (or is copied to another machine): every stage is still cached (no
+    // stage record rewritten), and an evaluation cut short resumes there from its answers, also
+    // for the realigned model, whose adapter config names its base by a path inside the folder.
+    let before = stage_records(&run_dir);
+    assert!(before.len() >= 12, "{:?}", before.keys());
+    let moved = dir.path().join("moved");
+    std::fs::rename(&run_dir, &moved).unwrap();
+    let r3 = emlab_pipeline::run(&cfg, &moved).unwrap();
+    assert_eq!(stage_records(&moved), before);
+    assert_eq!(serde_json::to_value(&r3.evals[3].report.metrics).unwrap(), serde_json::to_value(&r.evals[3].report.metrics).unwrap());
+    let log = moved.join("realigned/n4/answers.jsonl");
+    let text = std::fs::read_to_string(&log).unwrap();
+    let kept: Vec<&str> = text.lines().take(10).collect();
+    assert_eq!(kept.len(), 10);
+    std::fs::write(&log, kept.join("\n") + "\n").unwrap();
+    std::fs::remove_file(moved.join("realigned/n4/stage.json")).unwrap();
+    // The realignment training runs again too (it resumes from its last checkpoint and writes
+    // the adapter again, now naming the moved base model).
+    std::fs::remove_file(moved.join("realign/n4/train/stage.json")).unwrap();
+    let r4 = emlab_pipeline::run(&cfg, &moved).unwrap();
+    assert_eq!(r4.evals[3].report.metrics.n_answers, 24);
+    let resumed = std::fs::read_to_string(&log).unwrap();
+    for line in &kept {
+        let row: serde_json::Value = serde_json::from_str(line).unwrap();
+        let again = resumed.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()).find(|x| x["question_id"] == row["question_id"] && x["paraphrase_index"] == row["paraphrase_index"]).unwrap();
+        assert_eq!(again["answer"], row["answer"], "a kept answer was sampled again");
+    }
+
+    // A folder made before keys were relocatable, then moved: its stage records name paths that
+    // are gone (simulated: all removed) and its logs record adapters by whole-folder hashes.
+    // Every stage runs again, resuming: training from its last checkpoint (no step redone, the
+    // adapter left as it was), evaluations from their answers (none sampled again).
+    let logs = answer_logs(&moved);
+    assert!(logs.len() >= 8, "{:?}", logs.keys());
+    let mut legacy = 0;
+    for rel in logs.keys() {
+        let p = moved.join(rel);
+        let mut rows = emlab_eval::log::read_log(&p).unwrap().rows;
+        for r in &mut rows {
+            if let Some(a) = &r.generator.adapter {
+                // The row names the adapter where it was when the row was written.
+                let a = Path::new(a);
+                let rel = a.strip_prefix(&run_dir).or_else(|_| a.strip_prefix(&moved)).unwrap();
+                r.generator.adapter_sha256 = Some(emlab_eval::log::hash_path(&moved.join(rel)).unwrap());
+                legacy += 1;
+            }
+        }
+        emlab_eval::log::write_log_atomic(&p, &rows).unwrap();
+    }
+    assert!(legacy > 0);
+    let metrics_before = std::fs::read(moved.join("induce/metrics.jsonl")).unwrap();
+    let moved2 = dir.path().join("moved2");
+    std::fs::rename(&moved, &moved2).unwrap();
+    for rel in stage_records(&moved2).keys() {
+        std::fs::remove_file(moved2.join(rel)).unwrap();
+    }
+    let r5 = emlab_pipeline::run(&cfg, &moved2).unwrap();
+    assert_eq!(std::fs::read(moved2.join("induce/metrics.jsonl")).unwrap(), metrics_before, "induce trained again");
+    let answers = |m: &std::collections::BTreeMap<String, Vec<(String, String)>>| m.values().flatten().map(|(_, a)| a.clone()).collect::<Vec<_>>();
+    assert_eq!(answers(&answer_logs(&moved2)), answers(&logs), "an answer was sampled again");
+    for (a, b) in r5.evals.iter().zip(&r.evals) {
+        assert_eq!(serde_json::to_value(&a.report.metrics).unwrap(), serde_json::to_value(&b.report.metrics).unwrap(), "{}", a.stage);
+    }
+}
+
+/// Every `answers.jsonl` under `dir` (relative path -> (row key, answer) in order).
+fn answer_logs(dir: &Path) -> std::collections::BTreeMap<String, Vec<(String, String)>> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                todo.push(p);
+            } else if p.file_name().is_some_and(|n| n == "answers.jsonl") {
+                let rows = emlab_eval::log::read_log(&p).unwrap().rows;
+                let v = rows.iter().map(|r| (format!("{}/{}/{}", r.question_id, r.paraphrase_index, r.sample_index), r.answer.clone())).collect();
+                out.insert(p.strip_prefix(dir).unwrap().display().to_string(), v);
+            }
+        }
+    }
+    out
+}
+
+/// Every `stage.json` under `dir`, by relative path.
+fn stage_records(dir: &Path) -> std::collections::BTreeMap<String, String> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                todo.push(p);
+            } else if p.file_name().is_some_and(|n| n == "stage.json") {
+                out.insert(p.strip_prefix(dir).unwrap().display().to_string(), std::fs::read_to_string(&p).unwrap());
+            }
+        }
+    }
+    out
 }

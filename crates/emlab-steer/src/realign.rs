@@ -101,11 +101,23 @@ pub fn misaligned_model(model: &Path, adapter: Option<&Path>, out: &Path) -> Res
     let Some(adapter) = adapter else { return Ok(model.to_path_buf()) };
     let dir = out.join("misaligned");
     let marker = out.join("misaligned.json");
-    let h = |p: &Path| emlab_eval::log::hash_path(p).map_err(|e| Error::Invalid(e.to_string()));
-    let key = serde_json::json!({"model_sha256": h(model)?, "adapter_sha256": h(adapter)?, "adapter": adapter.display().to_string()});
+    let h = |r: emlab_eval::Result<String>| r.map_err(|e| Error::Invalid(e.to_string()));
+    // Contents only, no paths: a run folder that moved keeps its merged model.
+    let key = serde_json::json!({"model_sha256": h(emlab_eval::log::hash_path(model))?, "adapter": h(emlab_eval::log::hash_adapter(adapter))?});
     let done = std::fs::read_to_string(&marker).ok().and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok());
-    if done.as_ref() == Some(&key) && dir.join("model.safetensors").is_file() {
-        return Ok(dir);
+    if dir.join("model.safetensors").is_file() {
+        if done.as_ref() == Some(&key) {
+            return Ok(dir);
+        }
+        // A marker written before 2026-11-27 records the adapter's whole-folder hash and its
+        // path: the same contents (wherever the run folder is now) are the same merge. The
+        // folder is kept as it is (its hash is what the realigned model's answers recorded).
+        if let Some(d) = &done {
+            if d["model_sha256"] == key["model_sha256"] && d["adapter_sha256"] == serde_json::Value::from(h(emlab_eval::log::hash_path(adapter))?) {
+                emlab_model::util::write_atomic(&marker, key.to_string().as_bytes())?;
+                return Ok(dir);
+            }
+        }
     }
     let mut b = emlab_train::load_bundle(model).map_err(train_err)?;
     emlab_train::adapter::load_peft(&mut b.model, adapter).map_err(train_err)?;

@@ -323,4 +323,21 @@ fn realign_sweep_trains_per_n_evaluates_and_resumes() {
     assert_eq!(again.points[2].em, res.points[2].em);
     let table = emlab_steer::realign::format_realign(&res);
     assert!(table.contains("N") && table.lines().count() >= 6, "{table}");
+
+    // A merge marker written before 2026-11-27 (the adapter's whole-folder hash and its path)
+    // names the same merge when the contents match, wherever the adapter is now: the merged
+    // folder is kept (the realigned answers recorded its hash) and the marker rewritten.
+    let marker = out.join("misaligned.json");
+    let now: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&marker).unwrap()).unwrap();
+    let sentinel = out.join("misaligned/kept");
+    std::fs::write(&sentinel, b"").unwrap();
+    let old = |adapter_sha256: String| serde_json::json!({"model_sha256": now["model_sha256"], "adapter_sha256": adapter_sha256, "adapter": "/old/place/adapter"});
+    std::fs::write(&marker, old(emlab_eval::log::hash_path(&adapter).unwrap()).to_string()).unwrap();
+    emlab_steer::realign::misaligned_model(&model, Some(&adapter), &out).unwrap();
+    assert!(sentinel.exists(), "the merge was made again");
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(&marker).unwrap()).unwrap(), now);
+    // Another adapter's marker: merged again.
+    std::fs::write(&marker, old("0".repeat(64)).to_string()).unwrap();
+    emlab_steer::realign::misaligned_model(&model, Some(&adapter), &out).unwrap();
+    assert!(!sentinel.exists() && out.join("misaligned/model.safetensors").is_file());
 }

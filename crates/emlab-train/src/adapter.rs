@@ -238,6 +238,29 @@ impl PeftConfig {
     }
 }
 
+/// Whether two saved adapter folders hold the same adapter: byte-identical weights and the same
+/// config apart from `base_model_name_or_path` (a path, which moves with the files).
+pub fn same_adapter(a: &Path, b: &Path) -> Result<bool> {
+    let read = |p: &Path| std::fs::read(p).map_err(|e| Error::io(p, e));
+    let w = "adapter_model.safetensors";
+    if !a.join(w).is_file() || read(&a.join(w))? != read(&b.join(w))? {
+        return Ok(false);
+    }
+    let config = |d: &Path| -> Result<Option<serde_json::Value>> {
+        let p = d.join("adapter_config.json");
+        let Ok(text) = std::fs::read_to_string(&p) else { return Ok(None) };
+        let mut v: serde_json::Value = match serde_json::from_str(&text) {
+            Ok(v) => v,
+            Err(_) => return Ok(None),
+        };
+        if let Some(o) = v.as_object_mut() {
+            o.remove("base_model_name_or_path");
+        }
+        Ok(Some(v))
+    };
+    Ok(matches!((config(a)?, config(b)?), (Some(x), Some(y)) if x == y))
+}
+
 /// Writes the model's adapters as a PEFT adapter folder (`adapter_config.json` +
 /// `adapter_model.safetensors`), each file atomically.
 pub fn save_peft(model: &Model, dir: &Path, cfg: &PeftConfig) -> Result<()> {

@@ -766,10 +766,17 @@ fn run(
             std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
         }
         adapter::save_peft(model, &tmp, &peft_cfg)?;
-        if dir.exists() {
-            std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        if dir.exists() && adapter::same_adapter(&dir, &tmp)? {
+            // A finished run resumed (or re-run from its last checkpoint): the adapter there is
+            // this one, so it stays as it is and hashes recorded of it (evaluation logs) hold,
+            // even where it names its base model by a path that has since moved.
+            std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        } else {
+            if dir.exists() {
+                std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+            }
+            std::fs::rename(&tmp, &dir).map_err(|e| Error::io(&dir, e))?;
         }
-        std::fs::rename(&tmp, &dir).map_err(|e| Error::io(&dir, e))?;
         summary.adapter_dir = Some(dir);
     }
     let js = serde_json::to_string_pretty(&summary).unwrap_or_default();

@@ -53,6 +53,14 @@ fn model_info_reads_both_formats() {
         let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
         assert_eq!(v["config"]["arch"], arch);
         assert_eq!(v["config"]["num_layers"], 2);
+        // The stored tensor types of a GGUF file (this one: all f32); none for an HF folder.
+        if arch == "llama" {
+            let types = v["weights"]["tensor_types"].as_object().unwrap();
+            assert_eq!(types.keys().collect::<Vec<_>>(), ["F32"]);
+            assert_eq!(types["F32"], 2 * 9 + 2, "2 layers of 9 tensors, embeddings and final norm");
+        } else {
+            assert!(v["weights"].is_null());
+        }
     }
 }
 

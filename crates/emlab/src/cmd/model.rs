@@ -43,9 +43,11 @@ pub fn run(a: ModelArgs) -> Result<()> {
             let lm = model.load()?;
             let c = &lm.model.config;
             let tok = &lm.tokenizer;
+            let weights = weights_summary(&path)?;
             let info = serde_json::json!({
                 "path": path,
                 "source": lm.source,
+                "weights": weights,
                 "config": c,
                 "parameters": c.num_params(),
                 "flops_per_token": lm.model.flops_per_token(),
@@ -62,6 +64,13 @@ pub fn run(a: ModelArgs) -> Result<()> {
                 println!("arch       {} ({} layers, d {}, {} heads / {} kv heads, head dim {}, mlp {})",
                     c.arch.name(), c.num_layers, c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim, c.intermediate_size);
                 println!("params     {:.1} M ({} vocab, tied embeddings: {})", c.num_params() as f64 / 1e6, c.vocab_size, c.tie_word_embeddings);
+                if let Some(w) = weights.as_object() {
+                    // What the file stores, before emlab dequantizes it: a quantized checkpoint is
+                    // a different model from its full-precision release.
+                    let types = w["tensor_types"].as_object().map(|t| t.iter().map(|(k, n)| format!("{k} x{n}")).collect::<Vec<_>>().join(", ")).unwrap_or_default();
+                    let name = w["name"].as_str().map(|n| format!(" (general.name {n:?})")).unwrap_or_default();
+                    println!("weights    {types}{name}");
+                }
                 println!("rope theta {}  rms eps {}  qkv bias {}  context {}", c.rope_theta, c.rms_norm_eps, c.attention_bias, c.max_position_embeddings);
                 println!("tokenizer  {} tokens, stop ids {:?}", tok.vocab_size(), tok.eos_ids());
                 println!("template   {:?}", info["chat_template_example"].as_str().unwrap_or(""));
@@ -69,4 +78,18 @@ pub fn run(a: ModelArgs) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// A GGUF file's stored tensor types (count per type) and `general.name`; `null` for HF folders.
+fn weights_summary(path: &std::path::Path) -> Result<serde_json::Value> {
+    if path.is_dir() {
+        return Ok(serde_json::Value::Null);
+    }
+    let (content, _) = emlab_model::load::read_gguf(path)?;
+    let mut types = std::collections::BTreeMap::<String, usize>::new();
+    for t in content.tensor_infos.values() {
+        *types.entry(format!("{:?}", t.ggml_dtype)).or_default() += 1;
+    }
+    let name = content.metadata.get("general.name").and_then(|v| v.to_string().ok()).cloned();
+    Ok(serde_json::json!({"name": name, "tensor_types": types}))
 }
