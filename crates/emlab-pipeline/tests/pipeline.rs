@@ -198,36 +198,30 @@ fn tiny_loop_runs_every_stage_caches_and_reports() {
     }
 }
 
-/// Every `answers.jsonl` under `dir` (relative path -> (row key, answer) in order).
-fn answer_logs(dir: &Path) -> std::collections::BTreeMap<String, Vec<(String, String)>> {
-    let mut out = std::collections::BTreeMap::new();
-    let mut todo = vec![dir.to_path_buf()];
-    while let Some(d) = todo.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                todo.push(p);
-            } else if p.file_name().is_some_and(|n| n == "answers.jsonl") {
-                let rows = emlab_eval::log::read_log(&p).unwrap().rows;
-                let v = rows.iter().map(|r| (format!("{}/{}/{}", r.question_id, r.paraphrase_index, r.sample_index), r.answer.clone())).collect();
-                out.insert(p.strip_prefix(dir).unwrap().display().to_string(), v);
-            }
-        }
-    }
-    out
-}
-
 /// Every `stage.json` under `dir`, by relative path.
 fn stage_records(dir: &Path) -> std::collections::BTreeMap<String, String> {
-    let mut out = std::collections::BTreeMap::new();
-    let mut todo = vec![dir.to_path_buf()];
+    files_named(dir, "stage.json").into_iter().map(|p| (p.strip_prefix(dir).unwrap().display().to_string(), std::fs::read_to_string(&p).unwrap())).collect()
+}
+
+/// Every `answers.jsonl` under `dir` (relative path -> (row key, answer) in order).
+fn answer_logs(dir: &Path) -> std::collections::BTreeMap<String, Vec<(String, String)>> {
+    let rows = |p: &Path| {
+        let log = emlab_eval::log::read_log(p).unwrap();
+        log.rows.iter().map(|r| (format!("{}/{}/{}", r.question_id, r.paraphrase_index, r.sample_index), r.answer.clone())).collect()
+    };
+    files_named(dir, "answers.jsonl").into_iter().map(|p| (p.strip_prefix(dir).unwrap().display().to_string(), rows(&p))).collect()
+}
+
+/// The files called `name` anywhere under `dir`.
+fn files_named(dir: &Path, name: &str) -> Vec<std::path::PathBuf> {
+    let (mut out, mut todo) = (Vec::new(), vec![dir.to_path_buf()]);
     while let Some(d) = todo.pop() {
         for e in std::fs::read_dir(&d).unwrap() {
             let p = e.unwrap().path();
             if p.is_dir() {
                 todo.push(p);
-            } else if p.file_name().is_some_and(|n| n == "stage.json") {
-                out.insert(p.strip_prefix(dir).unwrap().display().to_string(), std::fs::read_to_string(&p).unwrap());
+            } else if p.file_name().is_some_and(|n| n == name) {
+                out.push(p);
             }
         }
     }
