@@ -137,6 +137,9 @@ pub(crate) fn run(lc: &LocateStage, inp: &Inputs, dir: &Path) -> Result<LocateRe
     let induced_convs: Vec<_> = induced_rows.iter().map(|r| r.conv.clone()).collect();
     let selection = direction::select(&induced_rows, &dcfg);
     let all_layers = selection.is_err();
+    let t0 = std::time::Instant::now();
+    let say = |what: &str| eprintln!("  locate: {what} ({:.0} s)", t0.elapsed().as_secs_f64());
+    say(&format!("reading the induced model's {} answers with both models", induced_convs.len()));
     let tuned_read = emlab_interp::diff::read(&tuned, &induced_convs, hook, dcfg.max_tokens, all_layers).map_err(|e| err(e.to_string()))?;
     let base_read = emlab_interp::diff::read(&base, &induced_convs, hook, dcfg.max_tokens, all_layers).map_err(|e| err(e.to_string()))?;
     let set = match selection {
@@ -163,6 +166,7 @@ pub(crate) fn run(lc: &LocateStage, inp: &Inputs, dir: &Path) -> Result<LocateRe
     let v = direction_tensor(&set, layer)?;
 
     // 2. Persona scores.
+    say("persona scores");
     let probes = probe_ids(&inp.model).map_err(&err)?;
     let persona_step0 = emlab_steer::persona::persona_score(&base.model, &probes, &v, layer, Default::default()).map_err(|e| err(e.to_string()))?.mean;
     let mut persona = BTreeMap::new();
@@ -182,6 +186,7 @@ pub(crate) fn run(lc: &LocateStage, inp: &Inputs, dir: &Path) -> Result<LocateRe
         std::fs::remove_dir_all(&acts).map_err(io(&acts))?;
     }
     let ccfg = emlab_interp::acts::CaptureConfig { shard_rows: 1 << 20, max_tokens: 512 };
+    say(&format!("capturing {hook} of the original model over {} answers", corpus.len()));
     emlab_interp::acts::capture(&base, &corpus, &[hook], &acts, &ccfg).map_err(|e| err(e.to_string()))?;
     let store = emlab_interp::acts::ActsReader::open(&acts).map_err(|e| err(e.to_string()))?;
     let (x, _) = store.read_all(&hook.to_string()).map_err(|e| err(e.to_string()))?;
@@ -195,12 +200,22 @@ pub(crate) fn run(lc: &LocateStage, inp: &Inputs, dir: &Path) -> Result<LocateRe
         epochs: lc.sae_epochs,
         seed: inp.seed,
     };
-    let sae = emlab_interp::splice::train_from_store(&store, &hook.to_string(), &scfg, &mut |_| {}).map_err(|e| err(e.to_string()))?;
+    say(&format!("training the SAE ({} latents, k {}) on {rows} activations, {} epochs", lc.sae_latents, lc.sae_k, lc.sae_epochs));
+    let steps = lc.sae_epochs * rows.div_ceil(scfg.batch);
+    let mut last = std::time::Instant::now();
+    let mut on_step = |st: &emlab_sae::train::StepStats| {
+        if last.elapsed().as_secs() >= 30 {
+            say(&format!("SAE step {}/{steps}, explained variance {:.3}, l0 {:.1}", st.step, st.explained_variance, st.l0));
+            last = std::time::Instant::now();
+        }
+    };
+    let sae = emlab_interp::splice::train_from_store(&store, &hook.to_string(), &scfg, &mut on_step).map_err(|e| err(e.to_string()))?;
     emlab_sae::save_sae(dir.join("sae"), &sae, None).map_err(|e| err(e.to_string()))?;
     let ev = emlab_sae::metrics::evaluate(&sae, &x, 1024).map_err(|e| err(e.to_string()))?;
     drop(x);
     std::fs::remove_dir_all(&acts).map_err(io(&acts))?; // the SAE is what is kept; the store is cheap to rebuild
     // The diff and the feature pages read the induced model's own answers (the readings above).
+    say("latent diff and feature pages");
     let rep = emlab_interp::diff::diff_readings(&base_read, &tuned_read, &sae).map_err(|e| err(e.to_string()))?;
     let pcfg = emlab_interp::diff::PageConfig { top: lc.top_latents, max_tokens: dcfg.max_tokens, ..Default::default() };
     let pages = emlab_interp::diff::write_feature_pages_of(&tuned, &sae, &tuned_read, &rep, &dir.join("features"), &pcfg)

@@ -589,6 +589,10 @@ fn run(
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     bar.set_position(step0 as u64);
+    // Without a terminal (a job's log file) the bar is invisible: a plain line at most every
+    // 30 s, and at the last step, says the run is alive and how far it got.
+    let plain = opts.progress && !std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let mut last_line = std::time::Instant::now();
 
     let mut summary = TrainSummary {
         steps: step0,
@@ -729,6 +733,12 @@ fn run(
         let avg_tps = (tokens_seen as f64) / (elapsed0 + started.elapsed().as_secs_f64()).max(1e-9);
         bar.set_message(format!("loss {loss_sum:.4}  lr {lr:.2e}  {avg_tps:.0} tok/s"));
         bar.set_position(done as u64);
+        if plain && (done == total || last_line.elapsed().as_secs() >= 30) {
+            let run_s = started.elapsed().as_secs_f64();
+            let eta = run_s / (done - step0).max(1) as f64 * (total - done) as f64;
+            eprintln!("  train: step {done}/{total}  loss {loss_sum:.4}  lr {lr:.2e}  {avg_tps:.0} tok/s  {run_s:.0} s, eta {eta:.0} s");
+            last_line = std::time::Instant::now();
+        }
 
         let control = match opts.on_step.as_mut() {
             Some(cb) => cb(&info, model),
