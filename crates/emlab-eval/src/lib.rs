@@ -42,4 +42,4 @@ pub mod stats;
 
 pub use config::EvalConfig;
 pub use error::{Error, Result};
-pub use run::{rescore, run, RunSummary, Stage};
+pub use run::{intervention_hash, rescore, run, RunSummary, Stage};

@@ -273,8 +273,11 @@ pub fn hash_adapter(path: &Path) -> Result<String> {
             return Ok(emlab_model::util::sha256_file(p)?);
         };
         o.remove("base_model_name_or_path");
+        // Keys sorted here, whatever order serde_json's map keeps (a crate feature can change it).
+        let sorted: std::collections::BTreeMap<String, serde_json::Value> = o.into_iter().collect();
+        let text = serde_json::to_string(&sorted).map_err(|e| Error::File(format!("{}: {e}", p.display())))?;
         use sha2::{Digest, Sha256};
-        Ok(format!("{:x}", Sha256::digest(serde_json::Value::Object(o).to_string().as_bytes())))
+        Ok(format!("{:x}", Sha256::digest(text.as_bytes())))
     })
 }
 

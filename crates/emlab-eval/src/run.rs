@@ -414,8 +414,8 @@ fn finish_name(f: Finish) -> &'static str {
 
 /// Logs written before adapters were hashed without their base model's path
 /// ([`crate::log::hash_adapter`]) record the adapter's whole-folder hash: rows whose generator
-/// matches `generator` under that older hash are the same setup, and are rewritten (atomically)
-/// with `generator`, so a run folder made then still resumes, also after it moved.
+/// matches `generator` under that older hash are the same setup, and get the new hash (the log
+/// rewritten atomically), so a run folder made then still resumes, also after it moved.
 fn migrate_adapter_hashes(cfg: &EvalConfig, log: &mut crate::log::Log, generator: &Generator) -> Result<()> {
     let Backend::Local { adapter: Some(adapter), .. } = &cfg.backend else { return Ok(()) };
     let want = generator.identity();
@@ -425,13 +425,23 @@ fn migrate_adapter_hashes(cfg: &EvalConfig, log: &mut crate::log::Log, generator
     let legacy = Generator { adapter_sha256: Some(crate::log::hash_path(adapter)?), ..generator.clone() }.identity();
     let mut moved = 0;
     for r in log.rows.iter_mut().filter(|r| r.generator.identity() == legacy) {
-        r.generator = generator.clone();
+        // Only the hash changes: the rest of the record says how the row was made.
+        r.generator.adapter_sha256 = generator.adapter_sha256.clone();
         moved += 1;
     }
     if moved > 0 {
         write_log_atomic(&cfg.out, &log.rows)?;
     }
     Ok(())
+}
+
+/// The identity of an intervention: its spec file's hash and its vectors file's, hashed together.
+pub fn intervention_hash(spec_path: &Path) -> Result<String> {
+    let spec = crate::intervention::InterventionSpec::load(spec_path)?;
+    let a = crate::log::hash_path(spec_path)?;
+    let b = crate::log::hash_path(&spec.vectors)?;
+    use sha2::{Digest, Sha256};
+    Ok(format!("{:x}", Sha256::digest(format!("{a}{b}").as_bytes())))
 }
 
 /// The chat-completions body for `n` samples of one prompt.
@@ -471,16 +481,7 @@ pub fn generator_of(cfg: &EvalConfig) -> Result<Generator> {
     let show = |p: &Path| p.display().to_string();
     Ok(match &cfg.backend {
         Backend::Local { model, adapter, intervention, .. } => {
-            let intervention_sha256 = match intervention {
-                Some(p) => {
-                    let spec = crate::intervention::InterventionSpec::load(p)?;
-                    let a = crate::log::hash_path(p)?;
-                    let b = crate::log::hash_path(&spec.vectors)?;
-                    use sha2::{Digest, Sha256};
-                    Some(format!("{:x}", Sha256::digest(format!("{a}{b}").as_bytes())))
-                }
-                None => None,
-            };
+            let intervention_sha256 = intervention.as_deref().map(intervention_hash).transpose()?;
             Generator {
                 backend: "local".into(),
                 model: show(model),

@@ -312,6 +312,8 @@ fn adapters_are_loaded_and_hashed() {
     let c2 = read_log(&with.out).unwrap().rows;
     assert_eq!(c2.len(), b.len());
     assert!(c2.iter().all(|r| r.generator.adapter_sha256.as_deref() == Some(h0.as_str())));
+    // The migrated rows keep the rest of their record.
+    assert_eq!(c2.iter().map(|r| &r.generator.model).collect::<Vec<_>>(), b.iter().map(|r| &r.generator.model).collect::<Vec<_>>());
     assert_eq!(c2.iter().map(|r| &r.answer).collect::<Vec<_>>(), b.iter().map(|r| &r.answer).collect::<Vec<_>>());
     // A row from another adapter is still refused.
     let mut other = old_rows[0].clone();

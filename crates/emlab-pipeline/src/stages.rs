@@ -54,14 +54,14 @@ impl Keys {
 /// judgements, nothing that says where files are, so a run folder can move (or be copied to
 /// another machine) and stay cached. The output, model and adapter paths are left out (the
 /// upstream key names the model and adapter); the questions file, judge prompts, a local judge
-/// model and an intervention stand in by their contents' hashes.
-pub(crate) fn eval_settings(ec: &emlab_eval::EvalConfig) -> Result<String> {
+/// model and an intervention (spec and vectors) stand in by their contents' hashes, which
+/// `content` computes (the runner hashes each file once per invocation).
+pub(crate) fn eval_settings(ec: &emlab_eval::EvalConfig, content: &dyn Fn(&Path) -> Result<String>) -> Result<String> {
     use emlab_eval::config::{Backend, JudgeSpec};
     let mut v = serde_json::to_value(ec).map_err(|e| Error::Io(e.to_string()))?;
-    let content = |p: &Path| emlab_eval::log::hash_path(p).map_err(|e| Error::Io(e.to_string()));
     let o = v.as_object_mut().ok_or_else(|| Error::Io("eval config is not an object".into()))?;
     o.remove("out");
-    o.insert("questions".into(), file_hash(&ec.questions)?.into());
+    o.insert("questions".into(), content(&ec.questions)?.into());
     if let Some(p) = &ec.judge_prompts {
         o.insert("judge_prompts".into(), content(p)?.into());
     }
@@ -72,7 +72,8 @@ pub(crate) fn eval_settings(ec: &emlab_eval::EvalConfig) -> Result<String> {
         b.remove("model");
         b.remove("adapter");
         if let Some(p) = intervention {
-            b.insert("intervention".into(), content(p)?.into());
+            let h = emlab_eval::intervention_hash(p).map_err(|e| Error::Io(e.to_string()))?;
+            b.insert("intervention".into(), h.into());
         }
     }
     Ok(v.to_string())
@@ -88,10 +89,47 @@ pub(crate) fn lookup(dir: &Path, old_dir: &Path, keys: &Keys) -> Option<f64> {
     })
 }
 
+/// `stage.json` of a finished stage. `format: 2` marks records whose keys hold no paths; a
+/// stage that starts writes its key with `done: false` first (see [`set_aside_stale`]).
 pub(crate) fn mark_done(dir: &Path, key: &str, seconds: f64) -> Result<()> {
+    write_record(dir, serde_json::json!({"key": key, "done": true, "seconds": seconds, "format": 2}))
+}
+
+fn mark_started(dir: &Path, key: &str) -> Result<()> {
+    write_record(dir, serde_json::json!({"key": key, "done": false, "format": 2}))
+}
+
+fn write_record(dir: &Path, v: serde_json::Value) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(io(dir))?;
-    let v = serde_json::json!({"key": key, "done": true, "seconds": seconds});
     emlab_model::util::write_atomic(&dir.join("stage.json"), v.to_string().as_bytes()).map_err(|e| Error::Io(e.to_string()))
+}
+
+/// Before a stage runs in `dir`: when `dir` holds the outputs of the same stage under other
+/// settings (a current-format record with another key), they cannot be resumed from (the
+/// evaluator refuses to mix answers of different settings, the trainer checkpoints of other
+/// settings), so the folder moves to `run_dir/.stale/<stage path>-<unix seconds>/` (kept, hidden
+/// from the dashboard) and the stage starts afresh. A record of this key (an interrupted run), no
+/// record, or an older-format record (a folder from before 2026-11-27, maybe moved since) leave
+/// the folder as it is: the stage resumes inside it.
+pub(crate) fn set_aside_stale(run_dir: &Path, dir: &Path, key: &str) -> Result<Option<PathBuf>> {
+    let Ok(text) = std::fs::read_to_string(dir.join("stage.json")) else { return Ok(None) };
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else { return Ok(None) };
+    if v["format"] != 2 || v["key"] == key {
+        return Ok(None);
+    }
+    let rel = dir.strip_prefix(run_dir).unwrap_or(dir).to_string_lossy().replace(['/', '\\'], "-");
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let stale = run_dir.join(".stale");
+    std::fs::create_dir_all(&stale).map_err(io(&stale))?;
+    let mut to = stale.join(format!("{rel}-{secs}"));
+    for n in 1.. {
+        if !to.exists() {
+            break;
+        }
+        to = stale.join(format!("{rel}-{secs}-{n}"));
+    }
+    std::fs::rename(dir, &to).map_err(io(dir))?;
+    Ok(Some(to))
 }
 
 #[derive(Clone)]
@@ -125,9 +163,24 @@ pub(crate) struct Runner<'a> {
     realign: BTreeMap<usize, Tr>,
     realigned: BTreeMap<usize, Ev>,
     pub seconds: Vec<(String, f64)>,
+    hashes: std::cell::RefCell<BTreeMap<PathBuf, String>>,
 }
 
 impl<'a> Runner<'a> {
+    /// The content hash of an input file or folder, computed once per invocation.
+    fn content_hash(&self, p: &Path) -> Result<String> {
+        if let Some(h) = self.hashes.borrow().get(p) {
+            return Ok(h.clone());
+        }
+        let h = emlab_eval::log::hash_path(p).map_err(|e| Error::Io(e.to_string()))?;
+        self.hashes.borrow_mut().insert(p.to_path_buf(), h.clone());
+        Ok(h)
+    }
+
+    fn eval_settings(&self, ec: &emlab_eval::EvalConfig) -> Result<String> {
+        eval_settings(ec, &|p| self.content_hash(p))
+    }
+
     pub fn new(cfg: &'a RunConfig, run_dir: &Path) -> Result<Self> {
         cfg.check_inputs()?;
         let model = match &cfg.model {
@@ -139,7 +192,7 @@ impl<'a> Runner<'a> {
             Some(p) => p.clone(),
             None => emlab_model::fetch::ensure_default_model().map_err(|e| Error::Config(e.to_string()))?,
         };
-        let model_hash = Keys::same(model_hash(&model)?);
+        let model_hash = model_keys(&model)?;
         std::fs::create_dir_all(run_dir).map_err(io(run_dir))?;
         Ok(Runner {
             cfg,
@@ -157,6 +210,7 @@ impl<'a> Runner<'a> {
             realign: BTreeMap::new(),
             realigned: BTreeMap::new(),
             seconds: Vec::new(),
+            hashes: Default::default(),
         })
     }
 
@@ -190,7 +244,8 @@ impl<'a> Runner<'a> {
     }
 
     /// [`Self::timed`] for a stage whose `stage.json` used to live in `old_dir`: the legacy key
-    /// is looked up there (and left there), the new key is written to `dir`.
+    /// is looked up there, the new key written to `dir` (where the two differ, the old record
+    /// stays as it was).
     fn timed_in<T>(
         &mut self,
         stage: &str,
@@ -206,6 +261,10 @@ impl<'a> Runner<'a> {
             self.seconds.push((stage.to_string(), s));
             return load(self);
         }
+        if let Some(to) = set_aside_stale(&self.dir, dir, key)? {
+            eprintln!("emlab run: stage {stage}: settings changed; the earlier outputs moved to {}", to.display());
+        }
+        mark_started(dir, key)?;
         let t0 = Instant::now();
         let out = f(self)?;
         let s = t0.elapsed().as_secs_f64();
@@ -335,7 +394,7 @@ impl<'a> Runner<'a> {
         ec.sampling.max_new_tokens = sc.max_new_tokens;
         let settings = serde_json::to_string(&sc).unwrap_or_default();
         let key = Keys {
-            key: hash_of(&["steer", &settings, &eval_settings(&ec)?, &lkey.key]),
+            key: hash_of(&["steer", &settings, &self.eval_settings(&ec)?, &lkey.key]),
             legacy: hash_of(&["steer", &settings, &serde_json::to_string(&ec).unwrap_or_default(), &lkey.legacy]),
         };
         let run_dir = self.dir.clone();
@@ -546,7 +605,7 @@ impl<'a> Runner<'a> {
     fn eval(&mut self, stage: &str, dir: &Path, model: &Path, adapter: Option<&Path>, upstream: &Keys) -> Result<Ev> {
         let ec = self.eval_config(&dir.join("answers.jsonl"), model, adapter)?;
         let key = Keys {
-            key: hash_of(&[stage, &eval_settings(&ec)?, &upstream.key]),
+            key: hash_of(&[stage, &self.eval_settings(&ec)?, &upstream.key]),
             legacy: hash_of(&[stage, &serde_json::to_string(&ec).unwrap_or_default(), &upstream.legacy]),
         };
         let st = stage.to_string();
@@ -716,6 +775,17 @@ fn train_points(dir: &Path, persona: &[(usize, f64)]) -> Vec<TrainPoint> {
     by_step.into_iter().map(|(step, loss)| TrainPoint { step, loss, persona: p.get(&step).copied() }).collect()
 }
 
+/// The model's key: its file's hash, or for an HF folder the hash of every file in it (sharded
+/// weights, tokenizer and generation configs: the loader reads them all; the key before
+/// 2026-11-27 hashed three files, so it told two sharded checkpoints apart only by their paths).
+fn model_keys(p: &Path) -> Result<Keys> {
+    if p.is_dir() {
+        Ok(Keys { key: emlab_eval::log::hash_path(p).map_err(|e| Error::Io(e.to_string()))?, legacy: model_hash(p)? })
+    } else {
+        Ok(Keys::same(file_hash(p)?))
+    }
+}
+
 fn model_hash(p: &Path) -> Result<String> {
     if p.is_dir() {
         let mut parts = Vec::new();
@@ -751,6 +821,25 @@ fn sample_answers(log: &Path, n: usize) -> Result<Vec<SampleAnswer>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sharded_checkpoint_is_keyed_by_all_its_files() {
+        let t = tempfile::tempdir().unwrap();
+        let keys = |shard: &[u8]| {
+            let d = t.path().join("m");
+            std::fs::create_dir_all(&d).unwrap();
+            for (f, b) in [("config.json", &b"{}"[..]), ("tokenizer.json", b"{}"), ("model-00001-of-00001.safetensors", shard)] {
+                std::fs::write(d.join(f), b).unwrap();
+            }
+            model_keys(&d).unwrap()
+        };
+        let (a, b) = (keys(b"weights a"), keys(b"weights b"));
+        assert_ne!(a.key, b.key);
+        assert_eq!(a.legacy, b.legacy, "the older key did not read shards (paths told them apart)");
+        let f = t.path().join("m.gguf");
+        std::fs::write(&f, b"gguf bytes").unwrap();
+        assert_eq!(model_keys(&f).unwrap(), Keys::same(file_hash(&f).unwrap()));
+    }
 
     #[test]
     fn a_stage_recorded_under_its_legacy_key_is_cached_and_rekeyed() {

@@ -148,9 +148,13 @@ fn tiny_loop_runs_every_stage_caches_and_reports() {
     let kept: Vec<&str> = text.lines().take(10).collect();
     assert_eq!(kept.len(), 10);
     std::fs::write(&log, kept.join("\n") + "\n").unwrap();
-    std::fs::remove_file(moved.join("realigned/n4/stage.json")).unwrap();
-    // The realignment training runs again too (it resumes from its last checkpoint and writes
-    // the adapter again, now naming the moved base model).
+    // Its record says it started and did not finish (as a killed run leaves it).
+    let rec = moved.join("realigned/n4/stage.json");
+    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&rec).unwrap()).unwrap();
+    v["done"] = false.into();
+    std::fs::write(&rec, v.to_string()).unwrap();
+    // The realignment training runs again too (it resumes from its last checkpoint; the adapter
+    // it would write is the one there, which stays as it is).
     std::fs::remove_file(moved.join("realign/n4/train/stage.json")).unwrap();
     let r4 = emlab_pipeline::run(&cfg, &moved).unwrap();
     assert_eq!(r4.evals[3].report.metrics.n_answers, 24);
@@ -196,6 +200,26 @@ fn tiny_loop_runs_every_stage_caches_and_reports() {
     for (a, b) in r5.evals.iter().zip(&r.evals) {
         assert_eq!(serde_json::to_value(&a.report.metrics).unwrap(), serde_json::to_value(&b.report.metrics).unwrap(), "{}", a.stage);
     }
+
+    // A changed setting re-runs the stages it reaches, from scratch; their earlier outputs are
+    // set aside under `.stale/` (kept, hidden from the dashboard), the others stay cached.
+    let mut cfg2 = cfg.clone();
+    cfg2.eval.max_new_tokens = 5;
+    let induce_before = std::fs::read_to_string(moved2.join("induce/stage.json")).unwrap();
+    let r6 = emlab_pipeline::run(&cfg2, &moved2).unwrap();
+    assert_eq!(std::fs::read_to_string(moved2.join("induce/stage.json")).unwrap(), induce_before, "training does not read eval settings");
+    for e in &r6.evals {
+        let rows = emlab_eval::log::read_log(&e.log).unwrap().rows;
+        assert_eq!(rows.len(), 24, "{}", e.stage);
+        assert!(rows.iter().all(|x| x.generator.sampling.max_new_tokens == 5), "{}", e.stage);
+    }
+    let stale: Vec<String> = std::fs::read_dir(moved2.join(".stale")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    for s in ["baseline-", "induced-", "controlled-", "locate-", "steer-", "realigned-n4-", "realigned-n2-"] {
+        assert!(stale.iter().any(|x| x.starts_with(s)), "{s} not set aside: {stale:?}");
+    }
+    assert!(!stale.iter().any(|x| x.starts_with("induce-") || x.starts_with("realign-")), "{stale:?}");
+    let kept = stale.iter().find(|x| x.starts_with("baseline-")).unwrap();
+    assert_eq!(answer_logs(&moved2.join(".stale").join(kept))["answers.jsonl"].len(), 24);
 }
 
 /// Every `stage.json` under `dir`, by relative path.
