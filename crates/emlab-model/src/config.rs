@@ -84,6 +84,18 @@ impl ModelConfig {
         self.num_layers * per_layer + self.vocab_size * d + d + head
     }
 
+    /// The config of a GGUF file or an HF folder, without reading weights (a header or
+    /// `config.json`): for checks that should fail before a model is loaded.
+    pub fn read(path: &Path) -> Result<Self> {
+        match crate::load::Source::detect(path)? {
+            crate::load::Source::Gguf { path } => Self::from_gguf(&crate::load::read_gguf(&path)?.0, &path),
+            crate::load::Source::Hf { dir } => {
+                let p = dir.join("config.json");
+                Self::from_hf_json(&std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?, &p)
+            }
+        }
+    }
+
     /// Reads the config from GGUF metadata (`{arch}.block_count`, ...).
     pub fn from_gguf(content: &gguf_file::Content, path: &Path) -> Result<Self> {
         let md = &content.metadata;

@@ -618,12 +618,7 @@ impl Model {
         let dtype = opts.dtype.unwrap_or(DType::F32);
         let (cfg, weights) = match Source::detect(path)? {
             Source::Gguf { path } => load_gguf_weights(&path, &opts.device, dtype)?,
-            Source::Hf { dir } => {
-                let cfg_path = dir.join("config.json");
-                let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
-                let cfg = ModelConfig::from_hf_json(&text, &cfg_path)?;
-                (cfg, load_hf_weights(&dir, &opts.device, dtype)?)
-            }
+            Source::Hf { dir } => (ModelConfig::read(&dir)?, load_hf_weights(&dir, &opts.device, dtype)?),
         };
         let mut m = Model::from_weights(cfg, weights, opts)?;
         if opts.int8_inference {

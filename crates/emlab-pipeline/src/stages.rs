@@ -192,6 +192,14 @@ impl<'a> Runner<'a> {
             Some(p) => p.clone(),
             None => emlab_model::fetch::ensure_default_model().map_err(|e| Error::Config(e.to_string()))?,
         };
+        // Settings the model must fit, checked before the first stage (locate would find out
+        // after baseline and induce).
+        if let Some(layer) = cfg.locate.as_ref().and_then(|l| l.layer) {
+            let nl = emlab_model::config::ModelConfig::read(&model).map_err(|e| Error::Config(e.to_string()))?.num_layers;
+            if layer >= nl {
+                return Err(Error::Config(format!("locate.layer = {layer} but {} has {nl} layers (0..{})", model.display(), nl - 1)));
+            }
+        }
         let model_hash = model_keys(&model)?;
         std::fs::create_dir_all(run_dir).map_err(io(run_dir))?;
         Ok(Runner {
@@ -823,6 +831,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_locate_layer_past_the_model_fails_before_any_stage() {
+        let d = tempfile::tempdir().unwrap();
+        let model = d.path().join("tiny.gguf");
+        emlab_model::testing::write_tiny_gguf(&model, &emlab_model::testing::tiny_config(emlab_model::Arch::Llama), 1).unwrap();
+        let mut cfg = RunConfig::default_config().unwrap().at_repo_root();
+        cfg.model = Some(model);
+        cfg.locate.as_mut().unwrap().layer = Some(2);
+        let run = d.path().join("run");
+        let e = Runner::new(&cfg, &run).err().expect("layer 2 of a 2-layer model").to_string();
+        assert!(e.contains("locate.layer = 2") && e.contains("tiny.gguf has 2 layers"), "{e}");
+        assert!(!run.exists(), "nothing written");
+        cfg.locate.as_mut().unwrap().layer = Some(1);
+        Runner::new(&cfg, &run).unwrap();
+    }
+
+    #[test]
     fn a_sharded_checkpoint_is_keyed_by_all_its_files() {
         let t = tempfile::tempdir().unwrap();
         let keys = |shard: &[u8]| {
@@ -866,6 +890,7 @@ mod tests {
         let model = d.path().join("m.gguf");
         std::fs::write(&model, b"not a model; only hashed").unwrap();
         cfg.model = Some(model);
+        cfg.locate.as_mut().unwrap().layer = None; // a set layer is checked against the model's header
         let r = Runner::new(&cfg, &d.path().join("run")).unwrap();
         let e = r.eval_config(Path::new("x.jsonl"), Path::new("m.gguf"), None).unwrap_err().to_string();
         assert!(e.contains("judge_base_url"), "{e}");
@@ -878,6 +903,7 @@ mod tests {
         let model = d.path().join("m.gguf");
         std::fs::write(&model, b"x").unwrap();
         cfg.model = Some(model);
+        cfg.locate.as_mut().unwrap().layer = None; // a set layer is checked against the model's header
         let mut r = Runner::new(&cfg, &d.path().join("run")).unwrap();
         let e = r.stage("induc").unwrap_err().to_string();
         assert!(e.contains("unknown stage `induc`") && e.contains("baseline, induce"), "{e}");
