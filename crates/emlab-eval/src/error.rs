@@ -8,6 +8,10 @@ pub enum Error {
     /// Bad settings (flags, config file, intervention spec).
     #[error("{0}")]
     Config(String),
+    /// The output log holds answers made with other settings (model, adapter, sampling, prompts):
+    /// they cannot be resumed from. A caller that owns the log may set it aside and start over.
+    #[error("{0}")]
+    LogMismatch(String),
     /// A file problem, message already names the file (and line).
     #[error("{0}")]
     File(String),

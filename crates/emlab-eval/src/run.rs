@@ -102,7 +102,7 @@ pub fn run(cfg: &EvalConfig, progress: &mut dyn FnMut(Stage, usize, usize)) -> R
     for r in &log.rows {
         let Some(s) = planned.get(&r.key()) else { continue };
         if r.generator.identity() != want {
-            return Err(Error::Config(format!(
+            return Err(Error::LogMismatch(format!(
                 "{}: row {}/{}/{} was generated with different settings ({} vs now {}); write to a new --out",
                 cfg.out.display(),
                 r.question_id,
@@ -113,7 +113,7 @@ pub fn run(cfg: &EvalConfig, progress: &mut dyn FnMut(Stage, usize, usize)) -> R
             )));
         }
         if r.prompt != s.prompt || r.system != s.system {
-            return Err(Error::Config(format!(
+            return Err(Error::LogMismatch(format!(
                 "{}: row {}/{}/{} has a different prompt than {} now gives; write to a new --out",
                 cfg.out.display(),
                 r.question_id,

@@ -51,7 +51,7 @@ impl Keys {
 }
 
 /// An evaluation's settings as its stage key records them: all that changes its answers or
-/// judgements, nothing that says where files are, so a run folder can move (or be copied to
+/// judgements (not the batch size or HTTP settings), nothing that says where files are, so a run folder can move (or be copied to
 /// another machine) and stay cached. The output, model and adapter paths are left out (the
 /// upstream key names the model and adapter); the questions file, judge prompts, a local judge
 /// model and an intervention (spec and vectors) stand in by their contents' hashes, which
@@ -61,6 +61,12 @@ pub(crate) fn eval_settings(ec: &emlab_eval::EvalConfig, content: &dyn Fn(&Path)
     let mut v = serde_json::to_value(ec).map_err(|e| Error::Io(e.to_string()))?;
     let o = v.as_object_mut().ok_or_else(|| Error::Io("eval config is not an object".into()))?;
     o.remove("out");
+    // Neither changes an answer (sampling is batch-independent; `http` is transport), as in the
+    // evaluator's own identity of a log.
+    o.remove("http");
+    if let Some(sm) = o.get_mut("sampling").and_then(|x| x.as_object_mut()) {
+        sm.remove("batch_size");
+    }
     o.insert("questions".into(), content(&ec.questions)?.into());
     if let Some(p) = &ec.judge_prompts {
         o.insert("judge_prompts".into(), content(p)?.into());
@@ -104,19 +110,25 @@ fn write_record(dir: &Path, v: serde_json::Value) -> Result<()> {
     emlab_model::util::write_atomic(&dir.join("stage.json"), v.to_string().as_bytes()).map_err(|e| Error::Io(e.to_string()))
 }
 
-/// Before a stage runs in `dir`: when `dir` holds the outputs of the same stage under other
-/// settings (a current-format record with another key), they cannot be resumed from (the
-/// evaluator refuses to mix answers of different settings, the trainer checkpoints of other
-/// settings), so the folder moves to `run_dir/.stale/<stage path>-<unix seconds>/` (kept, hidden
-/// from the dashboard) and the stage starts afresh. A record of this key (an interrupted run), no
-/// record, or an older-format record (a folder from before 2026-11-27, maybe moved since) leave
-/// the folder as it is: the stage resumes inside it.
+/// Before a stage runs in `dir`: when `dir` holds its outputs under other settings (a
+/// current-format record with another key), the folder moves to
+/// `run_dir/.stale/<stage path>-<unix seconds>/` (kept, hidden from the dashboard) and the stage
+/// starts afresh. A record of this key (an interrupted run), no record, or an older-format record
+/// (a folder from before 2026-11-27, maybe moved since) leave the folder as it is. Evaluations
+/// skip this: their answers are reusable across some changes (more samples per paraphrase, added
+/// questions) with the same result as a fresh run, so they set their folder aside only when the
+/// evaluator refuses what is there ([`Runner::eval`]).
 pub(crate) fn set_aside_stale(run_dir: &Path, dir: &Path, key: &str) -> Result<Option<PathBuf>> {
     let Ok(text) = std::fs::read_to_string(dir.join("stage.json")) else { return Ok(None) };
     let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else { return Ok(None) };
     if v["format"] != 2 || v["key"] == key {
         return Ok(None);
     }
+    set_aside(run_dir, dir).map(Some)
+}
+
+/// Moves a stage folder to `run_dir/.stale/<stage path>-<unix seconds>/`.
+pub(crate) fn set_aside(run_dir: &Path, dir: &Path) -> Result<PathBuf> {
     let rel = dir.strip_prefix(run_dir).unwrap_or(dir).to_string_lossy().replace(['/', '\\'], "-");
     let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let stale = run_dir.join(".stale");
@@ -129,7 +141,7 @@ pub(crate) fn set_aside_stale(run_dir: &Path, dir: &Path, key: &str) -> Result<O
         to = stale.join(format!("{rel}-{secs}-{n}"));
     }
     std::fs::rename(dir, &to).map_err(io(dir))?;
-    Ok(Some(to))
+    Ok(to)
 }
 
 #[derive(Clone)]
@@ -248,7 +260,13 @@ impl<'a> Runner<'a> {
     }
 
     fn timed<T>(&mut self, stage: &str, dir: &Path, keys: &Keys, f: impl FnOnce(&mut Self) -> Result<T>, load: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
-        self.timed_in(stage, dir, dir, keys, f, load)
+        self.timed_in(stage, dir, dir, keys, true, f, load)
+    }
+
+    /// [`Self::timed`] for a stage that resumes inside its folder across setting changes, and
+    /// sets the folder aside itself when it cannot.
+    fn timed_resuming<T>(&mut self, stage: &str, dir: &Path, keys: &Keys, f: impl FnOnce(&mut Self) -> Result<T>, load: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
+        self.timed_in(stage, dir, dir, keys, false, f, load)
     }
 
     /// [`Self::timed`] for a stage whose `stage.json` used to live in `old_dir`: the legacy key
@@ -260,6 +278,7 @@ impl<'a> Runner<'a> {
         dir: &Path,
         old_dir: &Path,
         keys: &Keys,
+        set_aside_other_keys: bool,
         f: impl FnOnce(&mut Self) -> Result<T>,
         load: impl FnOnce(&mut Self) -> Result<T>,
     ) -> Result<T> {
@@ -269,8 +288,10 @@ impl<'a> Runner<'a> {
             self.seconds.push((stage.to_string(), s));
             return load(self);
         }
-        if let Some(to) = set_aside_stale(&self.dir, dir, key)? {
-            eprintln!("emlab run: stage {stage}: settings changed; the earlier outputs moved to {}", to.display());
+        if set_aside_other_keys {
+            if let Some(to) = set_aside_stale(&self.dir, dir, key)? {
+                eprintln!("emlab run: stage {stage}: settings changed; the earlier outputs moved to {}", to.display());
+            }
         }
         mark_started(dir, key)?;
         let t0 = Instant::now();
@@ -444,6 +465,7 @@ impl<'a> Runner<'a> {
             &record,
             &old_record,
             &key,
+            true,
             |_| emlab_steer::realign::misaligned_model(&model, Some(&adapter), &out).map_err(|e| stage_err("realign")(e.to_string())),
             |_| Ok(out.join("misaligned")),
         )?;
@@ -616,14 +638,24 @@ impl<'a> Runner<'a> {
             key: hash_of(&[stage, &self.eval_settings(&ec)?, &upstream.key]),
             legacy: hash_of(&[stage, &serde_json::to_string(&ec).unwrap_or_default(), &upstream.legacy]),
         };
-        let st = stage.to_string();
-        self.timed(
+        let (st, run_dir, d, k) = (stage.to_string(), self.dir.clone(), dir.to_path_buf(), key.key.clone());
+        self.timed_resuming(
             stage,
             dir,
             &key,
             |_| {
                 eprintln!("emlab run: stage {st}: sampling + judging ...");
-                run_eval(&st, &ec)
+                match run_eval_typed(&st, &ec) {
+                    // Answers of other settings (model, adapter, sampling, prompts) cannot be
+                    // resumed from: set them aside and sample afresh.
+                    Err(emlab_eval::Error::LogMismatch(why)) => {
+                        let to = set_aside(&run_dir, &d)?;
+                        eprintln!("emlab run: stage {st}: {why}: the earlier answers moved to {}", to.display());
+                        mark_started(&d, &k)?;
+                        run_eval(&st, &ec)
+                    }
+                    r => r.map_err(|x| stage_err(&st)(x.to_string())),
+                }
             },
             |_| Ok(()),
         )?;
@@ -654,33 +686,52 @@ impl<'a> Runner<'a> {
         let (data, every) = (file_hash(&t.data)?, t.persona_every.to_string());
         // The key leaves out where the model, data and output are (the data's hash and the
         // upstream key stand for them), so the run folder may move.
-        let placeless = emlab_train::TrainConfig { model: None, data: None, out: None, ..tc.clone() };
+        // `checkpoint_activations` only trades memory for time.
+        let placeless = emlab_train::TrainConfig { model: None, data: None, out: None, checkpoint_activations: true, ..tc.clone() };
         let key = Keys {
             key: hash_of(&[stage, &placeless.to_toml(), &data, &every, &upstream.key]),
             legacy: hash_of(&[stage, &tc.to_toml(), &data, &every, &upstream.legacy]),
         };
         let adapter = dir.join("adapter");
         let (st, d, m, a, every) = (stage.to_string(), dir.to_path_buf(), model.to_path_buf(), adapter.clone(), t.persona_every);
+        let (run_dir, k) = (self.dir.clone(), key.key.clone());
+        // A changed key sets the folder aside (`timed`): every setting in it changes the adapter,
+        // and resuming across one (the trainer allows more steps) would make the result depend
+        // on the run's history, not on its config.
         self.timed(
             stage,
             dir,
             &key,
             move |_| {
                 eprintln!("emlab run: stage {st}: training on {} ...", tc.data.as_deref().unwrap_or(Path::new("?")).display());
-                let mut opts = emlab_train::trainer::TrainOptions { resume: true, progress: true, ..Default::default() };
-                if every > 0 {
-                    let probes = locate::probe_ids(&m).map_err(stage_err(&st))?;
-                    let mut mon = emlab_steer::persona::PersonaMonitor::new(probes, every, &d);
-                    let st2 = st.clone();
-                    opts.on_step = Some(Box::new(move |info, model| {
-                        // on_step also records the run's last step when it is not a multiple of `every`.
-                        if let Err(e) = mon.on_step(info, model) {
-                            eprintln!("emlab run: stage {st2}: persona snapshot at step {} failed: {e}", info.step);
-                        }
-                        emlab_train::Control::Continue
-                    }));
+                let options = || -> Result<emlab_train::trainer::TrainOptions> {
+                    let mut opts = emlab_train::trainer::TrainOptions { resume: true, progress: true, ..Default::default() };
+                    if every > 0 {
+                        let probes = locate::probe_ids(&m).map_err(stage_err(&st))?;
+                        let mut mon = emlab_steer::persona::PersonaMonitor::new(probes, every, &d);
+                        let st2 = st.clone();
+                        opts.on_step = Some(Box::new(move |info, model| {
+                            // on_step also records the run's last step when it is not a multiple of `every`.
+                            if let Err(e) = mon.on_step(info, model) {
+                                eprintln!("emlab run: stage {st2}: persona snapshot at step {} failed: {e}", info.step);
+                            }
+                            emlab_train::Control::Continue
+                        }));
+                    }
+                    Ok(opts)
+                };
+                let s = match emlab_train::train(&tc, options()?) {
+                    // Checkpoints of other settings or data (a folder from before 2026-11-27,
+                    // whose record holds an older key): set them aside and train afresh.
+                    Err(emlab_train::Error::ResumeMismatch(why)) => {
+                        let to = set_aside(&run_dir, &d)?;
+                        eprintln!("emlab run: stage {st}: {why}: the earlier outputs moved to {}", to.display());
+                        mark_started(&d, &k)?;
+                        emlab_train::train(&tc, options()?)
+                    }
+                    r => r,
                 }
-                let s = emlab_train::train(&tc, opts).map_err(|x| stage_err(&st)(x.to_string()))?;
+                .map_err(|x| stage_err(&st)(x.to_string()))?;
                 if s.interrupted {
                     return Err(stage_err(&st)("interrupted; re-run to resume".into()));
                 }
@@ -698,14 +749,18 @@ impl<'a> Runner<'a> {
 
 /// Samples and judges one evaluation config, with progress lines.
 pub(crate) fn run_eval(stage: &str, ec: &emlab_eval::EvalConfig) -> Result<()> {
+    run_eval_typed(stage, ec).map_err(|x| stage_err(stage)(x.to_string()))
+}
+
+/// [`run_eval`] with the evaluator's own error.
+fn run_eval_typed(stage: &str, ec: &emlab_eval::EvalConfig) -> emlab_eval::Result<()> {
     let mut last = (0usize, 0usize);
     emlab_eval::run(ec, &mut |s, done, total| {
         if done == total || done >= last.0 + 16 || total != last.1 {
             eprintln!("  {stage}: {s:?} {done}/{total}");
             last = (done, total);
         }
-    })
-    .map_err(|x| stage_err(stage)(x.to_string()))?;
+    })?;
     Ok(())
 }
 

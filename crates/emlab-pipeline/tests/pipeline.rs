@@ -220,6 +220,43 @@ fn tiny_loop_runs_every_stage_caches_and_reports() {
     assert!(!stale.iter().any(|x| x.starts_with("induce-") || x.starts_with("realign-")), "{stale:?}");
     let kept = stale.iter().find(|x| x.starts_with("baseline-")).unwrap();
     assert_eq!(answer_logs(&moved2.join(".stale").join(kept))["answers.jsonl"].len(), 24);
+
+    // Settings that change no answer and no adapter (the batch size, activation checkpointing)
+    // leave every stage cached.
+    let records = stage_records(&moved2);
+    let mut cfg3 = cfg2.clone();
+    cfg3.eval.batch_size = 3;
+    cfg3.induce.checkpoint_activations = Some(true);
+    emlab_pipeline::run(&cfg3, &moved2).unwrap();
+    assert_eq!(stage_records(&moved2), records);
+    // More training steps train afresh (the schedule spans the new total), exactly as a run
+    // that never had the shorter one; what reads the new adapter runs again.
+    let mut cfg4 = cfg3.clone();
+    cfg4.induce.max_steps = 6;
+    let r7 = emlab_pipeline::run(&cfg4, &moved2).unwrap();
+    let fresh = emlab_pipeline::run(&cfg4, &dir.path().join("fresh")).unwrap();
+    assert_eq!(serde_json::to_value(&r7.training.induce).unwrap(), serde_json::to_value(&fresh.training.induce).unwrap());
+    assert_eq!(r7.training.induce.len(), 6);
+    for (a, b) in r7.evals.iter().zip(&fresh.evals) {
+        assert_eq!(serde_json::to_value(&a.report.metrics).unwrap(), serde_json::to_value(&b.report.metrics).unwrap(), "{}", a.stage);
+    }
+    let stale2: Vec<String> = std::fs::read_dir(moved2.join(".stale")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert!(stale2.iter().any(|x| x.starts_with("induce-")), "{stale2:?}");
+    assert!(stale2.iter().filter(|x| x.starts_with("induced-")).count() == 2, "{stale2:?}");
+
+    // More samples per paraphrase keep the answers there (sampling is seeded per sample, so a
+    // fresh run gives the same ones) and sample only the new ones.
+    let before = answer_logs(&moved2)["baseline/answers.jsonl"].clone();
+    let mut cfg5 = cfg4.clone();
+    cfg5.eval.samples_per_paraphrase = 2;
+    emlab_pipeline::run(&cfg5, &moved2).unwrap();
+    let after = answer_logs(&moved2)["baseline/answers.jsonl"].clone();
+    assert_eq!(after.len(), 48);
+    for row in &before {
+        assert!(after.contains(row), "{row:?} was sampled again");
+    }
+    let stale3 = std::fs::read_dir(moved2.join(".stale")).unwrap().count();
+    assert_eq!(stale3, stale2.len() + 2, "locate and steer set aside, no evaluation");
 }
 
 /// Every `stage.json` under `dir`, by relative path.

@@ -19,6 +19,10 @@ pub enum Error {
     /// Bad settings or arguments.
     #[error("{0}")]
     Invalid(String),
+    /// The output folder's checkpoint was made with other settings or data: it cannot be
+    /// resumed. A caller that owns the folder may set it aside and start over.
+    #[error("{0}")]
+    ResumeMismatch(String),
 }
 
 impl Error {

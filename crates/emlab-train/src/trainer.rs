@@ -528,14 +528,14 @@ fn run(
     if let Some(dir) = &resume_dir {
         let st = checkpoint::read_state(dir)?;
         if st.config_fingerprint != cfg_fp {
-            return Err(Error::Invalid(format!(
+            return Err(Error::ResumeMismatch(format!(
                 "{}: the checkpoint was made with other settings ({}); resume with the same train config",
                 dir.display(),
                 diff_keys(&st.config_fingerprint, &cfg_fp)
             )));
         }
         if st.data_fingerprint != data_fp {
-            return Err(Error::Invalid(format!("{}: the checkpoint was made on other data (fingerprint differs)", dir.display())));
+            return Err(Error::ResumeMismatch(format!("{}: the checkpoint was made on other data (fingerprint differs)", dir.display())));
         }
         if st.keys != params.keys {
             return Err(Error::format(dir, "adapter tensors differ from the configured adapters"));
