@@ -38,6 +38,8 @@ pub(crate) fn cached(dir: &Path, key: &str) -> Option<f64> {
 /// A stage's cache key, and the key the same stage had when keys still held absolute paths
 /// (runs made before 2026-11-27's relocatable keys): a folder made then is still found cached
 /// where it was made, and its `stage.json` is rewritten with the new key, so it may move after.
+/// Changing how a key is computed re-runs that stage (training from scratch) in every existing
+/// run folder: when you must, keep the formula it replaces reachable, as `legacy` is here.
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct Keys {
     pub key: String,
