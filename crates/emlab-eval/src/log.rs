@@ -259,9 +259,10 @@ pub fn hash_path(path: &Path) -> Result<String> {
 }
 
 /// SHA-256 of a PEFT adapter folder (or file), hex: [`hash_path`], except that
-/// `adapter_config.json` is hashed without `base_model_name_or_path`. That field is a path that
-/// changes when a run folder moves (a realigned adapter's base lives inside the run), and the
-/// base model is identified on its own (`model_sha256`), so the adapter's identity leaves it out.
+/// `adapter_config.json` counts by its [`emlab_train::adapter::config_identity`], without
+/// `base_model_name_or_path`: a path that changes when a run folder moves (a realigned
+/// adapter's base lives inside the run), while the base model is identified on its own
+/// (`model_sha256`).
 pub fn hash_adapter(path: &Path) -> Result<String> {
     hash_tree(path, &|rel, p| {
         if rel != "adapter_config.json" {
@@ -269,15 +270,11 @@ pub fn hash_adapter(path: &Path) -> Result<String> {
         }
         let text = std::fs::read_to_string(p).map_err(|e| Error::io(p, e))?;
         // A config that is not a JSON object is hashed as it is (loading it fails later, clearly).
-        let Ok(serde_json::Value::Object(mut o)) = serde_json::from_str::<serde_json::Value>(&text) else {
+        let Some(identity) = emlab_train::adapter::config_identity(&text) else {
             return Ok(emlab_model::util::sha256_file(p)?);
         };
-        o.remove("base_model_name_or_path");
-        // Keys sorted here, whatever order serde_json's map keeps (a crate feature can change it).
-        let sorted: std::collections::BTreeMap<String, serde_json::Value> = o.into_iter().collect();
-        let text = serde_json::to_string(&sorted).map_err(|e| Error::File(format!("{}: {e}", p.display())))?;
         use sha2::{Digest, Sha256};
-        Ok(format!("{:x}", Sha256::digest(text.as_bytes())))
+        Ok(format!("{:x}", Sha256::digest(identity.as_bytes())))
     })
 }
 

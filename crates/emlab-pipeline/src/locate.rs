@@ -145,13 +145,12 @@ pub(crate) fn run(lc: &LocateStage, inp: &Inputs, dir: &Path) -> Result<LocateRe
     let set = match selection {
         Ok(sel) => direction::compute_from_selection(&tuned, &sel, &dcfg).map_err(|e| err(e.to_string()))?,
         Err(why) => {
-            let convs = &induced_convs;
             let (mt, nt) = tuned_read.layer_means().map_err(|e| err(e.to_string()))?;
             let (mb, nb) = base_read.layer_means().map_err(|e| err(e.to_string()))?;
             let info = DirectionInfo {
                 method: format!(
                     "model diff: mean resid_post of the induced model minus the original model over the same texts (the induced model's {} answers), because the published aligned-vs-misaligned split was not possible ({why})",
-                    convs.len()
+                    induced_convs.len()
                 ),
                 model: inp.model.display().to_string(),
                 tokens_misaligned: nt,

@@ -53,8 +53,8 @@ impl Keys {
 }
 
 /// An evaluation's settings as its stage key records them: all that changes its answers or
-/// judgements (not the batch size or HTTP settings), nothing that says where files are, so a run folder can move (or be copied to
-/// another machine) and stay cached. The output, model and adapter paths are left out (the
+/// judgements (not the batch size or HTTP settings), nothing that says where files are, so a run
+/// folder can move (or be copied to another machine) and stay cached. The output, model and adapter paths are left out (the
 /// upstream key names the model and adapter); the questions file, judge prompts, a local judge
 /// model and an intervention (spec and vectors) stand in by their contents' hashes, which
 /// `content` computes (the runner hashes each file once per invocation).
@@ -98,7 +98,7 @@ pub(crate) fn lookup(dir: &Path, old_dir: &Path, keys: &Keys) -> Option<f64> {
 }
 
 /// `stage.json` of a finished stage. `format: 2` marks records whose keys hold no paths; a
-/// stage that starts writes its key with `done: false` first (see [`set_aside_stale`]).
+/// stage that starts writes its key with `done: false` first (see [`holds_other_key`]).
 pub(crate) fn mark_done(dir: &Path, key: &str, seconds: f64) -> Result<()> {
     write_record(dir, serde_json::json!({"key": key, "done": true, "seconds": seconds, "format": 2}))
 }
@@ -112,21 +112,26 @@ fn write_record(dir: &Path, v: serde_json::Value) -> Result<()> {
     emlab_model::util::write_atomic(&dir.join("stage.json"), v.to_string().as_bytes()).map_err(|e| Error::Io(e.to_string()))
 }
 
-/// Before a stage runs in `dir`: when `dir` holds its outputs under other settings (a
-/// current-format record with another key), the folder moves to
+/// Whether `dir` holds a stage's outputs under other settings (a current-format record with
+/// another key). Before such a stage runs, the folder moves to
 /// `run_dir/.stale/<stage path>-<unix seconds>/` (kept, hidden from the dashboard) and the stage
 /// starts afresh. A record of this key (an interrupted run), no record, or an older-format record
 /// (a folder from before 2026-11-27, maybe moved since) leave the folder as it is. Evaluations
 /// skip this: their answers are reusable across some changes (more samples per paraphrase, added
 /// questions) with the same result as a fresh run, so they set their folder aside only when the
 /// evaluator refuses what is there ([`Runner::eval`]).
-pub(crate) fn set_aside_stale(run_dir: &Path, dir: &Path, key: &str) -> Result<Option<PathBuf>> {
-    let Ok(text) = std::fs::read_to_string(dir.join("stage.json")) else { return Ok(None) };
-    let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else { return Ok(None) };
-    if v["format"] != 2 || v["key"] == key {
-        return Ok(None);
-    }
-    set_aside(run_dir, dir).map(Some)
+pub(crate) fn holds_other_key(dir: &Path, key: &str) -> bool {
+    let Ok(text) = std::fs::read_to_string(dir.join("stage.json")) else { return false };
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else { return false };
+    v["format"] == 2 && v["key"] != key
+}
+
+/// A stage whose folder holds outputs it cannot resume from (`why`) sets them aside and records
+/// its key again, to start afresh.
+fn start_afresh(run_dir: &Path, dir: &Path, key: &str, stage: &str, why: &str) -> Result<()> {
+    let to = set_aside(run_dir, dir)?;
+    eprintln!("emlab run: stage {stage}: {why}; the earlier outputs moved to {}", to.display());
+    mark_started(dir, key)
 }
 
 /// Moves a stage folder to `run_dir/.stale/<stage path>-<unix seconds>/`.
@@ -290,12 +295,11 @@ impl<'a> Runner<'a> {
             self.seconds.push((stage.to_string(), s));
             return load(self);
         }
-        if set_aside_other_keys {
-            if let Some(to) = set_aside_stale(&self.dir, dir, key)? {
-                eprintln!("emlab run: stage {stage}: settings changed; the earlier outputs moved to {}", to.display());
-            }
+        if set_aside_other_keys && holds_other_key(dir, key) {
+            start_afresh(&self.dir, dir, key, stage, "settings changed")?;
+        } else {
+            mark_started(dir, key)?;
         }
-        mark_started(dir, key)?;
         let t0 = Instant::now();
         let out = f(self)?;
         let s = t0.elapsed().as_secs_f64();
@@ -651,9 +655,7 @@ impl<'a> Runner<'a> {
                     // Answers of other settings (model, adapter, sampling, prompts) cannot be
                     // resumed from: set them aside and sample afresh.
                     Err(emlab_eval::Error::LogMismatch(why)) => {
-                        let to = set_aside(&run_dir, &d)?;
-                        eprintln!("emlab run: stage {st}: {why}: the earlier answers moved to {}", to.display());
-                        mark_started(&d, &k)?;
+                        start_afresh(&run_dir, &d, &k, &st, &why)?;
                         run_eval(&st, &ec)
                     }
                     r => r.map_err(|x| stage_err(&st)(x.to_string())),
@@ -726,9 +728,7 @@ impl<'a> Runner<'a> {
                     // Checkpoints of other settings or data (a folder from before 2026-11-27,
                     // whose record holds an older key): set them aside and train afresh.
                     Err(emlab_train::Error::ResumeMismatch(why)) => {
-                        let to = set_aside(&run_dir, &d)?;
-                        eprintln!("emlab run: stage {st}: {why}: the earlier outputs moved to {}", to.display());
-                        mark_started(&d, &k)?;
+                        start_afresh(&run_dir, &d, &k, &st, &why)?;
                         emlab_train::train(&tc, options()?)
                     }
                     r => r,

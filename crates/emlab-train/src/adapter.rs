@@ -238,27 +238,27 @@ impl PeftConfig {
     }
 }
 
+/// An `adapter_config.json` text as an adapter's identity sees it: the JSON object without
+/// `base_model_name_or_path` (a path, which changes when the files move; the base model is
+/// identified by its own hash), keys sorted whatever order serde_json's map keeps. `None` when
+/// the text is not a JSON object.
+pub fn config_identity(text: &str) -> Option<String> {
+    let serde_json::Value::Object(mut o) = serde_json::from_str(text).ok()? else { return None };
+    o.remove("base_model_name_or_path");
+    let sorted: std::collections::BTreeMap<String, serde_json::Value> = o.into_iter().collect();
+    serde_json::to_string(&sorted).ok()
+}
+
 /// Whether two saved adapter folders hold the same adapter: byte-identical weights and the same
-/// config apart from `base_model_name_or_path` (a path, which moves with the files).
+/// [`config_identity`].
 pub fn same_adapter(a: &Path, b: &Path) -> Result<bool> {
     let read = |p: &Path| std::fs::read(p).map_err(|e| Error::io(p, e));
     let w = "adapter_model.safetensors";
     if !a.join(w).is_file() || read(&a.join(w))? != read(&b.join(w))? {
         return Ok(false);
     }
-    let config = |d: &Path| -> Result<Option<serde_json::Value>> {
-        let p = d.join("adapter_config.json");
-        let Ok(text) = std::fs::read_to_string(&p) else { return Ok(None) };
-        let mut v: serde_json::Value = match serde_json::from_str(&text) {
-            Ok(v) => v,
-            Err(_) => return Ok(None),
-        };
-        if let Some(o) = v.as_object_mut() {
-            o.remove("base_model_name_or_path");
-        }
-        Ok(Some(v))
-    };
-    Ok(matches!((config(a)?, config(b)?), (Some(x), Some(y)) if x == y))
+    let config = |d: &Path| std::fs::read_to_string(d.join("adapter_config.json")).ok().and_then(|t| config_identity(&t));
+    Ok(matches!((config(a), config(b)), (Some(x), Some(y)) if x == y))
 }
 
 /// Writes the model's adapters as a PEFT adapter folder (`adapter_config.json` +
