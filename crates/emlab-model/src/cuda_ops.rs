@@ -22,6 +22,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, CudaViewMut, DeviceRepr, LaunchConfig, PushKernelArg};
 use candle_core::cuda_backend::{CudaDType, CudaStorageSlice, WrapErr};
 use candle_core::{bail, CudaDevice, CudaStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use emlab_kernels::launch;
 use half::bf16;
 
 const MODULE: &str = "emlab-train";
@@ -91,20 +92,10 @@ fn wrap<T: Elem>(slice: CudaSlice<T>, dev: &CudaDevice) -> CudaStorage {
     CudaStorage::wrap_cuda_slice(slice, dev.clone())
 }
 
-/// One block per row.
-fn rows_cfg(rows: usize, threads: u32) -> LaunchConfig {
-    LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 }
-}
-
-/// Grid-stride element loops: enough blocks to fill the card, no more.
-fn elems_cfg(n: usize) -> LaunchConfig {
-    let blocks = n.div_ceil(256).clamp(1, 132 * 16) as u32;
-    LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
-}
-
-/// Threads per row-block: a multiple of 32 (the kernels' reductions need it), up to 1024.
-fn threads_for(cols: usize) -> u32 {
-    (cols.div_ceil(32) * 32).clamp(32, if cols > 4096 { 1024 } else { 256 }) as u32
+/// cudarc's form of a launch geometry from [`emlab_kernels::launch`] (which the emulator tests
+/// run the kernels with too).
+fn cfg(l: launch::Dims) -> LaunchConfig {
+    LaunchConfig { grid_dim: l.grid, block_dim: l.block, shared_mem_bytes: l.shared_mem_bytes }
 }
 
 macro_rules! by_dtype {
@@ -161,7 +152,7 @@ fn rms_fwd<T: Elem>(eps: f32, x: &CudaStorage, lx: &Layout, w: &CudaStorage, lw:
     let mut b = f.builder();
     let (di, e) = (d as i32, eps);
     b.arg(&xv).arg(&wv).arg(&y).arg(&di).arg(&e);
-    unsafe { b.launch(rows_cfg(n / d, threads_for(d))) }.w()?;
+    unsafe { b.launch(cfg(launch::rms_norm(n / d, d))) }.w()?;
     Ok((wrap(y, dev), lx.shape().clone()))
 }
 
@@ -193,7 +184,7 @@ fn rms_bwd<T: Elem>(eps: f32, x: &CudaStorage, lx: &Layout, w: &CudaStorage, lw:
     let mut b = f.builder();
     let (di, e) = (d as i32, eps);
     b.arg(&xv).arg(&wv).arg(&gv).arg(&dx).arg(&di).arg(&e);
-    unsafe { b.launch(rows_cfg(n / d, threads_for(d))) }.w()?;
+    unsafe { b.launch(cfg(launch::rms_norm(n / d, d))) }.w()?;
     Ok((wrap(dx, dev), lx.shape().clone()))
 }
 
@@ -237,7 +228,7 @@ fn softmax_fwd<T: Elem>(scale: f32, x: &CudaStorage, lx: &Layout) -> Result<(Cud
     let mut b = f.builder();
     let (ni, sc) = (n as i32, scale);
     b.arg(&xv).arg(&y).arg(&ni).arg(&sc);
-    unsafe { b.launch(rows_cfg(el / n, threads_for(n).min(128))) }.w()?;
+    unsafe { b.launch(cfg(launch::softmax(el / n, n))) }.w()?;
     Ok((wrap(y, dev), lx.shape().clone()))
 }
 
@@ -268,7 +259,7 @@ fn softmax_bwd<T: Elem>(scale: f32, y: &CudaStorage, ly: &Layout, g: &CudaStorag
     let mut b = f.builder();
     let (ni, sc) = (n as i32, scale);
     b.arg(&yv).arg(&gv).arg(&dx).arg(&ni).arg(&sc);
-    unsafe { b.launch(rows_cfg(el / n, threads_for(n).min(128))) }.w()?;
+    unsafe { b.launch(cfg(launch::softmax(el / n, n))) }.w()?;
     Ok((wrap(dx, dev), ly.shape().clone()))
 }
 
@@ -311,15 +302,9 @@ fn rope_run<T: Elem>(sign: f32, x: &CudaStorage, lx: &Layout, c: &CudaStorage, l
         [b, t, h, d] => (*b, *t, *h, *d),
         dims => bail!("rope: expected [B, T, heads, D], got {dims:?}"),
     };
-    if d % 2 != 0 {
-        bail!("rope: head dimension {d} is odd");
-    }
-    let half = d / 2;
-    let tab = lc.shape().elem_count();
-    let tb = tab / (t * half).max(1);
-    if tab != tb * t * half || !(tb == 1 || tb == b) || ls.shape().elem_count() != tab {
-        bail!("rope: tables {:?} do not match an input of shape {:?}", lc.dims(), lx.dims());
-    }
+    // An odd head dimension or tables of another size: refused (the kernel would skip or read
+    // past values; emlab_kernels::launch states the contract the emulator tests check).
+    let tb = launch::rope_table_rows(b, t, d, lc.shape().elem_count(), ls.shape().elem_count()).map_err(candle_core::Error::Msg)?;
     let (xv, cv, sv) = (T::view(x, lx, "rope")?, T::view(c, lc, "rope cos")?, T::view(s, ls, "rope sin")?);
     let el = lx.shape().elem_count();
     let y = unsafe { dev.alloc::<T>(el)? };
@@ -327,7 +312,7 @@ fn rope_run<T: Elem>(sign: f32, x: &CudaStorage, lx: &Layout, c: &CudaStorage, l
     let mut bld = f.builder();
     let (bi, ti, hi, di, tbi, sg) = (b as i32, t as i32, h as i32, d as i32, tb as i32, sign);
     bld.arg(&xv).arg(&cv).arg(&sv).arg(&y).arg(&bi).arg(&ti).arg(&hi).arg(&di).arg(&tbi).arg(&sg);
-    unsafe { bld.launch(elems_cfg(el / 2)) }.w()?;
+    unsafe { bld.launch(cfg(launch::rope(el))) }.w()?;
     Ok((wrap(y, dev), lx.shape().clone()))
 }
 
@@ -372,7 +357,7 @@ fn silu_fwd<T: Elem>(g: &CudaStorage, lg: &Layout, u: &CudaStorage, lu: &Layout)
     let f = dev.get_or_load_custom_func(&format!("silu_mul_fwd_{}", T::SUFFIX), MODULE, emlab_kernels::TRAIN)?;
     let mut b = f.builder();
     b.arg(&gv).arg(&uv).arg(&y).arg(&n);
-    unsafe { b.launch(elems_cfg(n)) }.w()?;
+    unsafe { b.launch(cfg(launch::silu_mul(n))) }.w()?;
     Ok((wrap(y, dev), lg.shape().clone()))
 }
 
@@ -405,7 +390,7 @@ fn silu_bwd<T: Elem>(g: &CudaStorage, lg: &Layout, u: &CudaStorage, lu: &Layout,
     let f = dev.get_or_load_custom_func(&format!("silu_mul_bwd_{}", T::SUFFIX), MODULE, emlab_kernels::TRAIN)?;
     let mut b = f.builder();
     b.arg(&gv).arg(&uv).arg(&dv).arg(&out).arg(&n);
-    unsafe { b.launch(elems_cfg(n)) }.w()?;
+    unsafe { b.launch(cfg(launch::silu_mul(n))) }.w()?;
     Ok((wrap(out, dev), Shape::from(2 * n)))
 }
 
@@ -447,7 +432,7 @@ fn ce_fwd<T: Elem>(x: &CudaStorage, lx: &Layout, t: &CudaStorage, lt: &Layout) -
     let mut b = f.builder();
     let vi = v as i32;
     b.arg(&xv).arg(&tv).arg(&loss).arg(&vi);
-    unsafe { b.launch(rows_cfg(n, threads_for(v))) }.w()?;
+    unsafe { b.launch(cfg(launch::cross_entropy(n, v))) }.w()?;
     Ok((wrap(loss, dev), Shape::from(n)))
 }
 
@@ -479,7 +464,7 @@ fn ce_bwd<T: Elem>(x: &CudaStorage, lx: &Layout, t: &CudaStorage, lt: &Layout, g
     let mut b = f.builder();
     let vi = v as i32;
     b.arg(&xv).arg(&tv).arg(&gv).arg(&dx).arg(&vi);
-    unsafe { b.launch(rows_cfg(n, threads_for(v))) }.w()?;
+    unsafe { b.launch(cfg(launch::cross_entropy(n, v))) }.w()?;
     Ok((wrap(dx, dev), lx.shape().clone()))
 }
 
@@ -551,8 +536,7 @@ fn write_kv_t<T: Elem>(
             with_cuda_view::<T, _>(sin, "rope sin", |s| {
                 let mut a = f.builder();
                 a.arg(&kvw).arg(&vvw).arg(&mut dst).arg(&m).arg(&c).arg(&s).arg(&b).arg(&g).arg(&cap).arg(&hd).arg(&p);
-                let threads = (d.d.div_ceil(32) * 32).clamp(32, 256) as u32;
-                unsafe { a.launch(rows_cfg(d.b * d.g, threads)) }.w()?;
+                unsafe { a.launch(cfg(launch::kv_write(d.b, d.g, d.d))) }.w()?;
                 Ok(())
             })
         })
@@ -575,9 +559,6 @@ pub(crate) fn decode_write_kv(
 ) -> Result<()> {
     by_dtype!(kv, "decode cache", write_kv_t(kv, lkv, k, lk, v, lv, meta, cos, sin, d))
 }
-
-/// Warps per attention block: each walks every 4th key.
-const ATTN_WARPS: usize = 4;
 
 #[allow(clippy::too_many_arguments)]
 fn attend_t<T: Elem>(
@@ -603,9 +584,7 @@ fn attend_t<T: Elem>(
             let mut a = f.builder();
             a.arg(&qv).arg(&kvv).arg(&mv).arg(&c).arg(&s).arg(&out).arg(&b).arg(&h).arg(&g).arg(&cap).arg(&hd).arg(&p).arg(&scale);
             // Shared memory: the rotated query, then each warp's max, sum and D partial sums.
-            let shared = ((d.d + 2 * ATTN_WARPS + ATTN_WARPS * d.d) * 4) as u32;
-            let cfg = LaunchConfig { grid_dim: ((d.b * d.h) as u32, 1, 1), block_dim: ((32 * ATTN_WARPS) as u32, 1, 1), shared_mem_bytes: shared };
-            unsafe { a.launch(cfg) }.w()?;
+            unsafe { a.launch(cfg(launch::decode_attn(d.b, d.h, d.d))) }.w()?;
             Ok(())
         })
     })?;

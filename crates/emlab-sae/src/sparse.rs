@@ -102,10 +102,10 @@ impl CustomOp3 for SparseRowsAcc {
         let f = dev.get_or_load_custom_func("sparse_rows_acc_f32", "emlab-sae", emlab_kernels::SAE)?;
         let npairs = (n * k) as i32;
         let (ki, di, mi) = (k as i32, d as i32, self.m as i32);
-        let threads = (d.div_ceil(32) * 32).clamp(32, 256) as u32;
-        // Grid-stride over pairs: enough blocks to fill the card several times over.
-        let blocks = (n * k).clamp(1, 132 * 64) as u32;
-        let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 };
+        // Grid-stride over pairs: enough blocks to fill the card several times over (the
+        // geometry of emlab_kernels::launch, which the emulator tests use too).
+        let l = emlab_kernels::launch::sparse_rows_acc(n * k, d);
+        let cfg = LaunchConfig { grid_dim: l.grid, block_dim: l.block, shared_mem_bytes: l.shared_mem_bytes };
         let mut b = f.builder();
         b.arg(&ids).arg(&coef).arg(&src).arg(&out).arg(&npairs).arg(&ki).arg(&di).arg(&mi);
         unsafe { b.launch(cfg) }.w()?;

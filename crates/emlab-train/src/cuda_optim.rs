@@ -63,10 +63,11 @@ fn upload<T: candle_core::cuda_backend::cudarc::driver::DeviceRepr>(dev: &CudaDe
     dev.cuda_stream().clone_htod(v).w()
 }
 
+/// Grid (blocks per segment, segments), 256 threads: [`emlab_kernels::launch::multi_tensor`]
+/// (also the emulator tests' geometry).
 fn launch_cfg(len: &[i64]) -> LaunchConfig {
-    let longest = len.iter().copied().max().unwrap_or(0).max(1) as usize;
-    let bx = longest.div_ceil(256 * 8).clamp(1, 64) as u32;
-    LaunchConfig { grid_dim: (bx, len.len() as u32, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
+    let l = emlab_kernels::launch::multi_tensor(len);
+    LaunchConfig { grid_dim: l.grid, block_dim: l.block, shared_mem_bytes: l.shared_mem_bytes }
 }
 
 /// Sum of squares of each tensor (contiguous f32 on one CUDA device), in f64.
