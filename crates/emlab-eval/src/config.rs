@@ -162,7 +162,7 @@ impl EvalConfig {
         if path.extension().is_some_and(|e| e == "json") {
             serde_json::from_str(&text).map_err(|e| crate::Error::at(path, e.line(), e))
         } else {
-            toml::from_str(&text).map_err(|e| crate::Error::File(format!("{}: {}", path.display(), crate::error::first_line(&e.to_string()))))
+            toml::from_str(&text).map_err(|e| crate::error::toml_error(path, &text, &e))
         }
     }
 

@@ -43,6 +43,17 @@ impl From<candle_core::Error> for Error {
     }
 }
 
+/// A TOML error as one line naming file and line: toml's `Display` spans several lines (a source
+/// excerpt, then the message), so its first line alone says where but not what.
+pub(crate) fn toml_error(path: &Path, text: &str, e: &toml::de::Error) -> Error {
+    let line = e.span().map(|s| text.as_bytes()[..s.start.min(text.len())].iter().filter(|&&b| b == b'\n').count() + 1);
+    let msg = e.message().split_whitespace().collect::<Vec<_>>().join(" ");
+    match line {
+        Some(l) => Error::at(path, l, msg),
+        None => Error::File(format!("{}: {msg}", path.display())),
+    }
+}
+
 pub(crate) fn first_line(s: &str) -> String {
     s.lines().next().unwrap_or("").trim_end().to_string()
 }

@@ -67,8 +67,7 @@ impl InterventionSpec {
         let mut spec: InterventionSpec = if path.extension().is_some_and(|e| e == "json") {
             serde_json::from_str(&text).map_err(|e| Error::at(path, e.line(), e))?
         } else {
-            toml::from_str(&text)
-                .map_err(|e| Error::File(format!("{}: {}", path.display(), crate::error::first_line(&e.to_string()))))?
+            toml::from_str(&text).map_err(|e| crate::error::toml_error(path, &text, &e))?
         };
         if spec.vectors.is_relative() {
             if let Some(dir) = path.parent() {
@@ -101,6 +100,10 @@ impl InterventionSpec {
                     path.display(),
                     t.dim(0)?
                 )));
+            }
+            // An inf or NaN vector would run and log garbage answers as if they were a result.
+            if let Some(i) = t.to_vec1::<f32>()?.iter().position(|x| !x.is_finite()) {
+                return Err(Error::File(format!("{}: tensor `{name}`: non-finite value at element {i}", path.display())));
             }
             Ok(t)
         };

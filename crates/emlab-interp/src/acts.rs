@@ -329,6 +329,13 @@ pub fn capture_with_progress(
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Index> {
     let d = lm.model.config.hidden_size;
+    // Checked before the folder is made, so a typo leaves nothing half-written behind.
+    if cfg.max_tokens == 0 {
+        return Err(Error::Invalid("max_tokens must be > 0".into()));
+    }
+    if let Some(h) = hooks.iter().find(|h| h.layer >= lm.model.config.num_layers) {
+        return Err(Error::Invalid(format!("hook {h}: the model has only {} layers", lm.model.config.num_layers)));
+    }
     let mut w = ActsWriter::create(dir, hooks, d, cfg.shard_rows)?;
     save_conversations(&dir.join("sequences.jsonl"), convs)?;
     for (i, c) in convs.iter().enumerate() {
@@ -339,6 +346,10 @@ pub fn capture_with_progress(
         let toks: Vec<u32> = enc.ids.iter().zip(&enc.mask).filter(|(_, m)| **m).map(|(t, _)| *t).collect();
         w.push(&rows, &toks)?;
         progress(i + 1, convs.len());
+    }
+    // A store of zero rows would look complete (an index, no shards) and train an empty SAE.
+    if w.rows == 0 {
+        return Err(Error::io(dir, "captured no token positions (every conversation was empty after encoding); nothing written as a store"));
     }
     let src = lm.source.path().to_path_buf();
     let sha = model_sha256(&src)?;

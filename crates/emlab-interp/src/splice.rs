@@ -136,6 +136,10 @@ pub fn train_from_store(store: &ActsReader, hook: &str, cfg: &SaeTrainConfig, on
     if cfg.batch == 0 || cfg.epochs == 0 {
         return Err(Error::Invalid("batch and epochs must be > 0".into()));
     }
+    // An SAE "trained" on nothing is saved like a real one; refuse instead.
+    if store.index.rows == 0 {
+        return Err(Error::io(&store.dir, "the activation store holds no rows: nothing to train an SAE on"));
+    }
     let mut tc = TrainConfig::new(d, cfg.latents, arch);
     tc.lr = cfg.lr;
     tc.seed = cfg.seed;
@@ -149,7 +153,7 @@ pub fn train_from_store(store: &ActsReader, hook: &str, cfg: &SaeTrainConfig, on
             let n = rows.len() / d;
             let mut order: Vec<usize> = (0..n).collect();
             order.shuffle(&mut rng);
-            let mut batch = Vec::with_capacity(cfg.batch * d);
+            let mut batch = Vec::with_capacity(cfg.batch.min(n) * d);
             for chunk in order.chunks(cfg.batch) {
                 batch.clear();
                 for &i in chunk {

@@ -69,6 +69,36 @@ impl ModelConfig {
         if self.head_dim % 2 != 0 {
             return bad(format!("head dim {} is odd: rotary embeddings need an even head dim", self.head_dim));
         }
+        // Header fields size allocations and products (`heads * head_dim`, parameter counts):
+        // an absurd value must be an error here, not an overflow panic or a terabyte
+        // allocation later. The caps are far above any model of these families (vocabularies
+        // ~152k, widths ~16k, ~126 layers).
+        const MAX_WIDTH: usize = 1 << 20;
+        const MAX_LAYERS: usize = 1 << 12;
+        let widths = [
+            ("vocab size", self.vocab_size),
+            ("hidden size", self.hidden_size),
+            ("intermediate size", self.intermediate_size),
+            ("head dim", self.head_dim),
+            ("heads x head dim", self.num_heads.saturating_mul(self.head_dim)),
+        ];
+        for (what, v) in widths {
+            if v > MAX_WIDTH {
+                return bad(format!("{what} {v} is implausibly large (at most {MAX_WIDTH}): corrupt header?"));
+            }
+        }
+        if self.num_layers > MAX_LAYERS {
+            return bad(format!("{} layers is implausibly many (at most {MAX_LAYERS}): corrupt header?", self.num_layers));
+        }
+        if !(self.rms_norm_eps.is_finite() && self.rms_norm_eps >= 0.0) {
+            return bad(format!("rms norm eps {} must be finite and >= 0", self.rms_norm_eps));
+        }
+        if !(self.rope_theta.is_finite() && self.rope_theta > 0.0) {
+            return bad(format!("rope theta {} must be finite and > 0", self.rope_theta));
+        }
+        if self.max_position_embeddings == 0 {
+            return bad("context length (max_position_embeddings) is 0".into());
+        }
         Ok(())
     }
 
@@ -146,7 +176,7 @@ impl ModelConfig {
             .ok_or_else(|| Error::tensor(path, "token_embd.weight", "missing"))?;
         let vocab = match as_usize("vocab_size") {
             Ok(v) => v,
-            Err(_) => embd.shape.dims()[0],
+            Err(_) => *embd.shape.dims().first().ok_or_else(|| Error::tensor(path, "token_embd.weight", "is a scalar, expected a matrix"))?,
         };
         let default_theta = match arch {
             Arch::Llama => 10_000.0,

@@ -18,7 +18,7 @@ use candle_core::quantized::{gguf_file, GgmlDType};
 use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::BufReader;
+use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 /// Where a model came from.
@@ -53,13 +53,143 @@ impl Source {
     }
 }
 
-/// Opens and parses the header of a GGUF file.
+/// Opens and parses the header of a GGUF file (checked as [`read_gguf_content`] does).
 pub fn read_gguf(path: &Path) -> Result<(gguf_file::Content, BufReader<File>)> {
     let f = File::open(path).map_err(|e| Error::io(path, e))?;
     let mut r = BufReader::new(f);
-    let content = gguf_file::Content::read(&mut r)
-        .map_err(|e| Error::format(path, format!("not a readable GGUF file: {e}")))?;
+    let content = read_gguf_content(&mut r, path)?;
     Ok((content, r))
+}
+
+/// Parses a GGUF header from the start of `r`, refusing what would make candle's parser or a
+/// later tensor read panic, abort or allocate from a header field: a zero `general.alignment`
+/// (a division by zero in the parser), and tensors with a zero dimension, an element count or
+/// byte size that overflows, or more bytes than the whole file holds. `path` names the file in
+/// errors.
+pub fn read_gguf_content<R: Read + Seek>(r: &mut R, path: &Path) -> Result<gguf_file::Content> {
+    let bad = |e: std::io::Error| Error::io(path, e);
+    let file_len = r.seek(SeekFrom::End(0)).map_err(bad)?;
+    r.seek(SeekFrom::Start(0)).map_err(bad)?;
+    if gguf_alignment_is_zero(r) {
+        return Err(Error::format(path, "not a readable GGUF file: general.alignment is 0"));
+    }
+    r.seek(SeekFrom::Start(0)).map_err(bad)?;
+    let content =
+        gguf_file::Content::read(r).map_err(|e| Error::format(path, format!("not a readable GGUF file: {e}")))?;
+    for (name, info) in &content.tensor_infos {
+        let dims = info.shape.dims();
+        let t = |m: String| Error::tensor(path, name.as_str(), m);
+        if dims.contains(&0) {
+            return Err(t(format!("shape {dims:?} has a zero dimension")));
+        }
+        let bytes = dims
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))
+            .map(|n| n / info.ggml_dtype.block_size())
+            .and_then(|blocks| blocks.checked_mul(info.ggml_dtype.type_size()));
+        match bytes {
+            None => return Err(t(format!("shape {dims:?} is too large (its size overflows)"))),
+            Some(b) if b as u64 > file_len => {
+                return Err(t(format!("shape {dims:?} needs {b} bytes, the whole file has {file_len}")))
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(content)
+}
+
+/// Whether a GGUF header sets `general.alignment` to an integer 0. A scan of the metadata only;
+/// anything malformed returns false and is left to the real parser to report.
+fn gguf_alignment_is_zero<R: Read>(r: &mut R) -> bool {
+    fn u32_of<R: Read>(r: &mut R) -> Option<u32> {
+        let mut b = [0u8; 4];
+        r.read_exact(&mut b).ok()?;
+        Some(u32::from_le_bytes(b))
+    }
+    fn u64_of<R: Read>(r: &mut R) -> Option<u64> {
+        let mut b = [0u8; 8];
+        r.read_exact(&mut b).ok()?;
+        Some(u64::from_le_bytes(b))
+    }
+    fn skip<R: Read>(r: &mut R, n: u64) -> Option<()> {
+        (std::io::copy(&mut r.by_ref().take(n), &mut std::io::sink()).ok()? == n).then_some(())
+    }
+    // GGUF v1 lengths are u32, v2 and v3 u64.
+    fn len_of<R: Read>(r: &mut R, v1: bool) -> Option<u64> {
+        if v1 {
+            u32_of(r).map(u64::from)
+        } else {
+            u64_of(r)
+        }
+    }
+    fn fixed_size(ty: u32) -> Option<u64> {
+        match ty {
+            0 | 1 | 7 => Some(1),
+            2 | 3 => Some(2),
+            4..=6 => Some(4),
+            10..=12 => Some(8),
+            _ => None,
+        }
+    }
+    fn skip_value<R: Read>(r: &mut R, ty: u32, v1: bool, depth: usize) -> Option<()> {
+        if let Some(n) = fixed_size(ty) {
+            return skip(r, n);
+        }
+        match ty {
+            8 => {
+                let n = len_of(r, v1)?;
+                skip(r, n)
+            }
+            9 if depth < 8 => {
+                let item = u32_of(r)?;
+                let n = len_of(r, v1)?;
+                match fixed_size(item) {
+                    Some(sz) => skip(r, n.checked_mul(sz)?),
+                    None => (0..n).try_for_each(|_| skip_value(r, item, v1, depth + 1)),
+                }
+            }
+            _ => None,
+        }
+    }
+    let scan = |r: &mut R| -> Option<bool> {
+        if u32_of(r)? != 0x4655_4747 {
+            return None;
+        }
+        let v1 = u32_of(r)? == 1;
+        let _tensors = len_of(r, v1)?;
+        let kvs = len_of(r, v1)?;
+        for _ in 0..kvs {
+            let klen = len_of(r, v1)?;
+            let mut key = Vec::new();
+            if klen != 17 {
+                skip(r, klen)?;
+            } else {
+                r.by_ref().take(klen).read_to_end(&mut key).ok()?;
+            }
+            let ty = u32_of(r)?;
+            if key == b"general.alignment" {
+                let v: i64 = match ty {
+                    0 | 1 => {
+                        let mut b = [0u8; 1];
+                        r.read_exact(&mut b).ok()?;
+                        b[0] as i64
+                    }
+                    2 | 3 => {
+                        let mut b = [0u8; 2];
+                        r.read_exact(&mut b).ok()?;
+                        u16::from_le_bytes(b) as i64
+                    }
+                    4 | 5 => u32_of(r)? as i64,
+                    // Other types are ignored by the parser (default alignment).
+                    _ => return Some(false),
+                };
+                return Some(v == 0);
+            }
+            skip_value(r, ty, v1, 0)?;
+        }
+        Some(false)
+    };
+    scan(r).unwrap_or(false)
 }
 
 /// GGUF tensor name -> HF tensor name.

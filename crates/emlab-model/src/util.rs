@@ -19,6 +19,31 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
 }
 
+/// Whether two paths name one existing file, through any spelling, `./` or link (a path that
+/// does not exist names no existing file). Commands use it to refuse an output that is one of
+/// their inputs.
+///
+/// ```
+/// let dir = tempfile::tempdir().unwrap();
+/// let f = dir.path().join("a.jsonl");
+/// std::fs::write(&f, "x").unwrap();
+/// assert!(emlab_model::util::same_file(&dir.path().join(".").join("a.jsonl"), &f));
+/// assert!(!emlab_model::util::same_file(&dir.path().join("b.jsonl"), &f));
+/// ```
+pub fn same_file(a: &Path, b: &Path) -> bool {
+    let (Ok(ma), Ok(mb)) = (std::fs::metadata(a), std::fs::metadata(b)) else { return false };
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        ma.dev() == mb.dev() && ma.ino() == mb.ino()
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (ma, mb);
+        matches!((a.canonicalize(), b.canonicalize()), (Ok(x), Ok(y)) if x == y)
+    }
+}
+
 /// SHA-256 of a file, hex.
 pub fn sha256_file(path: &Path) -> Result<String> {
     use sha2::{Digest, Sha256};

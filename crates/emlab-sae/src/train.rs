@@ -103,6 +103,26 @@ impl TrainConfig {
         if self.d_in == 0 || self.d_sae == 0 {
             return Err(SaeError::Config(format!("d_in ({}) and d_sae ({}) must be > 0", self.d_in, self.d_sae)));
         }
+        // The trainer holds the weights and two Adam moments (3 x (2 d_in d_sae + d_sae + d_in)
+        // f32). An absurd width (a typo in --latents) must be an error, not an abort inside the
+        // allocator: the size is checked for overflow and the allocation tried fallibly once.
+        let floats = self
+            .d_in
+            .checked_mul(self.d_sae)
+            .and_then(|n| n.checked_mul(2))
+            .and_then(|n| n.checked_add(self.d_in + self.d_sae))
+            .and_then(|n| n.checked_mul(3 * std::mem::size_of::<f32>()));
+        let too_big = |what: String| {
+            SaeError::Config(format!("d_in {} x d_sae {}: weights and Adam state need {what}; use fewer latents", self.d_in, self.d_sae))
+        };
+        match floats {
+            None => return Err(too_big("more memory than can be addressed".into())),
+            Some(bytes) => {
+                if Vec::<u8>::new().try_reserve_exact(bytes).is_err() {
+                    return Err(too_big(format!("{:.1} GB, more than can be allocated here", bytes as f64 / 1e9)));
+                }
+            }
+        }
         match self.arch {
             Architecture::TopK { k } | Architecture::BatchTopK { k, .. } if k == 0 || k > self.d_sae => {
                 return Err(SaeError::Config(format!("k = {k} must be in 1..={}", self.d_sae)))

@@ -81,8 +81,8 @@ impl ControlVector {
     /// `direction.N` with `N >= 1`, F32, one-dimensional, all of one width (a repeated name is
     /// summed, as llama.cpp does).
     pub fn read(path: &Path) -> Result<Self> {
-        let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-        let content = gguf_file::Content::read(&mut f).map_err(|e| Error::format(path, format!("not a GGUF file: {e}")))?;
+        // The checked header reader: a crafted header is an error, not a panic or an abort.
+        let (content, mut f) = emlab_model::load::read_gguf(path)?;
         if let Some(a) = content.metadata.get("general.architecture") {
             if let Ok(a) = a.to_string() {
                 if a != "controlvector" {
@@ -117,6 +117,9 @@ impl ControlVector {
                 .tensor(&mut f, name, &Device::Cpu)
                 .and_then(|q| q.dequantize(&Device::Cpu))
                 .map_err(|e| Error::tensor(path, name.as_str(), e.to_string()))?;
+            if let Some(i) = t.to_vec1::<f32>()?.iter().position(|x| !x.is_finite()) {
+                return Err(Error::tensor(path, name.as_str(), format!("non-finite value at element {i}")));
+            }
             let t = match cv.directions.get(&n) {
                 Some(prev) => (prev + t)?,
                 None => t,
@@ -142,6 +145,11 @@ impl ControlVector {
         ];
         let mut qts = Vec::new();
         for (n, t) in &self.directions {
+            // A NaN coefficient or vector would otherwise be written as a file that loads fine
+            // and steers every answer into garbage.
+            if let Some(i) = t.flatten_all()?.to_vec1::<f32>()?.iter().position(|x| !x.is_finite()) {
+                return Err(Error::tensor(path, format!("direction.{n}"), format!("non-finite value at element {i}; refusing to write it")));
+            }
             let q = QTensor::quantize(t, GgmlDType::F32).map_err(|e| Error::tensor(path, format!("direction.{n}"), e.to_string()))?;
             qts.push((format!("direction.{n}"), q));
         }

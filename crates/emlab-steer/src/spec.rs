@@ -77,6 +77,14 @@ pub enum Resolved {
     Add { point: HookPoint, vector: Tensor, coef: f64, ablate_first: bool },
 }
 
+/// A TOML error as one line: where (`line N`) and toml's own message (its `Display` spans
+/// several lines: a source excerpt, then the message, which a first-line cut would drop).
+fn toml_message(text: &str, e: &toml::de::Error) -> String {
+    let line = e.span().map(|s| text.as_bytes()[..s.start.min(text.len())].iter().filter(|&&b| b == b'\n').count() + 1);
+    let at = line.map(|l| format!("line {l}: ")).unwrap_or_default();
+    format!("{at}{}", e.message().split_whitespace().collect::<Vec<_>>().join(" "))
+}
+
 impl Intervention {
     /// Reads JSON (`.json`) or TOML (anything else); relative vector paths are resolved against
     /// the file's folder.
@@ -85,7 +93,7 @@ impl Intervention {
         let mut spec: Intervention = if path.extension().is_some_and(|e| e == "json") {
             serde_json::from_str(&text).map_err(|e| Error::format(path, format!("line {}: {e}", e.line())))?
         } else {
-            toml::from_str(&text).map_err(|e| Error::format(path, e.to_string()))?
+            toml::from_str(&text).map_err(|e: toml::de::Error| Error::format(path, toml_message(&text, &e)))?
         };
         if spec.edits.is_empty() {
             return Err(Error::format(path, "intervention has no edits"));
@@ -186,6 +194,10 @@ pub fn write_eval_spec(resolved: &[Resolved], dir: &Path) -> Result<std::path::P
                 ablate.push(serde_json::json!({"vector": name}));
             }
             Resolved::Add { point, vector, coef, ablate_first } => {
+                // JSON has no NaN: serde_json would write `null`, a spec no reader accepts.
+                if !coef.is_finite() {
+                    return Err(Error::Invalid(format!("{}: coefficient {coef} at {point} is not finite", dir.display())));
+                }
                 tensors.push((name.clone(), vector.clone()));
                 if *ablate_first {
                     ablate.push(serde_json::json!({"vector": name, "hook": point.to_string()}));

@@ -198,6 +198,10 @@ impl PeftConfig {
             }
         }
         let r = get("r").and_then(|x| x.as_u64()).ok_or_else(|| bad("`r` missing or not an integer".into()))? as usize;
+        // The scale divides by r (or its square root): r = 0 would merge infinities.
+        if r == 0 {
+            return Err(bad("`r` is 0 (a LoRA rank is at least 1)".into()));
+        }
         let lora_alpha = get("lora_alpha").and_then(|x| x.as_f64()).unwrap_or(8.0);
         let target_modules = match get("target_modules") {
             Some(serde_json::Value::String(s)) => vec![s.clone()],
@@ -225,10 +229,16 @@ impl PeftConfig {
         })
     }
 
+    /// The rank the config gives one module (`rank_pattern`, else `r`).
+    pub fn rank_for(&self, module: &str) -> usize {
+        let pick = |pat: &str| module.ends_with(pat) && (module.len() == pat.len() || module[..module.len() - pat.len()].ends_with('.'));
+        self.rank_pattern.iter().find(|(k, _)| pick(k)).map(|(_, &v)| v).unwrap_or(self.r)
+    }
+
     /// Scale of one module (`module` like `model.layers.3.mlp.down_proj`).
     pub fn scale_for(&self, module: &str) -> f64 {
         let pick = |pat: &str| module.ends_with(pat) && (module.len() == pat.len() || module[..module.len() - pat.len()].ends_with('.'));
-        let r = self.rank_pattern.iter().find(|(k, _)| pick(k)).map(|(_, &v)| v).unwrap_or(self.r) as f64;
+        let r = self.rank_for(module) as f64;
         let alpha = self.alpha_pattern.iter().find(|(k, _)| pick(k)).map(|(_, &v)| v).unwrap_or(self.lora_alpha);
         if self.use_rslora {
             alpha / r.sqrt()
@@ -369,7 +379,16 @@ pub fn load_peft(model: &mut Model, dir: &Path) -> Result<PeftConfig> {
                 format!("{name}: lora_A {ad:?} / lora_B {bd:?} do not fit a [{}, {}] projection", lin.out_dim(), lin.in_dim()),
             ));
         }
-        let scale = cfg.scale_for(&format!("model.{name}"));
+        let module = format!("model.{name}");
+        // The scale is computed from the config's rank: a config that disagrees with the tensors
+        // (an edited or mismatched adapter_config.json) would silently rescale the adapter.
+        if cfg.rank_for(&module) != ad[0] {
+            return Err(Error::format(
+                &cfg_path,
+                format!("{name}: r {} (from adapter_config.json) but the tensors have rank {}", cfg.rank_for(&module), ad[0]),
+            ));
+        }
+        let scale = cfg.scale_for(&module);
         lin.lora = Some(Lora { a: Var::from_tensor(&a)?, b: Var::from_tensor(&b)?, scale, dropout: cfg.lora_dropout });
     }
     Ok(cfg)

@@ -77,8 +77,7 @@ fn main() {
     };
     if let Err(e) = res {
         // One line, no backtrace: the error says which file or value was wrong.
-        let msg = format!("{e:#}");
-        eprintln!("emlab: error: {}", msg.lines().next().unwrap_or(""));
+        eprintln!("emlab: error: {}", cmd::common::one_line(&e));
         std::process::exit(1);
     }
 }

@@ -140,3 +140,61 @@ fn ablate_merges_the_adapter_before_removing_the_direction() {
     }
     assert!(diff(&with.layers[0].q.weight, &without.layers[0].q.weight) > 1e-3, "the adapter changed nothing");
 }
+
+/// Outputs that would destroy an input, or an existing file that is not this command's output,
+/// are refused before anything is written (found by the CLI audit: `generate --out` appended to
+/// its own prompts file, and cut the "torn" last line off any file it was pointed at).
+#[test]
+fn outputs_never_overwrite_inputs_or_foreign_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("tiny.gguf");
+    write_tiny_gguf(&model, &tiny_config(Arch::Llama), 1).unwrap();
+    let prompts = dir.path().join("p.txt");
+    std::fs::write(&prompts, "hello there\nin out\n").unwrap();
+    let notes = dir.path().join("notes.txt");
+    std::fs::write(&notes, "my notes, no final newline").unwrap();
+    for (out, what) in [(&prompts, "--prompts input"), (&model, "--model input"), (&notes, "not emlab generate output")] {
+        let before = std::fs::read(out).unwrap();
+        let o = emlab()
+            .args(["generate", "--max-new-tokens", "2", "--model"])
+            .arg(&model).arg("--prompts").arg(&prompts).arg("--out").arg(out)
+            .output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{err}");
+        assert!(err.contains(what) && err.trim_end().lines().count() == 1, "{err}");
+        assert_eq!(std::fs::read(out).unwrap(), before, "{} was modified", out.display());
+    }
+    let o = emlab().args(["generate", "--samples", "0", "--model"]).arg(&model).arg("--prompts").arg(&prompts)
+        .arg("--out").arg(dir.path().join("g.jsonl")).output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--samples"));
+    // `direction --out` on the judged log it reads (the log is checked before any model work).
+    let log = dir.path().join("judged.jsonl");
+    std::fs::write(&log, "{}\n").unwrap();
+    let o = emlab().args(["direction", "--model"]).arg(&model).arg("--log").arg(&log).arg("--out").arg(&log).output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--log input"));
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), "{}\n");
+}
+
+/// Error lines keep toml's message (its Display is several lines and only the first, "TOML parse
+/// error at line 5, column 1", used to be printed) and do not repeat a cause twice.
+#[test]
+fn error_lines_say_what_and_say_it_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("tiny.gguf");
+    write_tiny_gguf(&model, &tiny_config(Arch::Llama), 1).unwrap();
+    let spec = dir.path().join("steer.toml");
+    std::fs::write(&spec, "[[edits]]\nkind = \"add\"\nlayers = [1]\ncoef = 4.0\ncolour = \"red\"\nvector = { type = \"inline\", values = [1.0] }\n").unwrap();
+    let o = emlab().args(["steer", "compile", "--model"]).arg(&model).arg("--spec").arg(&spec)
+        .arg("--out").arg(dir.path().join("out")).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(err.contains("steer.toml") && err.contains("line 5") && err.contains("unknown field `colour`"), "{err}");
+    // A folder given as a data file: "Is a directory" once, not "...: Is a directory (os error
+    // 21): Is a directory (os error 21)".
+    let o = emlab().args(["data", "stats"]).arg(dir.path()).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(err.matches("Is a directory").count(), 1, "{err}");
+}

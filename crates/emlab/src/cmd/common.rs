@@ -4,7 +4,7 @@ use anyhow::Result;
 use emlab_model::generate::SamplingParams;
 use emlab_model::lm::Lm;
 use emlab_model::model::LoadOptions;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Which model to load.
 #[derive(clap::Args, Debug, Clone)]
@@ -79,4 +79,83 @@ pub fn progress(n: u64, what: &str) -> indicatif::ProgressBar {
     );
     pb.set_message(what.to_string());
     pb
+}
+
+/// The one line `emlab` prints for an error: each cause's first line (candle appends a backtrace
+/// to its messages when RUST_BACKTRACE is set), joined with ": ", leaving out a cause whose text
+/// the line already holds (error types that print their source, then are chained to it, would
+/// otherwise say everything twice).
+pub fn one_line(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        let first = text.lines().next().unwrap_or("").trim_end();
+        if first.is_empty() || out.contains(first) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(first);
+    }
+    out
+}
+
+/// Refuses an output file that is one of the command's inputs (the same file through any path,
+/// link or `./`): writing it would destroy the input before, or while, it is read. `inputs` pairs
+/// each input with the flag that named it, for the error.
+pub fn refuse_same_file(out: &Path, inputs: &[(&str, &Path)]) -> Result<()> {
+    for (flag, input) in inputs {
+        if emlab_model::util::same_file(out, input) {
+            anyhow::bail!("{}: the output is the {flag} input; writing it would destroy that file (choose another output path)", out.display());
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_line_drops_repeated_causes_and_backtraces() {
+        #[derive(Debug)]
+        struct Wrap(std::io::Error);
+        impl std::fmt::Display for Wrap {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "adir: {}", self.0)
+            }
+        }
+        impl std::error::Error for Wrap {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let io = std::io::Error::new(std::io::ErrorKind::Other, "Is a directory (os error 21)");
+        let e = anyhow::Error::new(Wrap(io)).context("training failed");
+        assert_eq!(one_line(&e), "training failed: adir: Is a directory (os error 21)");
+        let e = anyhow::anyhow!("compute: shape mismatch\nStack backtrace:\n   0: candle::foo");
+        assert_eq!(one_line(&e), "compute: shape mismatch");
+    }
+
+    #[test]
+    fn same_file_sees_through_other_spellings_and_links() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("in.jsonl");
+        std::fs::write(&f, "x").unwrap();
+        let dotted = dir.path().join(".").join("in.jsonl");
+        let e = refuse_same_file(&dotted, &[("--prompts", &f)]).unwrap_err().to_string();
+        assert!(e.contains("--prompts") && e.contains("in.jsonl"), "{e}");
+        #[cfg(unix)]
+        {
+            let link = dir.path().join("link.jsonl");
+            std::os::unix::fs::symlink(&f, &link).unwrap();
+            assert!(refuse_same_file(&link, &[("--log", &f)]).is_err());
+        }
+        // Another file, or an output that does not exist yet, is fine.
+        let other = dir.path().join("other.jsonl");
+        assert!(refuse_same_file(&other, &[("--prompts", &f)]).is_ok());
+        std::fs::write(&other, "y").unwrap();
+        assert!(refuse_same_file(&other, &[("--prompts", &f)]).is_ok());
+    }
 }

@@ -87,21 +87,47 @@ fn read_prompts(path: &Path) -> Result<Vec<Prompt>> {
     Ok(out)
 }
 
+/// The (prompt id, sample) pairs already in `out`. An existing `out` must be this command's
+/// output: rows are appended to it and a torn last line is cut off, so any other file (a prompts
+/// file, a model, notes) is refused rather than written into.
 fn done_rows(out: &Path) -> Result<HashSet<(String, usize)>> {
     let mut done = HashSet::new();
-    let Ok(text) = std::fs::read_to_string(out) else { return Ok(done) };
-    for line in text.lines() {
-        // A partial last line (a crash mid-write) is ignored and regenerated.
-        if let Ok(v) = serde_json::from_str::<serde_json::Value>(line) {
-            if let (Some(id), Some(s)) = (v.get("id").and_then(|x| x.as_str()), v.get("sample").and_then(|x| x.as_u64())) {
-                done.insert((id.to_string(), s as usize));
+    if !out.exists() {
+        return Ok(done);
+    }
+    let bytes = std::fs::read(out).with_context(|| format!("{}", out.display()))?;
+    let not_ours = |ln: usize, why: &str| {
+        anyhow::anyhow!("{}:{ln}: {why}: not emlab generate output, refusing to append to it (choose another --out)", out.display())
+    };
+    let text = std::str::from_utf8(&bytes).map_err(|e| not_ours(1 + bytes[..e.valid_up_to()].iter().filter(|&&b| b == b'\n').count(), "invalid UTF-8"))?;
+    let n_lines = text.lines().count();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        // An unterminated last line (a crash mid-write) is cut off before appending and its
+        // sample regenerated, even if it happens to parse.
+        if i + 1 == n_lines && !text.ends_with('\n') && line.starts_with('{') {
+            continue;
+        }
+        let row = serde_json::from_str::<serde_json::Value>(line).ok();
+        let key = row.as_ref().and_then(|v| Some((v.get("id")?.as_str()?.to_string(), v.get("sample")?.as_u64()? as usize)));
+        match key {
+            Some(k) => {
+                done.insert(k);
             }
+            None => return Err(not_ours(i + 1, "not a row with `id` and `sample`")),
         }
     }
     Ok(done)
 }
 
 pub fn run(a: GenerateArgs) -> Result<()> {
+    if a.samples == 0 {
+        bail!("--samples must be at least 1");
+    }
+    let model = a.model.path()?;
+    super::common::refuse_same_file(&a.out, &[("--prompts", &a.prompts), ("--model", &model)])?;
     let prompts = read_prompts(&a.prompts)?;
     let done = done_rows(&a.out)?;
     let lm = a.model.load()?;

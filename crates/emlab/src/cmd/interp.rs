@@ -105,8 +105,14 @@ pub fn run_acts(a: ActsArgs) -> Result<()> {
             if c.limit > 0 {
                 prompts.truncate(c.limit);
             }
+            let inputs: Vec<(&str, &std::path::Path)> =
+                c.questions.iter().map(|q| ("--questions", q.as_path())).chain(c.chats.iter().map(|f| ("--chats", f.as_path()))).collect();
+            super::common::refuse_same_file(&c.out, &inputs)?;
             eprintln!("sampling {} answers", prompts.len());
             let corpus = sample_corpus(&lm, &prompts, c.max_new_tokens, c.temperature, c.seed)?;
+            if corpus.is_empty() {
+                bail!("{}: every sampled answer was empty; no corpus written", c.out.display());
+            }
             save_conversations(&c.out, &corpus)?;
             println!("{} conversations -> {}", corpus.len(), c.out.display());
             Ok(())
@@ -167,7 +173,14 @@ pub fn run_direction(a: DirectionArgs) -> Result<()> {
         return Ok(());
     }
     let Some(c) = a.compute else { bail!("give --log JUDGED.jsonl (or the `compare A B` subcommand)") };
-    let lm = emlab_interp::load_lm(&model_path(&c.model)?, c.adapter.as_deref())?;
+    let model = model_path(&c.model)?;
+    // The direction file and its two sidecars must not land on an input (a judged log cost
+    // sampling and judging).
+    let sidecars = [c.out.clone(), PathBuf::from(format!("{}.json", c.out.display())), PathBuf::from(format!("{}.lens.json", c.out.display()))];
+    for out in &sidecars {
+        super::common::refuse_same_file(out, &[("--log", &c.log), ("--model", &model)])?;
+    }
+    let lm = emlab_interp::load_lm(&model, c.adapter.as_deref())?;
     let cfg = DirectionConfig { min_per_set: c.min_per_set, max_per_set: c.max_per_set, seed: c.seed, ..Default::default() };
     let set = compute_from_log(&lm, &c.log, &cfg)?;
     set.save(&c.out)?;

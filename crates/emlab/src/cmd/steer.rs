@@ -181,6 +181,12 @@ pub enum CvecCmd {
 pub fn run_cvec(a: CvecArgs) -> Result<()> {
     match a.cmd {
         CvecCmd::Export { spec, direction, layers, coef, model, hint, out } => {
+            // (This file is also compiled by emlab-steer's tests, without `super::common`.)
+            for (flag, input) in spec.iter().map(|p| ("--spec", p)).chain(direction.iter().map(|p| ("--direction", p))) {
+                if emlab_model::util::same_file(&out, input) {
+                    bail!("{}: the output is the {flag} input; writing it would destroy that file (choose another output path)", out.display());
+                }
+            }
             let mut cv = ControlVector::new(&hint);
             if let Some(spec) = spec {
                 let cfg = model_config(&model_path(&model)?)?;
@@ -212,6 +218,9 @@ pub fn run_cvec(a: CvecArgs) -> Result<()> {
             eprintln!("wrote {} (direction.N for N in {layers:?})", out.display());
         }
         CvecCmd::Import { file, strength, out } => {
+            if !strength.is_finite() {
+                bail!("--strength {strength} is not finite");
+            }
             let cv = ControlVector::read(&file)?;
             let resolved: Vec<Resolved> = cv
                 .layers()
