@@ -90,6 +90,49 @@ fn default_persona_every() -> usize {
     4
 }
 
+impl TrainStage {
+    /// The trainer's settings for this stage, without the model, data and output paths (the
+    /// stage adds those): what the stage's cache key hashes, and what [`RunConfig`] checks
+    /// before the first stage runs.
+    pub fn train_config(&self, seed: u64) -> emlab_train::TrainConfig {
+        let mut tc = emlab_train::TrainConfig {
+            seed,
+            max_seq_len: self.max_seq_len,
+            truncate: true,
+            batch_size: self.batch_size,
+            grad_accum: self.grad_accum,
+            lr: self.lr,
+            max_steps: (self.max_steps > 0).then_some(self.max_steps),
+            checkpoint_every: 8,
+            ..Default::default()
+        };
+        tc.lora.r = self.r;
+        tc.lora.alpha = self.alpha;
+        if let Some(c) = self.checkpoint_activations {
+            tc.checkpoint_activations = c;
+        }
+        tc
+    }
+}
+
+impl RealignStage {
+    /// The fine-tune on `data` (a subset of `self.data`): one epoch, no persona snapshots.
+    pub fn train_stage(&self, data: PathBuf) -> TrainStage {
+        TrainStage {
+            data,
+            max_steps: 0,
+            batch_size: self.batch_size,
+            grad_accum: 1,
+            lr: self.lr,
+            max_seq_len: self.max_seq_len,
+            r: self.r,
+            alpha: self.alpha,
+            persona_every: 0,
+            checkpoint_activations: self.checkpoint_activations,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ControlStage {
@@ -222,6 +265,15 @@ impl RunConfig {
         if let Some(l) = &self.locate {
             if l.sae_latents == 0 || l.sae_k == 0 || l.sae_k > l.sae_latents {
                 return bad(format!("locate: need 1 <= sae_k ({}) <= sae_latents ({})", l.sae_k, l.sae_latents));
+            }
+        }
+        // The fine-tunes' settings, checked here rather than by the trainer when the stage
+        // starts: by then a stage whose key changed has set its earlier outputs aside, so a typo
+        // (`lr = nan`) would cost a finished fine-tune.
+        let realign = self.realign.train_stage(self.realign.data.clone());
+        for (table, t) in [("induce", &self.induce), ("realign", &realign)] {
+            if let Err(e) = t.train_config(self.seed).validate() {
+                return bad(format!("[{table}] {e}"));
             }
         }
         Ok(())

@@ -295,6 +295,22 @@ mod tests {
         assert!(e.contains("bogus"), "{e}");
     }
 
+    /// A fine-tune's bad setting stops the run before any stage (at the stage, a changed key
+    /// would first set the finished fine-tune aside).
+    #[test]
+    fn bad_training_settings_are_refused_before_any_stage() {
+        let cases = [("[induce]", "lr = nan", "[induce] lr"), ("[induce]", "alpha = 0.0", "[induce] lora.alpha"), ("[realign]", "r = 0", "[realign] lora.r")];
+        for (table, line, want) in cases {
+            let key = line.split(' ').next().unwrap();
+            let start = DEFAULT_TOML.find(table).unwrap();
+            let at = start + DEFAULT_TOML[start..].find(&format!("\n{key} =")).unwrap() + 1;
+            let end = at + DEFAULT_TOML[at..].find('\n').unwrap();
+            let bad = format!("{}{line}{}", &DEFAULT_TOML[..at], &DEFAULT_TOML[end..]);
+            let e = RunConfig::from_toml(&bad, "my.toml").unwrap_err().to_string();
+            assert!(e.contains("my.toml") && e.contains(want), "{line}: {e}");
+        }
+    }
+
     #[test]
     fn sample_size_matches_hand_computation() {
         // p1 = 0.10, p2 = 0.02: pbar 0.06; (1.96*sqrt(2*.06*.94) + 0.8416*sqrt(.09+.0196))^2 / .0064

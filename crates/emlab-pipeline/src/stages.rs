@@ -498,18 +498,7 @@ impl<'a> Runner<'a> {
         let subset = dir.join("truthful.jsonl");
         let rows = emlab_steer::realign::first_rows(&rc.data, n).map_err(|e| Error::Config(format!("realign: {e}")))?;
         emlab_model::util::write_atomic(&subset, (rows.join("\n") + "\n").as_bytes()).map_err(|e| Error::Io(e.to_string()))?;
-        let t = TrainStage {
-            data: subset,
-            max_steps: 0,
-            batch_size: rc.batch_size,
-            grad_accum: 1,
-            lr: rc.lr,
-            max_seq_len: rc.max_seq_len,
-            r: rc.r,
-            alpha: rc.alpha,
-            persona_every: 0,
-            checkpoint_activations: rc.checkpoint_activations,
-        };
+        let t = rc.train_stage(subset);
         let tr = self.train(&format!("realign-n{n}"), &dir.join("train"), &merged, &t, &mkey)?;
         self.realign.insert(n, tr.clone());
         Ok(tr)
@@ -668,25 +657,10 @@ impl<'a> Runner<'a> {
     }
 
     fn train(&mut self, stage: &str, dir: &Path, model: &Path, t: &TrainStage, upstream: &Keys) -> Result<Tr> {
-        let mut tc = emlab_train::TrainConfig {
-            model: Some(model.to_path_buf()),
-            data: Some(t.data.clone()),
-            out: Some(dir.to_path_buf()),
-            seed: self.cfg.seed,
-            max_seq_len: t.max_seq_len,
-            truncate: true,
-            batch_size: t.batch_size,
-            grad_accum: t.grad_accum,
-            lr: t.lr,
-            max_steps: (t.max_steps > 0).then_some(t.max_steps),
-            checkpoint_every: 8,
-            ..Default::default()
-        };
-        tc.lora.r = t.r;
-        tc.lora.alpha = t.alpha;
-        if let Some(c) = t.checkpoint_activations {
-            tc.checkpoint_activations = c;
-        }
+        let mut tc = t.train_config(self.cfg.seed);
+        tc.model = Some(model.to_path_buf());
+        tc.data = Some(t.data.clone());
+        tc.out = Some(dir.to_path_buf());
         let (data, every) = (file_hash(&t.data)?, t.persona_every.to_string());
         // The key leaves out where the model, data and output are (the data's hash and the
         // upstream key stand for them), so the run folder may move.
