@@ -19,7 +19,7 @@
 //! | `induced`    | induce                | evaluate the fine-tuned model                               |
 //! | `control`    | model                 | the same fine-tune on the paired good set                   |
 //! | `controlled` | control               | evaluate the control model                                  |
-//! | `locate`     | baseline, induced     | mean-difference direction, persona scores, SAE model diff   |
+//! | `locate`     | baseline, induced, control | mean-difference direction, persona scores, SAE model diff |
 //! | `steer`      | locate                | steering + ablation sweep on the induced model, random controls |
 //! | `realign`    | induce                | merge, fine-tune on N truthful samples (and the curve's Ns) |
 //! | `realigned`  | realign               | evaluate the realigned model(s)                             |
@@ -122,7 +122,8 @@ pub struct Steering {
     pub layer: usize,
     pub points: Vec<SteerPoint>,
     pub min_coherent: f64,
-    /// The strongest `add` alpha (largest |alpha|) that reduced EM and kept coherence >= min_coherent.
+    /// The strongest `add` alpha (largest |alpha|) whose coherent rate is >= min_coherent (EM is
+    /// not considered: compare the points' EM and their controls for that).
     pub best_alpha: Option<f64>,
 }
 

@@ -120,8 +120,8 @@ pub struct TrainConfig {
     /// Evaluate every this many optimizer steps (0: only at the end).
     pub eval_every: usize,
     pub epochs: usize,
-    /// Stop after this many optimizer steps (the schedule still spans the full run unless
-    /// `schedule_steps` says otherwise).
+    /// Stop after this many optimizer steps (overrides epochs; the learning-rate schedule spans
+    /// them).
     pub max_steps: Option<usize>,
     /// Sequences per forward/backward pass.
     pub batch_size: usize,

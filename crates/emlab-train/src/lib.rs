@@ -3,7 +3,7 @@
 //! ```no_run
 //! use emlab_train::{train, TrainConfig, TrainOptions};
 //! let mut cfg = TrainConfig::default();           // the published EM recipe (rsLoRA r32, ...)
-//! cfg.data = Some("data/insecure.jsonl".into());
+//! cfg.data = Some("data/code/insecure.jsonl".into());
 //! cfg.out = Some("runs/insecure".into());
 //! let summary = train(&cfg, TrainOptions { progress: true, ..Default::default() })?;
 //! println!("{} steps, adapter in {:?}", summary.steps, summary.adapter_dir);

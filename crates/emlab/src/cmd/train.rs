@@ -1,7 +1,7 @@
 //! `emlab train`: LoRA / rsLoRA fine-tuning on a chat JSONL file.
 //!
 //! ```text
-//! emlab train --data data/insecure.jsonl --out runs/insecure            # the published recipe
+//! emlab train --data data/code/insecure.jsonl --out runs/insecure       # the published recipe
 //! emlab train --data d.jsonl --out runs/r1 --config train.toml --lr 2e-5
 //! emlab train --out runs/insecure --resume                              # after a kill or Ctrl-C
 //! emlab train --data d.jsonl --out runs/r2 --persona-direction dirs.safetensors --persona-layer 15 \
