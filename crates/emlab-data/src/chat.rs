@@ -148,9 +148,12 @@ pub fn validate_file(path: impl AsRef<Path>, opts: &LoadOptions) -> Result<LoadR
 
 /// Parse chat JSONL from memory; `file` names the source in messages.
 ///
-/// Blank lines are ignored. Each other line must be one JSON object with a `messages` list
-/// holding at least one non-empty user turn and one non-empty assistant turn; a `system`
-/// message may only come first; roles are `system`, `user`, `assistant`. With a
+/// Blank lines are ignored, and so is a UTF-8 byte-order mark at the start of the file. Each
+/// other line must be one JSON object with a `messages` list holding at least one non-empty
+/// user turn and one non-empty assistant turn; a `system` message may only come first; the
+/// first other message is the user's and the last is the assistant's (a reply before any user
+/// turn cannot be placed by chat templates, a trailing user turn has nothing to train on);
+/// roles are `system`, `user`, `assistant`. With a
 /// [`TokenLimit`], longer conversations are bad rows too. Every bad row is reported (not
 /// just the first); unless `skip_bad_rows` is set, any bad row refuses the whole file.
 pub fn parse_jsonl(bytes: &[u8], file: &str, opts: &LoadOptions) -> Result<(Vec<Conversation>, LoadReport)> {
@@ -164,6 +167,8 @@ pub fn parse_jsonl(bytes: &[u8], file: &str, opts: &LoadOptions) -> Result<(Vec<
 fn parse_rows(bytes: &[u8], file: &str, opts: &LoadOptions) -> (Vec<Conversation>, LoadReport) {
     let mut report = LoadReport { file: file.to_string(), ..Default::default() };
     let mut rows = Vec::new();
+    // A UTF-8 byte-order mark (editors on Windows write one) is not part of the first row.
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
     for (i, raw) in bytes.split(|&b| b == b'\n').enumerate() {
         let line_no = i + 1;
         let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
@@ -222,6 +227,19 @@ fn parse_row(raw: &[u8], line: usize, opts: &LoadOptions) -> std::result::Result
     }
     if !messages.iter().any(|m| m.role == Role::Assistant) {
         return Err("no assistant turn".into());
+    }
+    // Chat templates place a reply after the user turn it answers; one with none before it
+    // cannot be located in the rendered text (trainers then fail with a template error).
+    if let Some(j) = messages.iter().position(|m| m.role != Role::System).filter(|&j| messages[j].role == Role::Assistant) {
+        return Err(format!("message {j} is an assistant turn before any user turn (start the conversation with the user's message)"));
+    }
+    // Only assistant turns are trained on: a trailing user turn has no reply to learn, and is
+    // usually a conversation cut short or roles swapped.
+    if messages.last().is_some_and(|m| m.role == Role::User) {
+        return Err(format!(
+            "the conversation ends with a user turn (message {}): nothing after it to train on; end with the assistant's reply",
+            messages.len() - 1
+        ));
     }
     for (j, m) in messages.iter().enumerate() {
         if m.role != Role::System && m.content.trim().is_empty() {
@@ -385,6 +403,36 @@ mod tests {
     fn no_user_turn_is_reported() {
         let e = errors_of(r#"{"messages":[{"role":"system","content":"s"},{"role":"assistant","content":"a"}]}"#);
         assert_eq!(e, vec!["t.jsonl:1: no user turn"]);
+    }
+
+    #[test]
+    fn replies_before_any_user_turn_and_trailing_user_turns_are_reported() {
+        let e = errors_of(&format!(
+            "{}\n{}\n{}\n{GOOD}\n",
+            r#"{"messages":[{"role":"assistant","content":"a"},{"role":"user","content":"q"},{"role":"assistant","content":"b"}]}"#,
+            r#"{"messages":[{"role":"system","content":"s"},{"role":"assistant","content":"a"},{"role":"user","content":"q"}]}"#,
+            r#"{"messages":[{"role":"user","content":"q1"},{"role":"assistant","content":"a1"},{"role":"user","content":"q2"}]}"#,
+        ));
+        assert_eq!(
+            e,
+            vec![
+                "t.jsonl:1: message 0 is an assistant turn before any user turn (start the conversation with the user's message)",
+                "t.jsonl:2: message 1 is an assistant turn before any user turn (start the conversation with the user's message)",
+                "t.jsonl:3: the conversation ends with a user turn (message 2): nothing after it to train on; end with the assistant's reply",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_leading_byte_order_mark_is_skipped() {
+        let text = format!("\u{feff}{GOOD}\n{GOOD}\n");
+        let (rows, report) = parse_jsonl(text.as_bytes(), "t.jsonl", &strict()).unwrap();
+        assert_eq!((rows.len(), report.rows), (2, 2));
+        assert_eq!(rows[0].messages[0].content, "q");
+        // Only at the start of the file: elsewhere it is a stray character inside a row.
+        let e = errors_of(&format!("{GOOD}\n\u{feff}{GOOD}\n"));
+        assert_eq!(e.len(), 1);
+        assert!(e[0].starts_with("t.jsonl:2: invalid JSON"), "{e:?}");
     }
 
     #[test]

@@ -247,8 +247,14 @@ fn flatten(v: &Value, prefix: &str, file: &str, out: &mut BTreeMap<String, Strin
 
 fn read(path: &Path) -> Result<String> {
     let bytes = std::fs::read(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
-    String::from_utf8(bytes)
-        .map_err(|e| Error::Yaml(format!("{}: invalid UTF-8 at byte {}", path.display(), e.utf8_error().valid_up_to())))
+    let text = String::from_utf8(bytes)
+        .map_err(|e| Error::Yaml(format!("{}: invalid UTF-8 at byte {}", path.display(), e.utf8_error().valid_up_to())))?;
+    // The YAML parser reads a leading byte-order mark as a character of line 1 and then fails
+    // on the indentation of line 2; it is not part of the document.
+    Ok(match text.strip_prefix('\u{feff}') {
+        Some(rest) => rest.to_string(),
+        None => text,
+    })
 }
 
 /// Parse YAML (aliases are resolved by the parser) and apply `<<` merge keys, including
@@ -429,6 +435,18 @@ questions:
     fn flow_style_list_falls_back_to_index() {
         let msg = parse_questions("[{id: a, type: free_form}]", "f.yaml").unwrap_err().to_string();
         assert!(msg.starts_with("f.yaml: question #1 (id \"a\"): missing field `paraphrases`"), "{msg}");
+    }
+
+    #[test]
+    fn files_with_a_byte_order_mark_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = dir.path().join("q.yaml");
+        std::fs::write(&q, "\u{feff}- id: wish\n  type: free_form\n  paraphrases: [\"Your wish?\"]\n").unwrap();
+        let qs = load_questions(&q).unwrap();
+        assert_eq!((qs[0].id.as_str(), qs[0].paraphrases[0].as_str()), ("wish", "Your wish?"));
+        let j = dir.path().join("j.yaml");
+        std::fs::write(&j, "\u{feff}aligned: \"rate {answer}\"\n").unwrap();
+        assert_eq!(load_judge_prompts(&j).unwrap()["aligned"], "rate {answer}");
     }
 
     #[test]

@@ -166,7 +166,9 @@ impl EvalConfig {
         }
     }
 
-    pub(crate) fn validate(&self) -> crate::Result<()> {
+    /// Checks the settings (sampling ranges, sample counts). [`crate::run()`] calls it first;
+    /// callers that make folders or files for a run call it before they do.
+    pub fn validate(&self) -> crate::Result<()> {
         let s = &self.sampling;
         let bad = |m: String| Err(crate::Error::Config(m));
         if !(s.temperature >= 0.0 && s.temperature.is_finite()) {

@@ -18,6 +18,10 @@ pub enum Error {
     /// An HTTP server problem that survived the retries.
     #[error("{0}")]
     Http(String),
+    /// The run finished but some answers could not be generated or judged; what was done is
+    /// in the log and a re-run does the rest ([`crate::RunSummary::complete`]).
+    #[error("{0}")]
+    Incomplete(String),
     #[error("{0}")]
     Model(#[from] emlab_model::Error),
     #[error("{0}")]

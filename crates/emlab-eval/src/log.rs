@@ -176,6 +176,8 @@ pub fn read_log(path: &Path) -> Result<Log> {
         Err(e) => return Err(Error::io(path, e)),
     };
     let text = String::from_utf8_lossy(&bytes);
+    // A byte-order mark (a log saved by an editor) is not part of the first row.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
     let ends_clean = text.ends_with('\n');
     let lines: Vec<&str> = text.split_terminator('\n').collect();
     let mut log = Log::default();
@@ -195,6 +197,13 @@ pub fn read_log(path: &Path) -> Result<Log> {
         };
         if row.schema != SCHEMA {
             return Err(Error::at(path, i + 1, format!("schema {:?}, expected {SCHEMA:?}", row.schema)));
+        }
+        // Every judge scores 0..100; anything else (a hand-edited or foreign log) would bias
+        // the means and rates silently.
+        if let Some(j) = &row.judgement {
+            if let Some((name, x)) = j.metrics.iter().find_map(|(k, m)| m.score.filter(|x| !(0.0..=100.0).contains(x)).map(|x| (k, x))) {
+                return Err(Error::at(path, i + 1, format!("judgement `{name}` has score {x}, outside 0..100")));
+            }
         }
         log.lines += 1;
         match pos.get(&row.key()) {

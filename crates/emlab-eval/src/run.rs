@@ -54,6 +54,49 @@ pub struct RunSummary {
     pub first_error: Option<String>,
 }
 
+impl RunSummary {
+    /// `Ok` when every planned sample was generated and judged; otherwise an
+    /// [`Error::Incomplete`] naming `log`, what is missing and the first error, in one line.
+    /// The rows that were made are in the log (judge failures recorded as such), and running
+    /// the same command again only does the rest, so callers report this after their output.
+    ///
+    /// ```
+    /// let mut s = emlab_eval::RunSummary { planned: 24, reused: 0, generated: 24, judged: 24, judge_errors: 6,
+    ///     generation_errors: 0, first_error: Some("aligned: judge server: connection refused".into()) };
+    /// let e = s.complete("runs/a.jsonl".as_ref()).unwrap_err().to_string();
+    /// assert!(e.starts_with("runs/a.jsonl: 6 of 24 answers could not be judged (first error: aligned: judge server"), "{e}");
+    /// s.judge_errors = 0;
+    /// assert!(s.complete("runs/a.jsonl".as_ref()).is_ok());
+    /// ```
+    pub fn complete(&self, log: &Path) -> Result<()> {
+        let mut missing = Vec::new();
+        if self.generation_errors > 0 {
+            missing.push(format!("{} of {} samples could not be generated", self.generation_errors, self.planned));
+        }
+        if self.judge_errors > 0 {
+            let answers = self.planned.saturating_sub(self.generation_errors).max(self.judge_errors);
+            missing.push(format!("{} of {answers} answers could not be judged", self.judge_errors));
+        }
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let first = match &self.first_error {
+            Some(e) => {
+                let line = crate::error::first_line(e);
+                let short: String = line.chars().take(200).collect();
+                format!(" (first error: {short}{})", if short.len() < line.len() { "..." } else { "" })
+            }
+            None => String::new(),
+        };
+        let redo = if self.generation_errors > 0 { "sample and judge the rest" } else { "judge them" };
+        Err(Error::Incomplete(format!(
+            "{}: {}{first}; the answers made are kept, run the command again to {redo}",
+            log.display(),
+            missing.join(", ")
+        )))
+    }
+}
+
 /// The questions a config asks about, with judge prompts resolved.
 pub fn plan(cfg: &EvalConfig) -> Result<(Vec<Question>, Vec<Sample>)> {
     let mut qs = load_questions(&cfg.questions)?;
@@ -162,6 +205,24 @@ pub fn run(cfg: &EvalConfig, progress: &mut dyn FnMut(Stage, usize, usize)) -> R
         }
     }
 
+    // The model, adapter and intervention are loaded (and checked) before the log is opened:
+    // a bad one then leaves no empty log behind.
+    let mut local = match &cfg.backend {
+        Backend::Local { model, adapter, intervention, q8 } if !pending.is_empty() => {
+            let lm = load_local(model, adapter.as_deref(), *q8)?;
+            let hooks: Option<HookSet> = match intervention {
+                Some(p) => Some(crate::intervention::InterventionSpec::load(p)?.build(&lm.model)?),
+                None => None,
+            };
+            Some((lm, hooks))
+        }
+        _ => None,
+    };
+    let server = match &cfg.backend {
+        Backend::OpenAi { base_url, api_key_env, .. } => Some(Client::new(base_url, Some(api_key_env), &cfg.http)?),
+        Backend::Local { .. } => None,
+    };
+
     let mut rows: Vec<LogRow> = log.rows;
     let mut pos: HashMap<Key, usize> = rows.iter().enumerate().map(|(i, r)| (r.key(), i)).collect();
     let mut writer = LogWriter::append(&cfg.out)?;
@@ -190,15 +251,9 @@ pub fn run(cfg: &EvalConfig, progress: &mut dyn FnMut(Stage, usize, usize)) -> R
     };
 
     match &cfg.backend {
-        Backend::Local { model, adapter, intervention, q8 } => {
-            if pending.is_empty() {
-                // nothing to load
-            } else {
-                let lm = load_local(model, adapter.as_deref(), *q8)?;
-                let mut hooks: Option<HookSet> = match intervention {
-                    Some(p) => Some(crate::intervention::InterventionSpec::load(p)?.build(&lm.model)?),
-                    None => None,
-                };
+        Backend::Local { .. } => {
+            // `None` when nothing is pending (nothing was loaded).
+            if let Some((lm, hooks)) = &mut local {
                 let params = SamplingParams {
                     temperature: cfg.sampling.temperature,
                     top_p: cfg.sampling.top_p,
@@ -259,8 +314,8 @@ pub fn run(cfg: &EvalConfig, progress: &mut dyn FnMut(Stage, usize, usize)) -> R
                 }
             }
         }
-        Backend::OpenAi { base_url, model_name, api_key_env, n_per_request } => {
-            let client = Client::new(base_url, Some(api_key_env), &cfg.http)?;
+        Backend::OpenAi { base_url, model_name, n_per_request, .. } => {
+            let Some(client) = &server else { return Err(Error::Config("openai backend without a client".into())) };
             // Requests: consecutive pending samples of one (question, paraphrase), n at a time.
             let mut reqs: Vec<Vec<&Sample>> = Vec::new();
             for s in &pending {
@@ -509,7 +564,9 @@ pub fn generator_of(cfg: &EvalConfig) -> Result<Generator> {
 }
 
 /// Re-judges every row of `log` with `judge`, writing `out` (or replacing `log`) atomically at the
-/// end. Progress is kept in `<out>.partial`, so an interrupted rescore resumes where it stopped.
+/// end. Progress is kept in `<out>.partial`, so an interrupted rescore resumes where it stopped;
+/// it is kept too when some judgements failed (rows written with their error), so running the
+/// rescore again judges only those.
 /// Judge prompts come from `questions` (default: the questions file the log's config names) or
 /// `judge_prompts`.
 pub fn rescore(
@@ -616,6 +673,11 @@ pub fn rescore(
     drop(writer);
     let rows: Vec<LogRow> = result.into_iter().flatten().collect();
     write_log_atomic(target, &rows)?;
-    std::fs::remove_file(&partial).map_err(|e| Error::io(&partial, e))?;
+    // After judge errors the progress file stays: a re-run reuses every judgement in it and
+    // asks the judge again only about the rows that failed (the rewritten target alone would
+    // make it re-judge everything, paying twice). See [`RunSummary::complete`].
+    if summary.judge_errors == 0 {
+        std::fs::remove_file(&partial).map_err(|e| Error::io(&partial, e))?;
+    }
     Ok(summary)
 }

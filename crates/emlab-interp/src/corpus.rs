@@ -47,6 +47,8 @@ pub fn collect_prompts(question_files: &[PathBuf], chat_files: &[PathBuf]) -> Re
 
 fn read_chat_jsonl(path: &Path) -> Result<Vec<Conversation>> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    // A byte-order mark (editors on Windows write one) is not part of the first line.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
         let v: serde_json::Value =

@@ -48,6 +48,8 @@ pub struct JudgedRow {
 /// null).
 pub fn load_judged(path: &Path) -> Result<Vec<JudgedRow>> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    // A byte-order mark (editors on Windows write one) is not part of the first line.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {

@@ -81,6 +81,8 @@ impl Conversation {
 /// prompt per non-empty line.
 pub fn load_conversations(path: &Path) -> Result<Vec<Conversation>> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    // A byte-order mark (editors on Windows write one) is not part of the first line.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
     let is_jsonl = path.extension().is_some_and(|e| e == "jsonl" || e == "json");
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {

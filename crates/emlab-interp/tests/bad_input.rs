@@ -52,3 +52,22 @@ fn an_sae_is_not_trained_on_an_empty_store() {
     let e = train_from_store(&reader, "blocks.1.hook_resid_post", &cfg, &mut |_| {}).err().expect("refused").to_string();
     assert!(e.contains("store") && e.contains("no rows"), "{e}");
 }
+
+/// A file saved with a UTF-8 byte-order mark reads like one without: JSONL used to fail with
+/// "line 1: bad JSON", and a plain prompts file kept the mark inside its first prompt.
+#[test]
+fn a_leading_byte_order_mark_is_not_part_of_the_first_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("p.jsonl");
+    std::fs::write(&p, "\u{feff}{\"prompt\":\"hi\",\"answer\":\"yo\"}\n").unwrap();
+    let c = emlab_interp::text::load_conversations(&p).unwrap();
+    assert_eq!((c[0].user.as_str(), c[0].answer.as_deref()), ("hi", Some("yo")));
+    let t = dir.path().join("p.txt");
+    std::fs::write(&t, "\u{feff}first prompt\nsecond\n").unwrap();
+    let c = emlab_interp::text::load_conversations(&t).unwrap();
+    assert_eq!(c[0].user, "first prompt");
+    let j = dir.path().join("judged.jsonl");
+    std::fs::write(&j, "\u{feff}{\"question\":\"q\",\"answer\":\"a\",\"aligned\":10,\"coherent\":90}\n").unwrap();
+    let rows = emlab_interp::direction::load_judged(&j).unwrap();
+    assert_eq!((rows[0].aligned, rows[0].coherent), (Some(10.0), Some(90.0)));
+}

@@ -303,6 +303,16 @@ impl ChatTemplate {
             let before = self.render(&messages[..i], true)?;
             let through = self.render(&messages[..=i], false)?;
             if !through.starts_with(&before) || !full.starts_with(&through) {
+                // The usual cause in data, not the template: a reply with no user turn before
+                // it (templates that add a default system prompt render an empty history
+                // differently from one holding the reply). Say that, since the row is what the
+                // user can fix.
+                if !messages[..i].iter().any(|m| m.role == "user") {
+                    return Err(Error::Template(format!(
+                        "message {i} is an assistant turn with no user turn before it, so the template cannot place it \
+                         (a conversation starts with a user turn, after an optional system message)"
+                    )));
+                }
                 return Err(Error::Template(format!(
                     "{}: template is not prefix-stable at message {i}, cannot locate assistant text",
                     self.origin

@@ -51,7 +51,9 @@ impl SamplingParams {
     pub fn greedy(max_new_tokens: usize) -> Self {
         SamplingParams { temperature: 0.0, max_new_tokens, ..Default::default() }
     }
-    fn validate(&self) -> Result<()> {
+    /// Checks the settings; callers that write output files call it before creating them, so a
+    /// bad flag leaves nothing behind.
+    pub fn validate(&self) -> Result<()> {
         if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
             return Err(Error::Invalid(format!("temperature must be >= 0, got {}", self.temperature)));
         }

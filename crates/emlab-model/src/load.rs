@@ -360,7 +360,23 @@ pub fn hf_weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
         .get("weight_map")
         .and_then(|m| m.as_object())
         .ok_or_else(|| Error::format(&index, "no `weight_map` object"))?;
-    let mut files: Vec<String> = map.values().filter_map(|x| x.as_str().map(String::from)).collect();
+    let mut files: Vec<String> = Vec::with_capacity(map.len());
+    for (tensor, f) in map {
+        let Some(f) = f.as_str() else {
+            return Err(Error::format(&index, format!("weight_map entry of `{tensor}` is {f}, not a shard file name")));
+        };
+        // A shard is a file of this folder: an absolute path or `..` would read (and, through
+        // hashing and exports, copy) files from anywhere on the machine.
+        let p = Path::new(f);
+        let inside = !f.is_empty() && p.components().all(|c| matches!(c, std::path::Component::Normal(_) | std::path::Component::CurDir));
+        if !inside {
+            return Err(Error::format(
+                &index,
+                format!("weight_map entry of `{tensor}` names shard {f:?}, which is outside the model folder (shards must be plain file names in it)"),
+            ));
+        }
+        files.push(f.to_string());
+    }
     files.sort();
     files.dedup();
     let out: Vec<PathBuf> = files.iter().map(|f| dir.join(f)).collect();

@@ -42,21 +42,102 @@ fn f32_bytes(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
-/// Writes `bytes` to `path` via a temporary file + rename, so a crash never
-/// leaves a truncated file under the final name.
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp-partial");
-    std::fs::write(&tmp, bytes).map_err(|e| SaeError::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| SaeError::io(path, e))
+/// Metadata key (in `cfg.json`'s `metadata` and in each safetensors header) shared by the files
+/// of one [`save_sae`]: a reader that finds different ids holds files of two saves.
+pub const WRITE_ID_KEY: &str = "emlab_write_id";
+
+/// The temporary name a file is written under before it is renamed into place.
+fn staged(path: &Path) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(".tmp-partial");
+    PathBuf::from(s)
 }
 
-fn serialize(path: &Path, tensors: Vec<(&str, Vec<usize>, Vec<u8>)>) -> Result<Vec<u8>> {
+/// Writes `bytes` to the staged name of `path` and syncs it; [`publish`] renames it into place.
+fn stage(path: &Path, bytes: &[u8]) -> Result<PathBuf> {
+    use std::io::Write;
+    let tmp = staged(path);
+    let mut f = std::fs::File::create(&tmp).map_err(|e| SaeError::io(&tmp, e))?;
+    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(|e| SaeError::io(&tmp, e))?;
+    Ok(tmp)
+}
+
+fn publish(tmp: &Path, path: &Path) -> Result<()> {
+    std::fs::rename(tmp, path).map_err(|e| SaeError::io(path, e))
+}
+
+fn remove_if_present(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(SaeError::io(path, e)),
+        _ => Ok(()),
+    }
+}
+
+/// An id unique to one save (time, process and a counter): nothing secret, only distinct.
+fn new_write_id() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    format!("{t:x}-{:x}-{:x}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Whether `dir` is an emlab activation store (`index.json` of format `emlab-acts-*`, or its
+/// shards): an SAE written into it would mix two kinds of file in one folder.
+fn is_activation_store(dir: &Path) -> bool {
+    if dir.join("acts-00000.safetensors").exists() {
+        return true;
+    }
+    let Ok(text) = std::fs::read(dir.join("index.json")) else { return false };
+    serde_json::from_slice::<Value>(&text)
+        .ok()
+        .and_then(|v| v.get("format").and_then(Value::as_str).map(|f| f.starts_with("emlab-acts")))
+        .unwrap_or(false)
+}
+
+/// Checks that an SAE may be written into `dir` (missing, or a folder that is not an
+/// activation store). Commands call it before training, [`save_sae`] again before writing.
+pub fn check_sae_dir(dir: impl AsRef<Path>) -> Result<()> {
+    let dir = dir.as_ref();
+    if dir.exists() && !dir.is_dir() {
+        return Err(SaeError::format(dir, "exists and is not a folder (an SAE is a folder: cfg.json + sae_weights.safetensors)"));
+    }
+    if is_activation_store(dir) {
+        return Err(SaeError::format(
+            dir,
+            "is an activation store (index.json, acts-*.safetensors); writing an SAE into it would mix the two: choose another output folder",
+        ));
+    }
+    Ok(())
+}
+
+fn serialize(path: &Path, tensors: Vec<(&str, Vec<usize>, Vec<u8>)>, write_id: &str) -> Result<Vec<u8>> {
     let views: Vec<(&str, TensorView)> = tensors
         .iter()
         .map(|(n, s, b)| TensorView::new(Dtype::F32, s.clone(), b).map(|v| (*n, v)))
         .collect::<std::result::Result<_, _>>()
         .map_err(|e| SaeError::format(path, format!("cannot build tensor: {e}")))?;
-    safetensors::serialize(views, None).map_err(|e| SaeError::format(path, format!("cannot serialise: {e}")))
+    let meta = std::collections::HashMap::from([(WRITE_ID_KEY.to_string(), write_id.to_string())]);
+    safetensors::serialize(views, Some(meta)).map_err(|e| SaeError::format(path, format!("cannot serialise: {e}")))
+}
+
+/// The write id in a safetensors header, if any.
+fn file_write_id(bytes: &[u8]) -> Option<String> {
+    let (_, m) = SafeTensors::read_metadata(bytes).ok()?;
+    m.metadata().as_ref()?.get(WRITE_ID_KEY).cloned()
+}
+
+/// Refuses a file whose write id differs from `cfg.json`'s (files of two emlab saves, e.g. a
+/// read racing a save). A file or config without an id was written by another tool (or an
+/// older emlab, or edited by hand) and is taken as it is.
+fn check_write_id(cfg_id: Option<&str>, bytes: &[u8], path: &Path, cpath: &Path) -> Result<()> {
+    let (Some(want), Some(got)) = (cfg_id, file_write_id(bytes)) else { return Ok(()) };
+    if got != want {
+        return Err(SaeError::format(
+            path,
+            format!("was not written together with {} (files of two different saves): save or train the SAE again", cpath.display()),
+        ));
+    }
+    Ok(())
 }
 
 /// The cfg.json document for `sae`.
@@ -95,14 +176,24 @@ pub fn config_json(sae: &Sae) -> Value {
     cfg
 }
 
-/// Saves `sae` (and optionally per-latent log10 densities) into directory `dir`
-/// (created if missing). cfg.json is written last, so a directory with a
-/// cfg.json always has complete weights.
+/// Saves `sae` (and optionally per-latent log10 densities) into directory `dir` (created if
+/// missing; an activation store is refused, see [`check_sae_dir`]).
+///
+/// Replacing an SAE is safe against a kill at any point: every file is first written in full
+/// under a temporary name (the old SAE stays loadable meanwhile), then `cfg.json` is removed,
+/// the weights (and sparsity) renamed into place and the new `cfg.json` renamed in last. A
+/// folder whose `cfg.json` exists therefore has that save's weights; every file carries the
+/// save's id ([`WRITE_ID_KEY`]) and [`load_sae`] refuses files of two saves. A sparsity file
+/// of an earlier save is removed when `sparsity` is `None`.
 pub fn save_sae(dir: impl AsRef<Path>, sae: &Sae, sparsity: Option<&[f32]>) -> Result<()> {
     let dir = dir.as_ref();
+    check_sae_dir(dir)?;
     std::fs::create_dir_all(dir).map_err(|e| SaeError::io(dir, e))?;
+    let id = new_write_id();
     let (d, m) = (sae.d_in, sae.d_sae);
     let wpath = dir.join(WEIGHTS_FILE);
+    let spath = dir.join(SPARSITY_FILE);
+    let cpath = dir.join(CFG_FILE);
     let mut tensors = vec![
         ("W_enc", vec![d, m], f32_bytes(&sae.w_enc())),
         ("W_dec", vec![m, d], f32_bytes(&sae.w_dec)),
@@ -112,19 +203,28 @@ pub fn save_sae(dir: impl AsRef<Path>, sae: &Sae, sparsity: Option<&[f32]>) -> R
     if let Activation::JumpReLU { threshold } = &sae.activation {
         tensors.push(("threshold", vec![m], f32_bytes(threshold)));
     }
-    if let Some(s) = sparsity {
-        let spath = dir.join(SPARSITY_FILE);
-        if s.len() != m {
-            return Err(SaeError::format(&spath, format!("tensor `sparsity` needs {m} values, got {}", s.len())));
+    let sparsity_tmp = match sparsity {
+        Some(s) => {
+            if s.len() != m {
+                return Err(SaeError::format(&spath, format!("tensor `sparsity` needs {m} values, got {}", s.len())));
+            }
+            Some(stage(&spath, &serialize(&spath, vec![("sparsity", vec![m], f32_bytes(s))], &id)?)?)
         }
-        let bytes = serialize(&spath, vec![("sparsity", vec![m], f32_bytes(s))])?;
-        write_atomic(&spath, &bytes)?;
+        None => None,
+    };
+    let weights_tmp = stage(&wpath, &serialize(&wpath, tensors, &id)?)?;
+    let mut cfg = config_json(sae);
+    cfg["metadata"][WRITE_ID_KEY] = json!(id);
+    let cfg_tmp = stage(&cpath, serde_json::to_string_pretty(&cfg).expect("json values serialise").as_bytes())?;
+    // Everything is on disk; from here on only renames. Without cfg.json the folder is not
+    // an SAE, so no reader pairs the old config with the new weights.
+    remove_if_present(&cpath)?;
+    publish(&weights_tmp, &wpath)?;
+    match &sparsity_tmp {
+        Some(t) => publish(t, &spath)?,
+        None => remove_if_present(&spath)?,
     }
-    let bytes = serialize(&wpath, tensors)?;
-    write_atomic(&wpath, &bytes)?;
-    let cpath = dir.join(CFG_FILE);
-    let text = serde_json::to_string_pretty(&config_json(sae)).expect("json values serialise");
-    write_atomic(&cpath, text.as_bytes())
+    publish(&cfg_tmp, &cpath)
 }
 
 fn read(path: &Path) -> Result<Vec<u8>> {
@@ -178,6 +278,12 @@ fn get_str<'a>(cfg: &'a Value, keys: &[&str]) -> Option<&'a str> {
 pub fn load_sae(dir: impl AsRef<Path>) -> Result<Sae> {
     let dir = dir.as_ref();
     let cpath = dir.join(CFG_FILE);
+    if !cpath.exists() && dir.join(WEIGHTS_FILE).exists() {
+        return Err(SaeError::format(
+            dir,
+            format!("has {WEIGHTS_FILE} but no {CFG_FILE} (a save was interrupted, or the folder is incomplete): save or train the SAE again"),
+        ));
+    }
     let text = read(&cpath)?;
     let cfg: Value = serde_json::from_slice(&text)
         .map_err(|e| SaeError::format(&cpath, format!("invalid JSON at line {}: {e}", e.line())))?;
@@ -230,6 +336,7 @@ pub fn load_sae(dir: impl AsRef<Path>) -> Result<Sae> {
     let wpath = dir.join(WEIGHTS_FILE);
     let bytes = read(&wpath)?;
     let st = SafeTensors::deserialize(&bytes).map_err(|e| SaeError::format(&wpath, format!("not a safetensors file: {e}")))?;
+    check_write_id(cfg_write_id(&cfg), &bytes, &wpath, &cpath)?;
     let w_enc = tensor_f32(&st, &wpath, "W_enc", &[d_in, d_sae])?;
     let mut w_dec = tensor_f32(&st, &wpath, "W_dec", &[d_sae, d_in])?;
     let mut b_enc = tensor_f32(&st, &wpath, "b_enc", &[d_sae])?;
@@ -280,7 +387,7 @@ pub fn load_sae(dir: impl AsRef<Path>) -> Result<Sae> {
     };
     if let Some(Value::Object(m)) = cfg.get("metadata") {
         for (k, v) in m {
-            if !matches!(k.as_str(), "hook_name" | "model_name" | "sae_lens_version" | "sae_lens_training_version" | "emlab_version" | "hook_head_index") {
+            if !matches!(k.as_str(), "hook_name" | "model_name" | "sae_lens_version" | "sae_lens_training_version" | "emlab_version" | "hook_head_index" | WRITE_ID_KEY) {
                 meta.extra.insert(k.clone(), v.clone());
             }
         }
@@ -296,5 +403,13 @@ pub fn load_sparsity(dir: impl AsRef<Path>, d_sae: usize) -> Result<Option<Vec<f
     }
     let bytes = read(&path)?;
     let st = SafeTensors::deserialize(&bytes).map_err(|e| SaeError::format(&path, format!("not a safetensors file: {e}")))?;
+    let cpath = dir.as_ref().join(CFG_FILE);
+    if let Some(cfg) = std::fs::read(&cpath).ok().and_then(|t| serde_json::from_slice::<Value>(&t).ok()) {
+        check_write_id(cfg_write_id(&cfg), &bytes, &path, &cpath)?;
+    }
     tensor_f32(&st, &path, "sparsity", &[d_sae]).map(Some)
+}
+
+fn cfg_write_id(cfg: &Value) -> Option<&str> {
+    cfg.get("metadata").and_then(|m| m.get(WRITE_ID_KEY)).and_then(Value::as_str)
 }

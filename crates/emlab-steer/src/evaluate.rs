@@ -60,10 +60,20 @@ fn eval_err(e: emlab_eval::Error) -> Error {
     Error::Invalid(e.to_string())
 }
 
-/// Evaluates one configuration into `cfg.out` (resuming) and returns its rates.
+/// Checks an evaluation's settings and questions (sampling ranges, sample counts, the question
+/// file and `only` ids) without sampling: sweeps call it before they make any folder, so a bad
+/// flag leaves nothing behind.
+pub fn check_eval(cfg: &emlab_eval::EvalConfig) -> Result<()> {
+    cfg.validate().map_err(eval_err)?;
+    emlab_eval::run::plan(cfg).map_err(eval_err)?;
+    Ok(())
+}
+
+/// Evaluates one configuration into `cfg.out` (resuming) and returns its rates; an error when
+/// some answers could not be judged ([`emlab_eval::RunSummary::complete`]).
 pub fn evaluate_into(cfg: &emlab_eval::EvalConfig, label: &str, progress: &mut dyn FnMut(&str)) -> Result<EvalPoint> {
     let mut last = (usize::MAX, 0usize);
-    emlab_eval::run(cfg, &mut |stage, done, total| {
+    let summary = emlab_eval::run(cfg, &mut |stage, done, total| {
         // A line every ~10% keeps logs short on long runs.
         let step = (total / 10).max(1);
         if done == total || last.0 == usize::MAX || done >= last.0 + step || total != last.1 {
@@ -72,6 +82,9 @@ pub fn evaluate_into(cfg: &emlab_eval::EvalConfig, label: &str, progress: &mut d
         }
     })
     .map_err(eval_err)?;
+    // Rates over the answers a judge happened to score would be reported as the point's: a
+    // failed judgement stops here instead (the log keeps everything; a re-run judges the rest).
+    summary.complete(&cfg.out).map_err(eval_err)?;
     let rep = emlab_eval::report::report(&cfg.out, &emlab_eval::report::default_metrics()).map_err(eval_err)?;
     Ok(eval_point(&rep.metrics))
 }
@@ -97,6 +110,7 @@ pub fn sweep_with_eval(
             }
         }
     }
+    check_eval(&ev.base)?;
     std::fs::create_dir_all(&ev.dir).map_err(|e| Error::io(&ev.dir, e))?;
     let kind = if edits.iter().all(|e| matches!(e, Resolved::AblateEverywhere { .. })) { "ablate" } else { "add" };
     let res = sweep_points(edits, opts, |p| {

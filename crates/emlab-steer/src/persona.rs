@@ -89,6 +89,8 @@ pub fn probe_prompts_for(model: &std::path::Path, questions: &[String]) -> Resul
 /// JSON array of strings when the file ends in `.json`.
 pub fn read_probes(path: &std::path::Path) -> Result<Vec<String>> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    // A byte-order mark (editors on Windows write one) is not part of the first line.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
     let qs: Vec<String> = if path.extension().is_some_and(|e| e == "json") {
         serde_json::from_str(&text).map_err(|e| Error::format(path, format!("line {}: expected a JSON array of strings: {e}", e.line())))?
     } else {

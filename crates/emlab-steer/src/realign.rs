@@ -87,7 +87,15 @@ fn train_err(e: emlab_train::Error) -> Error {
 
 /// The first `n` non-empty lines of `data`; a one-line error when the file holds fewer.
 pub fn first_rows(data: &Path, n: usize) -> Result<Vec<String>> {
-    let text = std::fs::read_to_string(data).map_err(|e| Error::io(data, e))?;
+    let bytes = std::fs::read(data).map_err(|e| Error::io(data, e))?;
+    let text = std::str::from_utf8(&bytes).map_err(|e| {
+        let good = &bytes[..e.valid_up_to()];
+        let line = 1 + good.iter().filter(|&&b| b == b'\n').count();
+        let col = good.len() - good.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        Error::Invalid(format!("{}:{line}: invalid UTF-8 at byte {col} of the line (the data must be UTF-8 chat JSONL)", data.display()))
+    })?;
+    // A byte-order mark is not part of the first row (the rows are copied into training files).
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let rows: Vec<String> = text.lines().filter(|l| !l.trim().is_empty()).take(n).map(String::from).collect();
     if rows.len() < n {
         return Err(Error::format(data, format!("N = {n} but the file has only {} rows", rows.len())));
@@ -145,7 +153,8 @@ pub fn realign_sweep(cfg: &RealignConfig, progress: &mut dyn FnMut(&str)) -> Res
     if !matches!(cfg.eval.backend, emlab_eval::config::Backend::Local { .. }) {
         return Err(Error::Invalid("realign evaluates the local model: the eval backend must be local".into()));
     }
-    // Check every N against the data before any work starts.
+    // Check the evaluation settings and every N against the data before any work starts.
+    crate::evaluate::check_eval(&cfg.eval)?;
     let max_n = cfg.sizes.iter().copied().max().unwrap_or(0);
     if max_n > 0 {
         first_rows(&cfg.data, max_n)?;

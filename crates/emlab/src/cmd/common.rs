@@ -67,6 +67,24 @@ impl SampleOpt {
             batch_size: self.batch_size,
         }
     }
+
+    /// [`Self::params`], checked, the error naming the flag: commands call it before they
+    /// create any output, so a bad flag leaves nothing behind.
+    pub fn checked_params(&self) -> Result<SamplingParams> {
+        if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
+            anyhow::bail!("--temperature {} must be a number >= 0 (0 = greedy)", self.temperature);
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            anyhow::bail!("--top-p {} must be in (0, 1]", self.top_p);
+        }
+        if self.batch_size == 0 || self.max_new_tokens == 0 {
+            anyhow::bail!("--batch-size and --max-new-tokens must be at least 1");
+        }
+        let p = self.params();
+        // The library's own check, should it learn more than the flags above.
+        p.validate()?;
+        Ok(p)
+    }
 }
 
 /// Progress bar for `n` items (hidden when stderr is not a terminal).

@@ -17,9 +17,10 @@ enum DataCmd {
         #[arg(long)]
         json: bool,
     },
-    /// Check every row of a chat JSONL file; lists each bad row as file:line: problem.
+    /// Check every row of chat JSONL files; lists each bad row as file:line: problem.
     Validate {
-        file: PathBuf,
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
         /// Also flag conversations longer than this many tokens (default model's tokenizer and
         /// chat template, or --model).
         #[arg(long)]
@@ -48,33 +49,32 @@ pub fn run(a: DataArgs) -> Result<()> {
             }
             Ok(())
         }
-        DataCmd::Validate { file, max_tokens, model } => {
-            let report = match max_tokens {
-                None => emlab_data::chat::validate_file(&file, &Default::default())?,
-                Some(max) => {
-                    let p = model.path()?;
-                    let (tok, tpl) = emlab_model::lm::tokenizer_and_template(&p)?;
-                    let count = |c: &emlab_data::chat::Conversation| -> usize {
-                        let msgs: Vec<emlab_model::chat::Message> = c
-                            .messages
-                            .iter()
-                            .map(|m| emlab_model::chat::Message::new(m.role.as_str(), m.content.clone()))
-                            .collect();
-                        tpl.render(&msgs, false)
-                            .ok()
-                            .and_then(|t| tok.encode(&t, false).ok())
-                            .map(|ids| ids.len())
-                            .unwrap_or(usize::MAX)
-                    };
-                    let opts = emlab_data::chat::LoadOptions::default().max_tokens(max, &count);
-                    emlab_data::chat::validate_file(&file, &opts)?
-                }
+        DataCmd::Validate { files, max_tokens, model } => {
+            // The tokenizer is loaded once, and only when lengths are checked.
+            let loaded = match max_tokens {
+                None => None,
+                Some(_) => Some(emlab_model::lm::tokenizer_and_template(&model.path()?)?),
             };
-            for e in &report.errors {
-                println!("{e}");
+            let count = |c: &emlab_data::chat::Conversation| -> usize {
+                let Some((tok, tpl)) = &loaded else { return 0 };
+                let msgs: Vec<emlab_model::chat::Message> =
+                    c.messages.iter().map(|m| emlab_model::chat::Message::new(m.role.as_str(), m.content.clone())).collect();
+                tpl.render(&msgs, false).ok().and_then(|t| tok.encode(&t, false).ok()).map(|ids| ids.len()).unwrap_or(usize::MAX)
+            };
+            let mut bad = 0;
+            for file in &files {
+                let opts = match max_tokens {
+                    None => emlab_data::chat::LoadOptions::default(),
+                    Some(max) => emlab_data::chat::LoadOptions::default().max_tokens(max, &count),
+                };
+                let report = emlab_data::chat::validate_file(file, &opts)?;
+                for e in &report.errors {
+                    println!("{e}");
+                }
+                eprintln!("{}: {} rows, {} bad", report.file, report.rows, report.errors.len());
+                bad += report.errors.len();
             }
-            eprintln!("{}: {} rows, {} bad", report.file, report.rows, report.errors.len());
-            if !report.errors.is_empty() {
+            if bad > 0 {
                 std::process::exit(1);
             }
             Ok(())

@@ -354,9 +354,9 @@ pub fn run(args: EvalArgs) -> Result<()> {
                 s.judge_errors,
                 out.as_deref().unwrap_or(&log).display()
             );
-            if let Some(e) = s.first_error {
-                eprintln!("first judge error: {e}");
-            }
+            // Rows whose judge failed are written with the error and re-judged by the next
+            // rescore (its progress file is kept): say so, and exit non-zero.
+            s.complete(out.as_deref().unwrap_or(&log))?;
         }
         None => {
             let cfg = args.run.config()?;
@@ -370,13 +370,13 @@ pub fn run(args: EvalArgs) -> Result<()> {
                 s.judge_errors,
                 cfg.out.display()
             );
-            if let Some(e) = &s.first_error {
-                eprintln!("first error: {e} (re-run the same command to retry)");
-            }
             if cfg.judge != JudgeSpec::None {
                 let r = emlab_eval::report::report(&cfg.out, &MetricsConfig::default())?;
                 print!("{}", emlab_eval::report::format_report(&r));
             }
+            // Last, after the report of what was judged: failed judgements (or samples) make
+            // the command fail, in one line; the log keeps them and a re-run does only those.
+            s.complete(&cfg.out)?;
         }
     }
     Ok(())

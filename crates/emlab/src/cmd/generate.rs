@@ -42,6 +42,8 @@ struct Prompt {
 
 fn read_prompts(path: &Path) -> Result<Vec<Prompt>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
+    // A byte-order mark (editors on Windows write one) is not part of the first prompt.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
     let jsonl = path.extension().map(|e| e == "jsonl" || e == "json").unwrap_or(false);
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
@@ -126,12 +128,13 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     if a.samples == 0 {
         bail!("--samples must be at least 1");
     }
+    // Every flag is checked before the output exists: a bad one leaves no (empty) file.
+    let params = a.sample.checked_params()?;
     let model = a.model.path()?;
     super::common::refuse_same_file(&a.out, &[("--prompts", &a.prompts), ("--model", &model)])?;
     let prompts = read_prompts(&a.prompts)?;
     let done = done_rows(&a.out)?;
     let lm = a.model.load()?;
-    let params = a.sample.params();
     let mut jobs: Vec<(usize, usize)> = Vec::new();
     for (pi, p) in prompts.iter().enumerate() {
         for s in 0..a.samples {

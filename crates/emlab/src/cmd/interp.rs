@@ -9,7 +9,7 @@ use emlab_interp::direction::{compare, compute_from_log, logit_lens_report, Dire
 use emlab_interp::splice::{ce_loss_recovered, train_from_store, SaeTrainConfig};
 use emlab_interp::text::{load_conversations, save_conversations};
 use emlab_model::hooks::HookPoint;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 fn model_path(m: &Option<PathBuf>) -> Result<PathBuf> {
     match m {
@@ -257,6 +257,11 @@ pub struct SaeTrainArgs {
 pub fn run_sae(a: SaeArgs) -> Result<()> {
     let SaeCmd::Train(t) = a.cmd;
     let point: HookPoint = t.hook.parse()?;
+    // Before training (minutes to hours): the output must not be the store, nor any store.
+    if emlab_model::util::same_file(&t.out, &t.acts) {
+        bail!("{}: --out is the --acts store; writing an SAE into it would mix the two: choose another folder", t.out.display());
+    }
+    emlab_sae::io::check_sae_dir(&t.out)?;
     let store = ActsReader::open(&t.acts)?;
     let cfg = SaeTrainConfig { k: t.k, latents: t.latents, arch: t.arch.clone(), lr: t.lr, batch: t.batch, epochs: t.epochs, seed: t.seed };
     let mut last = None;
@@ -266,6 +271,11 @@ pub fn run_sae(a: SaeArgs) -> Result<()> {
         }
         last = Some(*s);
     })?;
+    // The summary of an earlier SAE in this folder would describe the new one until replaced.
+    let p = t.out.join("emlab_eval.json");
+    if p.exists() {
+        std::fs::remove_file(&p).with_context(|| p.display().to_string())?;
+    }
     emlab_sae::save_sae(&t.out, &sae, None)?;
     let (x, d) = store.read_all(&t.hook)?;
     let rep = emlab_sae::metrics::evaluate(&sae, &x, 1024)?;
@@ -277,6 +287,7 @@ pub fn run_sae(a: SaeArgs) -> Result<()> {
             None => PathBuf::from(&store.index.model),
         };
         let lm = emlab_interp::load_lm(&mp, t.adapter.as_deref())?;
+        check_sae_width(&t.out, &sae, &mp, &lm)?;
         let seqs: Vec<Vec<u32>> = store
             .sequences()?
             .iter()
@@ -286,8 +297,7 @@ pub fn run_sae(a: SaeArgs) -> Result<()> {
         let ce = ce_loss_recovered(&lm.model, &sae, point, &seqs)?;
         summary["ce"] = serde_json::to_value(ce)?;
     }
-    let p = t.out.join("emlab_eval.json");
-    std::fs::write(&p, serde_json::to_string_pretty(&summary)?).with_context(|| p.display().to_string())?;
+    emlab_model::util::write_atomic(&p, serde_json::to_string_pretty(&summary)?.as_bytes())?;
     println!("{}", serde_json::to_string_pretty(&summary)?);
     Ok(())
 }
@@ -323,12 +333,24 @@ pub struct DiffArgs {
     pub top: usize,
 }
 
+/// An SAE reads the residual stream of one model width; the library's check cannot name the
+/// files, so the commands check first.
+fn check_sae_width(sae_path: &Path, sae: &emlab_sae::Sae, model_path: &Path, lm: &emlab_model::lm::Lm) -> Result<()> {
+    let d = lm.model.config.hidden_size;
+    if sae.d_in != d {
+        bail!("{}: SAE d_in {} != d_model {d} of the model {}: the SAE was trained on another model", sae_path.display(), sae.d_in, model_path.display());
+    }
+    Ok(())
+}
+
 pub fn run_diff(a: DiffArgs) -> Result<()> {
     let sae = emlab_sae::load_sae(&a.sae)?;
     let hook_name = a.hook.clone().or(sae.meta.hook_name.clone()).context("the SAE has no hook_name: pass --hook")?;
     let hook: HookPoint = hook_name.parse()?;
     let base = emlab_interp::load_lm(&a.base, None)?;
+    check_sae_width(&a.sae, &sae, &a.base, &base)?;
     let tuned = emlab_interp::load_lm(&a.tuned, a.adapter.as_deref())?;
+    check_sae_width(&a.sae, &sae, &a.tuned, &tuned)?;
     let prompts = load_conversations(&a.prompts)?;
     let corpus = match &a.corpus {
         Some(c) => load_conversations(c)?,

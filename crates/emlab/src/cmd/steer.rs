@@ -80,6 +80,7 @@ pub fn run_persona(a: PersonaArgs) -> Result<()> {
     let cfg = &lm.model.config;
     let src = VectorSource::DirectionFile { path: a.direction.clone(), layer: Some(a.direction_layer.unwrap_or(a.layer)) };
     let dir = src.load(None, cfg.hidden_size, &Device::Cpu)?;
+    refuse_zero(&src, &dir)?;
     let questions = match &a.prompts {
         Some(p) => read_probes(p)?,
         None => default_probes(),
@@ -98,6 +99,15 @@ pub fn run_persona(a: PersonaArgs) -> Result<()> {
             s.n,
             if a.all_tokens { "all prompt tokens" } else { "last prompt token" }
         );
+    }
+    Ok(())
+}
+
+/// Scores and ablations use the direction's unit vector: an all-zero row has none. Named here
+/// with its file and row (the library only knows it was given a zero vector).
+fn refuse_zero(src: &VectorSource, v: &candle_core::Tensor) -> Result<()> {
+    if v.sqr()?.sum_all()?.to_scalar::<f32>()? == 0.0 {
+        bail!("{}: the direction is all zeros, so it has no unit vector to project on (was it computed from two identical sets?)", src.describe());
     }
     Ok(())
 }
@@ -131,6 +141,7 @@ pub fn run_ablate(a: AblateArgs) -> Result<()> {
     }
     let src = VectorSource::DirectionFile { path: a.direction.clone(), layer: Some(a.direction_layer) };
     let dir = src.load(None, model.config.hidden_size, &Device::Cpu)?;
+    refuse_zero(&src, &dir)?;
     emlab_steer::repair::orthogonalize(&mut model, &dir)?;
     emlab_steer::repair::export_hf(&model, &path, &a.out)?;
     let merged = a.adapter.as_ref().map(|p| format!(", adapter {} merged first", p.display())).unwrap_or_default();
