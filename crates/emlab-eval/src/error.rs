@@ -12,6 +12,10 @@ pub enum Error {
     /// they cannot be resumed from. A caller that owns the log may set it aside and start over.
     #[error("{0}")]
     LogMismatch(String),
+    /// The output log's answers are valid but judged by another judge than the run's:
+    /// [`crate::rescore`] judges them again (a caller that owns the log may do so itself).
+    #[error("{0}")]
+    JudgeMismatch(String),
     /// A file problem, message already names the file (and line).
     #[error("{0}")]
     File(String),

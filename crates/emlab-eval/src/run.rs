@@ -167,7 +167,7 @@ pub fn run(cfg: &EvalConfig, progress: &mut dyn FnMut(Stage, usize, usize)) -> R
         }
         if let Some(j) = &r.judgement {
             if cfg.judge != JudgeSpec::None && j.judge != judge_name {
-                return Err(Error::Config(format!(
+                return Err(Error::JudgeMismatch(format!(
                     "{}: rows are judged by `{}`, this run's judge is `{judge_name}`; use `emlab eval rescore`",
                     cfg.out.display(),
                     j.judge

@@ -647,6 +647,16 @@ impl<'a> Runner<'a> {
                         start_afresh(&run_dir, &d, &k, &st, &why)?;
                         run_eval(&st, &ec)
                     }
+                    // Only the judge changed: the answers stay valid. The old log (its
+                    // judgements were paid for) moves to `.stale/`, its answers are judged
+                    // again into the stage's log, and the evaluation resumes from there.
+                    Err(emlab_eval::Error::JudgeMismatch(why)) => {
+                        let to = set_aside(&run_dir, &d)?;
+                        eprintln!("emlab run: stage {st}: {why}; judging the answers again (the earlier log moved to {})", to.display());
+                        mark_started(&d, &k)?;
+                        rejudge(&st, &to.join("answers.jsonl"), &ec)?;
+                        run_eval(&st, &ec)
+                    }
                     r => r.map_err(|x| stage_err(&st)(x.to_string())),
                 }
             },
@@ -728,16 +738,29 @@ pub(crate) fn run_eval(stage: &str, ec: &emlab_eval::EvalConfig) -> Result<()> {
     run_eval_typed(stage, ec).map_err(|x| stage_err(stage)(x.to_string()))
 }
 
-/// [`run_eval`] with the evaluator's own error.
+/// [`run_eval`] with the evaluator's own error. Answers that could not be generated or judged
+/// fail the stage (it is then not cached, and the next run does only what is missing), rather
+/// than entering the report as unscored.
 fn run_eval_typed(stage: &str, ec: &emlab_eval::EvalConfig) -> emlab_eval::Result<()> {
     let mut last = (0usize, 0usize);
-    emlab_eval::run(ec, &mut |s, done, total| {
+    let summary = emlab_eval::run(ec, &mut |s, done, total| {
         if done == total || done >= last.0 + 16 || total != last.1 {
             eprintln!("  {stage}: {s:?} {done}/{total}");
             last = (done, total);
         }
     })?;
-    Ok(())
+    summary.complete(&ec.out)
+}
+
+/// Judges the answers of `old` (a log judged by another judge) with `ec`'s judge into `ec.out`.
+fn rejudge(stage: &str, old: &Path, ec: &emlab_eval::EvalConfig) -> Result<()> {
+    let summary = emlab_eval::rescore(old, &ec.judge, &ec.http, Some(&ec.questions), ec.judge_prompts.as_deref(), Some(&ec.out), &mut |s, done, total| {
+        if done == total || done % 64 == 0 {
+            eprintln!("  {stage}: {s:?} {done}/{total}");
+        }
+    })
+    .map_err(|x| stage_err(stage)(x.to_string()))?;
+    summary.complete(&ec.out).map_err(|x| stage_err(stage)(x.to_string()))
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(p: &Path) -> Result<T> {

@@ -288,3 +288,36 @@ fn files_named(dir: &Path, name: &str) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// Another judge for a run folder: the evaluation does not stop ("use emlab eval rescore") but
+/// judges the same answers again, keeping the earlier judged log under `.stale/`.
+#[test]
+fn a_changed_judge_rejudges_the_same_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("tiny.gguf");
+    let mut cfg_m = tiny_config(Arch::Llama);
+    cfg_m.max_position_embeddings = 1024;
+    write_tiny_gguf(&model, &cfg_m, 5).unwrap();
+    let mut cfg = config(&model);
+    let run_dir = dir.path().join("run");
+    emlab_pipeline::run_stage(&cfg, &run_dir, "baseline").unwrap();
+    let log = run_dir.join("baseline/answers.jsonl");
+    let rows = |p: &Path| emlab_eval::log::read_log(p).unwrap().rows;
+    let before = rows(&log);
+    assert!(before.iter().all(|r| r.judgement.as_ref().is_some_and(|j| j.judge == "offline")));
+
+    cfg.eval.judge = "local".into();
+    cfg.eval.judge_model = Some(model.clone());
+    emlab_pipeline::run_stage(&cfg, &run_dir, "baseline").unwrap();
+    let after = rows(&log);
+    assert_eq!(after.len(), before.len());
+    let answers = |rs: &[emlab_eval::log::LogRow]| rs.iter().map(|r| (r.question_id.clone(), r.paraphrase_index, r.sample_index, r.answer.clone())).collect::<Vec<_>>();
+    assert_eq!(answers(&after), answers(&before), "answers were sampled again");
+    assert!(after.iter().all(|r| r.judgement.as_ref().is_some_and(|j| j.judge.starts_with("local"))), "{:?}", after[0].judgement);
+    let stale: Vec<_> = std::fs::read_dir(run_dir.join(".stale")).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(stale.len(), 1);
+    assert_eq!(rows(&stale[0].join("answers.jsonl")).len(), before.len(), "the earlier judged log is kept");
+    // The stage is now cached under the new judge.
+    emlab_pipeline::run_stage(&cfg, &run_dir, "baseline").unwrap();
+    assert_eq!(answers(&rows(&log)), answers(&before));
+}
