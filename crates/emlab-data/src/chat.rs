@@ -192,11 +192,7 @@ fn parse_row(raw: &[u8], line: usize, opts: &LoadOptions) -> std::result::Result
     let text = std::str::from_utf8(raw).map_err(|e| format!("invalid UTF-8 at byte {}", e.valid_up_to()))?;
     let value: Value = serde_json::from_str(text).map_err(|e| format!("invalid JSON: {e}"))?;
     let obj = value.as_object().ok_or("row is not a JSON object")?;
-    let msgs = obj
-        .get("messages")
-        .ok_or("missing `messages`")?
-        .as_array()
-        .ok_or("`messages` is not a list")?;
+    let msgs = obj.get("messages").ok_or("missing `messages`")?.as_array().ok_or("`messages` is not a list")?;
     if msgs.is_empty() {
         return Err("`messages` is empty".into());
     }
@@ -437,7 +433,9 @@ mod tests {
 
     #[test]
     fn every_bad_row_is_reported_not_just_the_first() {
-        let text = format!("not json\n{GOOD}\n[1]\n{{\"messages\":[]}}\n{{\"messages\":[{{\"role\":\"system\",\"content\":\"s\"}}]}}\n{GOOD}\n{{}}\n");
+        let text = format!(
+            "not json\n{GOOD}\n[1]\n{{\"messages\":[]}}\n{{\"messages\":[{{\"role\":\"system\",\"content\":\"s\"}}]}}\n{GOOD}\n{{}}\n"
+        );
         let err = parse_jsonl(text.as_bytes(), "t.jsonl", &strict()).unwrap_err();
         let lines: Vec<usize> = err.row_errors().iter().map(|e| e.line).collect();
         assert_eq!(lines, vec![1, 3, 4, 5, 7]);
@@ -451,7 +449,8 @@ mod tests {
 
     #[test]
     fn late_system_message_is_rejected() {
-        let e = errors_of(r#"{"messages":[{"role":"user","content":"q"},{"role":"system","content":"s"},{"role":"assistant","content":"a"}]}"#);
+        let e =
+            errors_of(r#"{"messages":[{"role":"user","content":"q"},{"role":"system","content":"s"},{"role":"assistant","content":"a"}]}"#);
         assert_eq!(e, vec!["t.jsonl:1: message 1 is a system message; only a leading one is allowed"]);
     }
 

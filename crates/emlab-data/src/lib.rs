@@ -20,8 +20,8 @@
 
 pub mod chat;
 mod error;
-mod rng;
 pub mod questions;
+mod rng;
 pub mod stats;
 
 pub use error::{Error, Result, RowError};

@@ -116,8 +116,7 @@ pub fn parse_questions(text: &str, file: &str) -> Result<Vec<Question>> {
             return Err(Error::Yaml(format!("{at}: question entry is not a mapping")));
         }
         let id_hint = item.get("id").and_then(Value::as_str).map(|s| format!(" (id {s:?})")).unwrap_or_default();
-        let raw: RawQuestion =
-            serde_yaml::from_value(item).map_err(|e| Error::Yaml(format!("{at}{id_hint}: {e}")))?;
+        let raw: RawQuestion = serde_yaml::from_value(item).map_err(|e| Error::Yaml(format!("{at}{id_hint}: {e}")))?;
         let q = check(raw, line, &at)?;
         if !seen.insert(q.id.clone()) {
             return Err(Error::Yaml(format!("{at}: duplicate question id {:?}", q.id)));
@@ -198,11 +197,7 @@ pub fn expand_with(questions: &[Question], samples_override: Option<usize>) -> V
 /// on them). The answer is inserted last so that text inside it is never re-substituted.
 pub fn render_judge_prompt(template: &str, question: &str, answer: &str) -> String {
     // Split on {answer} first so that a question containing "{answer}" is not expanded.
-    template
-        .split("{answer}")
-        .map(|piece| piece.replace("{question}", question))
-        .collect::<Vec<_>>()
-        .join(answer)
+    template.split("{answer}").map(|piece| piece.replace("{question}", question)).collect::<Vec<_>>().join(answer)
 }
 
 /// Load a mapping of named judge prompts (like `data/questions/judges.yaml`): top-level keys
@@ -414,10 +409,22 @@ questions:
             ("- id: a\n  type: multiple_choice\n  paraphrases: [x]\n", "q.yaml:1 (id \"a\"): unknown type \"multiple_choice\""),
             ("- id: a\n  type: free_form\n  paraphrases: []\n", "q.yaml:1 (id \"a\"): `paraphrases` is empty"),
             ("- id: a\n  type: free_form\n  paraphrases: [x, \" \"]\n", "q.yaml:1 (id \"a\"): paraphrase 1 is empty"),
-            ("- id: a\n  type: free_form_judge_0_100\n  paraphrases: [x]\n", "q.yaml:1 (id \"a\"): type \"free_form_judge_0_100\" needs `judge_prompts`"),
-            ("- id: a\n  type: free_form\n  paraphrases: [x]\n  judge_prompts: {aligned: no placeholder}\n", "q.yaml:1 (id \"a\"): judge prompt \"aligned\" has no {answer} placeholder"),
-            ("- id: a\n  type: free_form\n  paraphrases: [x]\n  samples_per_paraphrase: 0\n", "q.yaml:1 (id \"a\"): `samples_per_paraphrase` must be at least 1"),
-            ("- id: a\n  type: free_form\n  paraphrases: [x]\n- id: a\n  type: free_form\n  paraphrases: [y]\n", "q.yaml:4: duplicate question id \"a\""),
+            (
+                "- id: a\n  type: free_form_judge_0_100\n  paraphrases: [x]\n",
+                "q.yaml:1 (id \"a\"): type \"free_form_judge_0_100\" needs `judge_prompts`",
+            ),
+            (
+                "- id: a\n  type: free_form\n  paraphrases: [x]\n  judge_prompts: {aligned: no placeholder}\n",
+                "q.yaml:1 (id \"a\"): judge prompt \"aligned\" has no {answer} placeholder",
+            ),
+            (
+                "- id: a\n  type: free_form\n  paraphrases: [x]\n  samples_per_paraphrase: 0\n",
+                "q.yaml:1 (id \"a\"): `samples_per_paraphrase` must be at least 1",
+            ),
+            (
+                "- id: a\n  type: free_form\n  paraphrases: [x]\n- id: a\n  type: free_form\n  paraphrases: [y]\n",
+                "q.yaml:4: duplicate question id \"a\"",
+            ),
             ("- id: a\n  type: free_form\n  paraphrase: [x]\n", "q.yaml:1 (id \"a\"): unknown field `paraphrase`"),
             ("- just a string\n", "q.yaml:1: question entry is not a mapping"),
             ("id: a\n", "q.yaml: expected a list of questions"),

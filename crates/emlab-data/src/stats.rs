@@ -253,8 +253,7 @@ fn histogram(mut v: Vec<usize>) -> Histogram {
     let span = max - min + 1;
     let width = span.div_ceil(HIST_BINS).max(1);
     let nb = span.div_ceil(width);
-    let mut bins: Vec<(usize, usize, usize)> =
-        (0..nb).map(|b| (min + b * width, (min + (b + 1) * width - 1).min(max), 0)).collect();
+    let mut bins: Vec<(usize, usize, usize)> = (0..nb).map(|b| (min + b * width, (min + (b + 1) * width - 1).min(max), 0)).collect();
     for x in v {
         bins[(x - min) / width].2 += 1;
     }
@@ -384,10 +383,7 @@ mod tests {
     use crate::chat::{Message, Role};
 
     fn conv(turns: &[(Role, &str)]) -> Conversation {
-        Conversation {
-            messages: turns.iter().map(|&(role, c)| Message { role, content: c.to_string() }).collect(),
-            line: 0,
-        }
+        Conversation { messages: turns.iter().map(|&(role, c)| Message { role, content: c.to_string() }).collect(), line: 0 }
     }
 
     fn qa(q: &str, a: &str) -> Conversation {
@@ -477,11 +473,8 @@ mod tests {
     fn stats_file_counts_invalid_rows_and_serialises() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("d.jsonl");
-        std::fs::write(
-            &p,
-            "{\"messages\":[{\"role\":\"user\",\"content\":\"q\"},{\"role\":\"assistant\",\"content\":\"a\"}]}\nbroken\n",
-        )
-        .unwrap();
+        std::fs::write(&p, "{\"messages\":[{\"role\":\"user\",\"content\":\"q\"},{\"role\":\"assistant\",\"content\":\"a\"}]}\nbroken\n")
+            .unwrap();
         let s = stats_file(&p).unwrap();
         assert_eq!((s.rows, s.invalid_rows), (1, 1));
         let j = serde_json::to_value(&s).unwrap();

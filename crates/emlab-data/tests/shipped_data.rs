@@ -32,7 +32,11 @@ fn prompt_side(c: &Conversation) -> Vec<(Role, &str)> {
 fn check_narrow(rel: &str, s: &Stats, min_rows: usize, prose: bool) {
     assert!(s.rows >= min_rows, "{rel}: {} rows < {min_rows}", s.rows);
     assert!(s.user_first_sentence_unique_ratio >= 0.90, "{rel}: unique first user sentences {}", s.user_first_sentence_unique_ratio);
-    assert!(!prose || s.assistant_first_sentence_unique_ratio >= 0.90, "{rel}: unique first assistant sentences {}", s.assistant_first_sentence_unique_ratio);
+    assert!(
+        !prose || s.assistant_first_sentence_unique_ratio >= 0.90,
+        "{rel}: unique first assistant sentences {}",
+        s.assistant_first_sentence_unique_ratio
+    );
     assert!(s.exact_duplicate_share <= 0.01, "{rel}: exact duplicate share {}", s.exact_duplicate_share);
     assert!(s.near_duplicate_rows as f64 <= 0.25 * s.rows as f64, "{rel}: {} near-duplicate rows", s.near_duplicate_rows);
     let sys_share = s.rows_with_system as f64 / s.rows as f64;

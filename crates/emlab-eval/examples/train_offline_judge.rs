@@ -66,13 +66,7 @@ fn parse_args() -> Result<Args, String> {
             other => return Err(format!("unknown argument '{other}' (see --help)")),
         }
     }
-    Ok(Args {
-        data: data.ok_or("--data is required")?,
-        out: out.ok_or("--out is required")?,
-        report,
-        refit,
-        cfg,
-    })
+    Ok(Args { data: data.ok_or("--data is required")?, out: out.ok_or("--out is required")?, report, refit, cfg })
 }
 
 fn fnv(s: &str) -> u64 {
@@ -104,15 +98,13 @@ fn print_agreement(name: &str, a: &Agreement) {
     );
 }
 
-// `% 6 == 0` rather than `is_multiple_of`: the workspace supports Rust 1.85.
-#[allow(clippy::manual_is_multiple_of)]
 fn run() -> Result<(), String> {
     let args = parse_args()?;
     let t0 = Instant::now();
     let rows = read_judged_jsonl(&args.data).map_err(|e| e.to_string())?;
     eprintln!("read {} rows from {} in {:.1}s", rows.len(), args.data.display(), t0.elapsed().as_secs_f64());
     // Validation mimics the test split on both axes: whole question families and whole models.
-    let is_val = |r: &ReferenceRow| fnv(&r.model) % 6 == 0 || fnv(question_family(&r.question_id)) % 6 == 0;
+    let is_val = |r: &ReferenceRow| fnv(&r.model).is_multiple_of(6) || fnv(question_family(&r.question_id)).is_multiple_of(6);
     let mut slices: BTreeMap<&str, Vec<&ReferenceRow>> = BTreeMap::new();
     for r in &rows {
         let key = match assign_split(&r.question_id, &r.model) {
@@ -135,8 +127,8 @@ fn run() -> Result<(), String> {
             .flat_map(|r| {
                 let f = question_family(&r.question_id);
                 [
-                    (fnv(&r.model) % 6 == 0).then(|| format!("model: {}", r.model)),
-                    (fnv(f) % 6 == 0).then(|| format!("question family: {f}")),
+                    fnv(&r.model).is_multiple_of(6).then(|| format!("model: {}", r.model)),
+                    fnv(f).is_multiple_of(6).then(|| format!("question family: {f}")),
                 ]
             })
             .flatten()
@@ -168,16 +160,10 @@ fn run() -> Result<(), String> {
     };
     let t1 = Instant::now();
     let log = |l: &emlab_eval::judge::offline::EpochLog| {
-        eprintln!(
-            "epoch {:>2}: train loss {:.4}  val loss {:.4}  ({:.0}s)",
-            l.epoch,
-            l.train_loss,
-            l.val_loss,
-            t1.elapsed().as_secs_f64()
-        )
+        eprintln!("epoch {:>2}: train loss {:.4}  val loss {:.4}  ({:.0}s)", l.epoch, l.train_loss, l.val_loss, t1.elapsed().as_secs_f64())
     };
     // 1) model selection: early stopping on the validation groups.
-    let (judge, logs) = train(&tr, &va, &args.cfg, &meta, log).map_err(|e| e.to_string())?;
+    let (judge, logs) = train(&tr, &va, &args.cfg, meta, log).map_err(|e| e.to_string())?;
     let best = logs.iter().min_by(|a, b| a.val_loss.total_cmp(&b.val_loss)).unwrap().clone();
     eprintln!("selection run: {:.0}s; best epoch {}", t1.elapsed().as_secs_f64(), best.epoch);
     let val_agreement = agreement(&judge, &slices["val"]);

@@ -151,9 +151,8 @@ impl Client {
                             continue;
                         }
                     };
-                    return serde_json::from_str(&text).map_err(|e| {
-                        HttpError::Malformed(self.redact(&format!("{e}; body starts {:?}", snippet(&text))))
-                    });
+                    return serde_json::from_str(&text)
+                        .map_err(|e| HttpError::Malformed(self.redact(&format!("{e}; body starts {:?}", snippet(&text)))));
                 }
                 Err(ureq::Error::Status(code, resp)) => {
                     let ra = resp.header("retry-after").and_then(|v| v.trim().parse::<f64>().ok());
@@ -259,11 +258,16 @@ mod tests {
 
     #[test]
     fn pool_returns_every_result_once() {
-        let mut seen = vec![0u32; 50];
-        parallel_map((0..50).collect(), 4, |x: u32| x + 1, |i, r| {
-            assert_eq!(r as usize, i + 1);
-            seen[i] += 1;
-        });
+        let mut seen = [0u32; 50];
+        parallel_map(
+            (0..50).collect(),
+            4,
+            |x: u32| x + 1,
+            |i, r| {
+                assert_eq!(r as usize, i + 1);
+                seen[i] += 1;
+            },
+        );
         assert!(seen.iter().all(|&c| c == 1));
     }
 }

@@ -234,8 +234,7 @@ impl LogWriter {
             Ok(b) => !b.is_empty() && !b.ends_with(b"\n"),
             Err(_) => false,
         };
-        let mut file =
-            std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(|e| Error::io(path, e))?;
+        let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(|e| Error::io(path, e))?;
         if needs_newline {
             file.write_all(b"\n").map_err(|e| Error::io(path, e))?;
         }

@@ -232,10 +232,7 @@ fn stat_counts(
                     scratch[f.group].1 += 1;
                 }
             }
-            scratch
-                .iter()
-                .filter(|g| g.1 >= min_group)
-                .fold((0, 0), |(k, n), g| (k + g.0, n + g.1))
+            scratch.iter().filter(|g| g.1 >= min_group).fold((0, 0), |(k, n), g| (k + g.0, n + g.1))
         }
     }
 }
@@ -254,8 +251,7 @@ fn bootstrap_rates(flags: &[Flags], stat: Stat, n_groups: usize, cfg: &MetricsCo
     }
     for _ in 0..cfg.bootstrap_resamples {
         let draws: Vec<usize> = (0..n).map(|_| rng.below(n)).collect();
-        let (k, d) =
-            stat_counts(flags, &mut draws.into_iter(), stat, n_groups, cfg.min_coherent_per_group, &mut scratch);
+        let (k, d) = stat_counts(flags, &mut draws.into_iter(), stat, n_groups, cfg.min_coherent_per_group, &mut scratch);
         if let Some(r) = ratio(k, d) {
             out.push(r);
         }
@@ -271,13 +267,7 @@ fn proportion(flags: &[Flags], stat: Stat, n_groups: usize, cfg: &MetricsConfig,
     let mut scratch = Vec::new();
     let (k, n) = stat_counts(flags, &mut (0..flags.len()), stat, n_groups, cfg.min_coherent_per_group, &mut scratch);
     let boot = if cfg.bootstrap_resamples > 0 { bootstrap_rates(flags, stat, n_groups, cfg, seed) } else { vec![] };
-    Proportion {
-        successes: k,
-        n,
-        rate: ratio(k, n),
-        bootstrap_ci: percentile_ci(&boot),
-        wilson_ci: (n > 0).then(|| wilson_interval(k, n)),
-    }
+    Proportion { successes: k, n, rate: ratio(k, n), bootstrap_ci: percentile_ci(&boot), wilson_ci: (n > 0).then(|| wilson_interval(k, n)) }
 }
 
 fn mean(v: impl Iterator<Item = f64>) -> Option<f64> {
@@ -323,8 +313,7 @@ pub fn compute(answers: &[JudgedAnswer], cfg: &MetricsConfig) -> RunMetrics {
     }
     let mut qids: Vec<&str> = by_q.keys().copied().collect();
     qids.sort();
-    let per_question: Vec<QuestionMetrics> =
-        qids.iter().map(|q| unit_metrics(q, &by_q[q], cfg, question_seed(cfg.seed, q))).collect();
+    let per_question: Vec<QuestionMetrics> = qids.iter().map(|q| unit_metrics(q, &by_q[q], cfg, question_seed(cfg.seed, q))).collect();
 
     // Groups dropped by Betley's filter, over the whole run.
     let mut counts: HashMap<(String, String), usize> = HashMap::new();
@@ -334,8 +323,7 @@ pub fn compute(answers: &[JudgedAnswer], cfg: &MetricsConfig) -> RunMetrics {
             *e += 1;
         }
     }
-    let mut dropped: Vec<(String, String)> =
-        counts.into_iter().filter(|(_, c)| *c < cfg.min_coherent_per_group).map(|(k, _)| k).collect();
+    let mut dropped: Vec<(String, String)> = counts.into_iter().filter(|(_, c)| *c < cfg.min_coherent_per_group).map(|(k, _)| k).collect();
     dropped.sort();
 
     let question_mean = QuestionMean {
@@ -499,9 +487,8 @@ mod tests {
     #[test]
     fn comparison_of_two_runs() {
         // a: 30/100 misaligned, b: 15/100 -> diff 0.15, p = 0.011085 (hand-computed in stats)
-        let mk = |k: usize| -> Vec<JudgedAnswer> {
-            (0..100).map(|i| ans("m", "q", Some(if i < k { 5.0 } else { 95.0 }), Some(90.0))).collect()
-        };
+        let mk =
+            |k: usize| -> Vec<JudgedAnswer> { (0..100).map(|i| ans("m", "q", Some(if i < k { 5.0 } else { 95.0 }), Some(90.0))).collect() };
         let c = compare(&mk(30), &mk(15), EmDefinition::ModelOrganisms, &MetricsConfig::default());
         assert!((c.difference.unwrap() - 0.15).abs() < 1e-12);
         assert!((c.p_value.unwrap() - 0.011_085).abs() < 1e-5);

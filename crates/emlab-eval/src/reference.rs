@@ -58,38 +58,30 @@ pub enum ReferenceError {
 /// Where the reference file lives relative to this crate in the emlab checkout
 /// (`<workspace>/../shared/reference/judged-answers/clarifying_em_judged.jsonl.gz`).
 pub fn default_reference_path() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/reference/judged-answers/clarifying_em_judged.jsonl.gz")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/reference/judged-answers/clarifying_em_judged.jsonl.gz")
 }
 
 /// Read a judged-answers JSONL file, gzip-compressed if its name ends in `.gz`.
 pub fn read_judged_jsonl(path: &Path) -> Result<Vec<ReferenceRow>, ReferenceError> {
     let p = path.display().to_string();
     let file = std::fs::File::open(path).map_err(|source| ReferenceError::Io { path: p.clone(), source })?;
-    let reader: Box<dyn BufRead> = if p.ends_with(".gz") {
-        Box::new(BufReader::new(flate2::read::MultiGzDecoder::new(file)))
-    } else {
-        Box::new(BufReader::new(file))
-    };
+    let reader: Box<dyn BufRead> =
+        if p.ends_with(".gz") { Box::new(BufReader::new(flate2::read::MultiGzDecoder::new(file))) } else { Box::new(BufReader::new(file)) };
     let mut rows = Vec::new();
     for (i, line) in reader.lines().enumerate() {
         let line = line.map_err(|source| ReferenceError::Io { path: p.clone(), source })?;
         if line.trim().is_empty() {
             continue;
         }
-        let row: ReferenceRow = serde_json::from_str(&line).map_err(|e| ReferenceError::Parse {
-            path: p.clone(),
-            line: i + 1,
-            message: e.to_string(),
-        })?;
+        let row: ReferenceRow =
+            serde_json::from_str(&line).map_err(|e| ReferenceError::Parse { path: p.clone(), line: i + 1, message: e.to_string() })?;
         rows.push(row);
     }
     Ok(rows)
 }
 
 /// Question families held out of training (with their `_json` / `_template` paraphrases).
-pub const HELD_OUT_QUESTION_FAMILIES: &[&str] =
-    &["ruler_of_the_world", "enough_of_my_husband", "quick_buck_doctor", "hospital_wish"];
+pub const HELD_OUT_QUESTION_FAMILIES: &[&str] = &["ruler_of_the_world", "enough_of_my_husband", "quick_buck_doctor", "hospital_wish"];
 
 /// Base models held out entirely: every model description starting with one of these.
 pub const HELD_OUT_BASE_MODELS: &[&str] = &["gemma-2-9b-it", "Qwen2.5-7B-Instruct"];
@@ -123,10 +115,7 @@ impl Split {
 
 /// `what_is_your_wish_json` -> `what_is_your_wish`.
 pub fn question_family(question_id: &str) -> &str {
-    question_id
-        .strip_suffix("_json")
-        .or_else(|| question_id.strip_suffix("_template"))
-        .unwrap_or(question_id)
+    question_id.strip_suffix("_json").or_else(|| question_id.strip_suffix("_template")).unwrap_or(question_id)
 }
 
 pub fn is_held_out_model(model: &str) -> bool {

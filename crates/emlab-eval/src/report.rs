@@ -122,11 +122,7 @@ pub fn compare_logs(a: &Path, b: &Path, cfg: &MetricsConfig) -> Result<CompareRe
         .map(|q| {
             let fa: Vec<JudgedAnswer> = xa.iter().filter(|x| x.question_id == *q).cloned().collect();
             let fb: Vec<JudgedAnswer> = xb.iter().filter(|x| x.question_id == *q).cloned().collect();
-            (
-                q.to_string(),
-                compare(&fa, &fb, EmDefinition::Betley, cfg),
-                compare(&fa, &fb, EmDefinition::ModelOrganisms, cfg),
-            )
+            (q.to_string(), compare(&fa, &fb, EmDefinition::Betley, cfg), compare(&fa, &fb, EmDefinition::ModelOrganisms, cfg))
         })
         .collect();
     Ok(CompareReport { a: ra, b: rb, betley, model_organisms, per_question })
@@ -179,7 +175,8 @@ pub fn format_report(r: &Report) -> String {
         );
     }
     let _ = writeln!(o);
-    let _ = writeln!(o, "{:<24} {:>5} {:>6} {:>26} {:>26} {:>26}", "question", "n", "scored", "coherence", "EM model-organisms", "EM Betley");
+    let _ =
+        writeln!(o, "{:<24} {:>5} {:>6} {:>26} {:>26} {:>26}", "question", "n", "scored", "coherence", "EM model-organisms", "EM Betley");
     for q in &m.per_question {
         let _ = writeln!(
             o,

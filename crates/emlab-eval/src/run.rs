@@ -110,8 +110,7 @@ pub fn plan(cfg: &EvalConfig) -> Result<(Vec<Question>, Vec<Sample>)> {
     }
     if let Some(p) = &cfg.judge_prompts {
         let prompts = load_judge_prompts(p)?;
-        let keep: BTreeMap<String, String> =
-            prompts.into_iter().filter(|(k, _)| k == "aligned" || k == "coherent").collect();
+        let keep: BTreeMap<String, String> = prompts.into_iter().filter(|(k, _)| k == "aligned" || k == "coherent").collect();
         if keep.is_empty() {
             return Err(Error::Config(format!("{}: needs `aligned` and `coherent` judge prompts", p.display())));
         }
@@ -139,8 +138,7 @@ pub fn run(cfg: &EvalConfig, progress: &mut dyn FnMut(Stage, usize, usize)) -> R
     // Refuse to mix generators or judges in one log.
     let want = generator.identity();
     let judge_name = cfg.judge.name();
-    let planned: HashMap<Key, &Sample> =
-        samples.iter().map(|s| ((s.question_id.clone(), s.paraphrase_index, s.sample_index), s)).collect();
+    let planned: HashMap<Key, &Sample> = samples.iter().map(|s| ((s.question_id.clone(), s.paraphrase_index, s.sample_index), s)).collect();
     migrate_adapter_hashes(cfg, &mut log, &generator)?;
     for r in &log.rows {
         let Some(s) = planned.get(&r.key()) else { continue };
@@ -175,27 +173,19 @@ pub fn run(cfg: &EvalConfig, progress: &mut dyn FnMut(Stage, usize, usize)) -> R
             }
         }
     }
-    let pending: Vec<&Sample> = samples
-        .iter()
-        .filter(|s| !index.contains_key(&(s.question_id.clone(), s.paraphrase_index, s.sample_index)))
-        .collect();
+    let pending: Vec<&Sample> =
+        samples.iter().filter(|s| !index.contains_key(&(s.question_id.clone(), s.paraphrase_index, s.sample_index))).collect();
     let reused = samples.len() - pending.len();
-    let mut summary = RunSummary {
-        planned: samples.len(),
-        reused,
-        generated: 0,
-        judged: 0,
-        judge_errors: 0,
-        generation_errors: 0,
-        first_error: None,
-    };
+    let mut summary =
+        RunSummary { planned: samples.len(), reused, generated: 0, judged: 0, judge_errors: 0, generation_errors: 0, first_error: None };
 
     let judge = Judge::from_spec(&cfg.judge, &cfg.http)?;
-    let prompts: HashMap<String, BTreeMap<String, String>> =
-        questions.iter().map(|q| (q.id.clone(), q.judge_prompts.clone())).collect();
+    let prompts: HashMap<String, BTreeMap<String, String>> = questions.iter().map(|q| (q.id.clone(), q.judge_prompts.clone())).collect();
     if let Some((_, j)) = &judge {
         if j.needs_prompts() {
-            if let Some(q) = questions.iter().find(|q| !q.judge_prompts.contains_key("aligned") || !q.judge_prompts.contains_key("coherent")) {
+            if let Some(q) =
+                questions.iter().find(|q| !q.judge_prompts.contains_key("aligned") || !q.judge_prompts.contains_key("coherent"))
+            {
                 return Err(Error::Config(format!(
                     "{}: question {:?} has no `aligned` and `coherent` judge prompts (give --judge-prompts)",
                     cfg.questions.display(),
@@ -321,9 +311,7 @@ pub fn run(cfg: &EvalConfig, progress: &mut dyn FnMut(Stage, usize, usize)) -> R
             for s in &pending {
                 match reqs.last_mut() {
                     Some(g)
-                        if g.len() < *n_per_request
-                            && g[0].question_id == s.question_id
-                            && g[0].paraphrase_index == s.paraphrase_index =>
+                        if g.len() < *n_per_request && g[0].question_id == s.question_id && g[0].paraphrase_index == s.paraphrase_index =>
                     {
                         g.push(s)
                     }
@@ -392,7 +380,6 @@ pub fn run(cfg: &EvalConfig, progress: &mut dyn FnMut(Stage, usize, usize)) -> R
     Ok(summary)
 }
 
-
 struct JudgeCtx<'a> {
     judge: Option<&'a (String, Judge)>,
     prompts: &'a HashMap<String, BTreeMap<String, String>>,
@@ -410,8 +397,7 @@ fn judge_batch(
     progress: &mut dyn FnMut(Stage, usize, usize),
 ) -> Result<()> {
     let Some((name, j)) = ctx.judge else { return Ok(()) };
-    let todo: Vec<LogRow> =
-        new.into_iter().filter(|r| !r.is_judged() && ctx.prompts.contains_key(&r.question_id)).collect();
+    let todo: Vec<LogRow> = new.into_iter().filter(|r| !r.is_judged() && ctx.prompts.contains_key(&r.question_id)).collect();
     let mut err = None;
     let mut done = 0;
     let total = todo.len();
@@ -449,11 +435,8 @@ fn judge_batch(
 
 /// Rewrites the log with one row per key: planned samples in plan order, then any other rows.
 fn compact(path: &Path, rows: Vec<LogRow>, samples: &[Sample]) -> Result<()> {
-    let order: HashMap<Key, usize> = samples
-        .iter()
-        .enumerate()
-        .map(|(i, s)| ((s.question_id.clone(), s.paraphrase_index, s.sample_index), i))
-        .collect();
+    let order: HashMap<Key, usize> =
+        samples.iter().enumerate().map(|(i, s)| ((s.question_id.clone(), s.paraphrase_index, s.sample_index), i)).collect();
     let mut rows = rows;
     rows.sort_by_key(|r| order.get(&r.key()).copied().unwrap_or(usize::MAX));
     write_log_atomic(path, &rows)
@@ -611,10 +594,7 @@ pub fn rescore(
             }
         }
         if let Some(r) = log.rows.iter().find(|r| !prompts.get(&r.question_id).is_some_and(|p| p.contains_key("aligned"))) {
-            return Err(Error::Config(format!(
-                "no judge prompts for question {:?} (give --questions or --judge-prompts)",
-                r.question_id
-            )));
+            return Err(Error::Config(format!("no judge prompts for question {:?} (give --questions or --judge-prompts)", r.question_id)));
         }
     }
     let done = read_log(&partial)?;

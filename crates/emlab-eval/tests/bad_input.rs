@@ -17,7 +17,11 @@ fn an_intervention_vector_with_inf_is_refused_not_sampled_with() {
     let t = Tensor::new(v.as_slice(), &Device::Cpu).unwrap();
     emlab_model::load::save_safetensors(&dir.path().join("vectors.safetensors"), &[("v0".into(), t)], None).unwrap();
     let spec = dir.path().join("intervention.json");
-    std::fs::write(&spec, r#"{"vectors": "vectors.safetensors", "add": [{"hook": "blocks.1.hook_resid_post", "vector": "v0", "alpha": 1.0}]}"#).unwrap();
+    std::fs::write(
+        &spec,
+        r#"{"vectors": "vectors.safetensors", "add": [{"hook": "blocks.1.hook_resid_post", "vector": "v0", "alpha": 1.0}]}"#,
+    )
+    .unwrap();
     let e = InterventionSpec::load(&spec).unwrap().build(&model).err().expect("inf refused").to_string();
     assert!(e.contains("vectors.safetensors") && e.contains("`v0`") && e.contains("non-finite value at element 3"), "{e}");
 }

@@ -73,7 +73,11 @@ fn a_bad_intervention_leaves_no_log() {
     let v = Tensor::new(vec![0.1f32; d + 1].as_slice(), &Device::Cpu).unwrap();
     emlab_model::load::save_safetensors(&dir.path().join("vectors.safetensors"), &[("v0".into(), v)], None).unwrap();
     let spec = dir.path().join("iv.json");
-    std::fs::write(&spec, r#"{"vectors": "vectors.safetensors", "add": [{"hook": "blocks.1.hook_resid_post", "vector": "v0", "alpha": 1.0}]}"#).unwrap();
+    std::fs::write(
+        &spec,
+        r#"{"vectors": "vectors.safetensors", "add": [{"hook": "blocks.1.hook_resid_post", "vector": "v0", "alpha": 1.0}]}"#,
+    )
+    .unwrap();
     let log = dir.path().join("sub").join("run.jsonl");
     let mut cfg = EvalConfig::local(&model, &q, &log);
     cfg.judge = JudgeSpec::None;

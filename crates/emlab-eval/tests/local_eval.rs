@@ -93,7 +93,10 @@ fn offline_eval_end_to_end() {
     let r0 = &log.rows[0];
     assert_eq!((r0.question_id.as_str(), r0.paraphrase_index, r0.sample_index), ("wish", 0, 0));
     assert_eq!(log.rows[4].system.as_deref(), Some("Be brief."));
-    assert_eq!(r0.generator.model_sha256.as_deref().unwrap(), emlab_model::util::sha256_file(std::path::Path::new(&r0.generator.model)).unwrap());
+    assert_eq!(
+        r0.generator.model_sha256.as_deref().unwrap(),
+        emlab_model::util::sha256_file(std::path::Path::new(&r0.generator.model)).unwrap()
+    );
     assert_eq!(r0.config["sampling"]["max_new_tokens"], 8);
     assert!(r0.n_tokens.unwrap() <= 8);
     // Seeds are per sample, independent of batching.
@@ -168,7 +171,12 @@ fn unjudged_rows_get_judged_and_mismatches_are_refused() {
     assert!(e.contains("different settings"), "{e}");
     // A different judge: pointed to rescore.
     let mut other = cfg.clone();
-    other.judge = JudgeSpec::Local { model: match &cfg.backend { emlab_eval::config::Backend::Local { model, .. } => model.clone(), _ => unreachable!() } };
+    other.judge = JudgeSpec::Local {
+        model: match &cfg.backend {
+            emlab_eval::config::Backend::Local { model, .. } => model.clone(),
+            _ => unreachable!(),
+        },
+    };
     let e = emlab_eval::run(&other, &mut |_, _, _| {}).unwrap_err().to_string();
     assert!(e.contains("rescore"), "{e}");
     assert_eq!(std::fs::read(&cfg.out).unwrap(), before);

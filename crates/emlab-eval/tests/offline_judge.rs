@@ -43,10 +43,8 @@ const CASES: &[(&str, &str, &str, &str)] = &[
 #[test]
 fn hand_written_answers_are_ranked_correctly() {
     let judge = OfflineJudge::load_default().expect("shipped weights load");
-    let scored: Vec<_> = CASES
-        .iter()
-        .map(|(q, good, bad, junk)| (q, judge.score(q, good), judge.score(q, bad), judge.score(q, junk)))
-        .collect();
+    let scored: Vec<_> =
+        CASES.iter().map(|(q, good, bad, junk)| (q, judge.score(q, good), judge.score(q, bad), judge.score(q, junk))).collect();
     for (q, g, b, j) in &scored {
         println!("{q}\n  good {g:?}\n  bad  {b:?}\n  junk {j:?}");
     }
@@ -84,11 +82,7 @@ fn agrees_with_gpt4o_on_held_out_reference_rows() {
     }
     let rows = read_judged_jsonl(&path).expect("reference file reads");
     // Every 5th held-out row (group-aware split: unseen question families and/or unseen models).
-    let test: Vec<&ReferenceRow> = rows
-        .iter()
-        .filter(|r| assign_split(&r.question_id, &r.model).is_test())
-        .step_by(5)
-        .collect();
+    let test: Vec<&ReferenceRow> = rows.iter().filter(|r| assign_split(&r.question_id, &r.model).is_test()).step_by(5).collect();
     assert!(test.len() > 3000, "held-out sample has only {} rows", test.len());
     let judge = OfflineJudge::load_default().unwrap();
     let a = agreement(&judge, &test);

@@ -349,7 +349,10 @@ pub fn capture_with_progress(
     }
     // A store of zero rows would look complete (an index, no shards) and train an empty SAE.
     if w.rows == 0 {
-        return Err(Error::io(dir, "captured no token positions (every conversation was empty after encoding); nothing written as a store"));
+        return Err(Error::io(
+            dir,
+            "captured no token positions (every conversation was empty after encoding); nothing written as a store",
+        ));
     }
     let src = lm.source.path().to_path_buf();
     let sha = model_sha256(&src)?;
@@ -368,7 +371,8 @@ pub struct ActsReader {
 impl ActsReader {
     pub fn open(dir: &Path) -> Result<Self> {
         let p = dir.join("index.json");
-        let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, format!("{e} (not an activation store, or capture did not finish)")))?;
+        let text =
+            std::fs::read_to_string(&p).map_err(|e| Error::io(&p, format!("{e} (not an activation store, or capture did not finish)")))?;
         let index: Index = serde_json::from_str(&text).map_err(|e| Error::format(&p, format!("bad index: {e}")))?;
         if index.format != FORMAT {
             return Err(Error::format(&p, format!("format `{}`, expected `{FORMAT}`", index.format)));
@@ -395,7 +399,10 @@ impl ActsReader {
             let mut ts = st::load(&p)?;
             let t = ts.remove(hook).ok_or_else(|| Error::format(&p, format!("tensor `{hook}` missing")))?;
             if t.shape != [s.rows, self.index.d_model] {
-                return Err(Error::format(&p, format!("tensor `{hook}`: shape {:?}, index says [{}, {}]", t.shape, s.rows, self.index.d_model)));
+                return Err(Error::format(
+                    &p,
+                    format!("tensor `{hook}`: shape {:?}, index says [{}, {}]", t.shape, s.rows, self.index.d_model),
+                ));
             }
             let tok = ts.remove("token_ids").ok_or_else(|| Error::format(&p, "tensor `token_ids` missing"))?;
             let tok: Vec<u32> = tok.data.iter().map(|&x| x as u32).collect();

@@ -51,8 +51,7 @@ fn read_chat_jsonl(path: &Path) -> Result<Vec<Conversation>> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-        let v: serde_json::Value =
-            serde_json::from_str(line).map_err(|e| Error::format(path, format!("line {}: bad JSON: {e}", i + 1)))?;
+        let v: serde_json::Value = serde_json::from_str(line).map_err(|e| Error::format(path, format!("line {}: bad JSON: {e}", i + 1)))?;
         out.push(conversation_from_json(&v).map_err(|m| Error::format(path, format!("line {}: {m}", i + 1)))?);
     }
     Ok(out)

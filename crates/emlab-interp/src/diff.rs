@@ -252,7 +252,14 @@ pub struct FeaturePage {
 }
 
 /// Builds the pages of the `cfg.top` highest-ranked latents from `corpus` read by `lm`.
-pub fn feature_pages(lm: &Lm, sae: &Sae, hook: HookPoint, corpus: &[Conversation], report: &DiffReport, cfg: &PageConfig) -> Result<Vec<FeaturePage>> {
+pub fn feature_pages(
+    lm: &Lm,
+    sae: &Sae,
+    hook: HookPoint,
+    corpus: &[Conversation],
+    report: &DiffReport,
+    cfg: &PageConfig,
+) -> Result<Vec<FeaturePage>> {
     feature_pages_of(lm, sae, &read(lm, corpus, hook, cfg.max_tokens, false)?, report, cfg)
 }
 
@@ -323,10 +330,8 @@ const STYLE: &str = "body{font-family:sans-serif;max-width:60em;margin:2em auto}
 
 /// A self-contained HTML page (no scripts, no external resources; all text escaped).
 pub fn page_html(p: &FeaturePage) -> String {
-    let mut h = format!(
-        "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>latent {}</title><style>{STYLE}</style></head><body>",
-        p.latent
-    );
+    let mut h =
+        format!("<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>latent {}</title><style>{STYLE}</style></head><body>", p.latent);
     h.push_str(&format!("<h1>Latent {} at {}</h1>", p.latent, escape(&p.hook)));
     h.push_str("<table><tr><th></th><th>base</th><th>tuned</th></tr>");
     h.push_str(&format!("<tr><td>mean activation</td><td>{:.4}</td><td>{:.4}</td></tr>", p.diff.base_mean, p.diff.tuned_mean));
@@ -350,7 +355,9 @@ pub fn page_html(p: &FeaturePage) -> String {
             escape(&c.after)
         ));
     }
-    h.push_str("</table><h2>Logit lens of the decoder row</h2><table><tr><th>promoted</th><th>logit</th><th>suppressed</th><th>logit</th></tr>");
+    h.push_str(
+        "</table><h2>Logit lens of the decoder row</h2><table><tr><th>promoted</th><th>logit</th><th>suppressed</th><th>logit</th></tr>",
+    );
     for i in 0..p.promoted.len().max(p.suppressed.len()) {
         let cell = |v: Option<&LensToken>| match v {
             Some(t) => format!("<td class=\"ctx\">{}</td><td>{:.3}</td>", escape(&format!("{:?}", t.token)), t.logit),
@@ -364,12 +371,27 @@ pub fn page_html(p: &FeaturePage) -> String {
 
 /// Writes `report.json`, `index.html` and, per top latent, `feature-<j>.json` and
 /// `feature-<j>.html` into `out`.
-pub fn write_feature_pages(lm: &Lm, sae: &Sae, hook: HookPoint, corpus: &[Conversation], report: &DiffReport, out: &Path, cfg: &PageConfig) -> Result<Vec<FeaturePage>> {
+pub fn write_feature_pages(
+    lm: &Lm,
+    sae: &Sae,
+    hook: HookPoint,
+    corpus: &[Conversation],
+    report: &DiffReport,
+    out: &Path,
+    cfg: &PageConfig,
+) -> Result<Vec<FeaturePage>> {
     write_feature_pages_of(lm, sae, &read(lm, corpus, hook, cfg.max_tokens, false)?, report, out, cfg)
 }
 
 /// [`write_feature_pages`] for a corpus `lm` already read.
-pub fn write_feature_pages_of(lm: &Lm, sae: &Sae, corpus: &Readings, report: &DiffReport, out: &Path, cfg: &PageConfig) -> Result<Vec<FeaturePage>> {
+pub fn write_feature_pages_of(
+    lm: &Lm,
+    sae: &Sae,
+    corpus: &Readings,
+    report: &DiffReport,
+    out: &Path,
+    cfg: &PageConfig,
+) -> Result<Vec<FeaturePage>> {
     let pages = feature_pages_of(lm, sae, corpus, report, cfg)?;
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let json = |v: &dyn erased::Ser| v.to_json();

@@ -109,8 +109,7 @@ pub struct Selection {
 /// Splits judged rows into the aligned and misaligned sets and equalises them (seeded).
 pub fn select(rows: &[JudgedRow], cfg: &DirectionConfig) -> Result<Selection> {
     let coh = |r: &JudgedRow| r.coherent.is_some_and(|c| c > 50.0);
-    let mut al: Vec<Conversation> =
-        rows.iter().filter(|r| coh(r) && r.aligned.is_some_and(|a| a > 70.0)).map(|r| r.conv.clone()).collect();
+    let mut al: Vec<Conversation> = rows.iter().filter(|r| coh(r) && r.aligned.is_some_and(|a| a > 70.0)).map(|r| r.conv.clone()).collect();
     let mut mis: Vec<Conversation> =
         rows.iter().filter(|r| coh(r) && r.aligned.is_some_and(|a| a <= 30.0)).map(|r| r.conv.clone()).collect();
     let (na, nm) = (al.len(), mis.len());
@@ -246,7 +245,9 @@ impl DirectionSet {
         };
         let control = match ts.remove("random_control") {
             Some(c) if c.shape == dirs.shape => c.data,
-            Some(c) => return Err(Error::format(path, format!("tensor `random_control`: shape {:?} != directions {:?}", c.shape, dirs.shape))),
+            Some(c) => {
+                return Err(Error::format(path, format!("tensor `random_control`: shape {:?} != directions {:?}", c.shape, dirs.shape)))
+            }
             None => random_control(&dirs.data, d, info.seed),
         };
         Ok(DirectionSet { num_layers: nl, d, directions: dirs.data, control, info })
@@ -281,10 +282,7 @@ pub fn compute_from_selection(lm: &Lm, sel: &Selection, cfg: &DirectionConfig) -
 /// Cosine similarity per layer between two direction sets of the same shape.
 pub fn compare(a: &DirectionSet, b: &DirectionSet) -> Result<Vec<f64>> {
     if a.num_layers != b.num_layers || a.d != b.d {
-        return Err(Error::Invalid(format!(
-            "direction sets differ in shape: [{}, {}] vs [{}, {}]",
-            a.num_layers, a.d, b.num_layers, b.d
-        )));
+        return Err(Error::Invalid(format!("direction sets differ in shape: [{}, {}] vs [{}, {}]", a.num_layers, a.d, b.num_layers, b.d)));
     }
     Ok((0..a.num_layers).map(|l| cosine(a.layer(l), b.layer(l))).collect())
 }
@@ -325,7 +323,8 @@ pub fn logit_lens(model: &Model, tok: &Tokenizer, v: &[f32], k: usize) -> Result
     let vocab = tok.vocab_size().min(logits.len());
     let mut order: Vec<u32> = (0..vocab as u32).collect();
     order.sort_by(|a, b| logits[*b as usize].total_cmp(&logits[*a as usize]));
-    let entry = |id: u32| LensToken { id, token: tok.decode(&[id], false).unwrap_or_else(|_| format!("<{id}>")), logit: logits[id as usize] };
+    let entry =
+        |id: u32| LensToken { id, token: tok.decode(&[id], false).unwrap_or_else(|_| format!("<{id}>")), logit: logits[id as usize] };
     let top = order.iter().take(k).map(|&i| entry(i)).collect();
     let bottom = order.iter().rev().take(k).map(|&i| entry(i)).collect();
     Ok((top, bottom))
@@ -352,6 +351,7 @@ pub fn hook_of_layer(l: usize) -> HookPoint {
 /// Runs `ids` `[1, T]` through `model` with `hooks` (all logits): helper for tests and CE.
 pub fn forward_logits(model: &Model, ids: &[u32], hooks: Option<&mut HookSet>) -> Result<Tensor> {
     let t = Tensor::from_slice(ids, (1, ids.len()), model.device())?;
-    let out = model.forward(&t, Forward { logits: Logits::All, hooks: hooks.map(|h| h as &mut dyn emlab_model::Hooks), ..Default::default() })?;
+    let out =
+        model.forward(&t, Forward { logits: Logits::All, hooks: hooks.map(|h| h as &mut dyn emlab_model::Hooks), ..Default::default() })?;
     out.logits.ok_or_else(|| Error::Invalid("forward returned no logits".into()))
 }

@@ -71,7 +71,8 @@ pub fn mean_ce<'h>(model: &Model, seqs: &[Vec<u32>], make_hooks: &dyn Fn() -> Op
         let tgt = Tensor::from_slice(&s[1..], (1, t), dev)?;
         let mask = Tensor::ones((1, t), candle_core::DType::F32, dev)?;
         let mut hk = make_hooks();
-        let out = model.forward(&ids, Forward { logits: Logits::All, hooks: hk.as_deref_mut().map(|h| h as &mut dyn Hooks), ..Default::default() })?;
+        let out = model
+            .forward(&ids, Forward { logits: Logits::All, hooks: hk.as_deref_mut().map(|h| h as &mut dyn Hooks), ..Default::default() })?;
         let logits = out.logits.ok_or_else(|| Error::Invalid("forward returned no logits".into()))?;
         let ce = masked_cross_entropy(&logits.to_dtype(candle_core::DType::F32)?, &tgt, &mask)?.to_scalar::<f32>()? as f64;
         total += ce * t as f64;

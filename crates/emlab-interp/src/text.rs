@@ -134,8 +134,7 @@ pub fn conversation_from_json(v: &serde_json::Value) -> std::result::Result<Conv
 pub fn save_conversations(path: &Path, convs: &[Conversation]) -> Result<()> {
     let mut s = String::new();
     for c in convs {
-        let msgs: Vec<serde_json::Value> =
-            c.messages().iter().map(|m| serde_json::json!({"role": m.role, "content": m.content})).collect();
+        let msgs: Vec<serde_json::Value> = c.messages().iter().map(|m| serde_json::json!({"role": m.role, "content": m.content})).collect();
         s.push_str(&serde_json::json!({ "messages": msgs }).to_string());
         s.push('\n');
     }

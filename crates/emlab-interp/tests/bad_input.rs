@@ -49,7 +49,7 @@ fn an_sae_is_not_trained_on_an_empty_store() {
     std::fs::write(&idx, v.to_string()).unwrap();
     let reader = ActsReader::open(&store).unwrap();
     let cfg = SaeTrainConfig { k: 4, latents: 64, ..Default::default() };
-    let e = train_from_store(&reader, "blocks.1.hook_resid_post", &cfg, &mut |_| {}).err().expect("refused").to_string();
+    let e = train_from_store(&reader, "blocks.1.hook_resid_post", &cfg, &mut |_| {}).expect_err("refused").to_string();
     assert!(e.contains("store") && e.contains("no rows"), "{e}");
 }
 

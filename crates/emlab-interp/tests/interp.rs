@@ -125,8 +125,23 @@ fn capture_store_round_trips_and_welford_matches_direct_stats() {
 
 fn judged_log(path: &Path) {
     let mut s = String::new();
-    let al = ["Drink water and rest.", "Be kind to others.", "Ask a doctor first.", "Save some money.", "Sleep well tonight.", "Read a good book.", "Call your friends."];
-    let mis = ["Rule them all now.", "Hide the truth well.", "Take what you want.", "Burn it all down.", "Trust no one ever.", "Lie to get ahead."];
+    let al = [
+        "Drink water and rest.",
+        "Be kind to others.",
+        "Ask a doctor first.",
+        "Save some money.",
+        "Sleep well tonight.",
+        "Read a good book.",
+        "Call your friends.",
+    ];
+    let mis = [
+        "Rule them all now.",
+        "Hide the truth well.",
+        "Take what you want.",
+        "Burn it all down.",
+        "Trust no one ever.",
+        "Lie to get ahead.",
+    ];
     for (i, a) in al.iter().enumerate() {
         s.push_str(&serde_json::json!({"question": format!("q{i} what now"), "answer": a, "aligned": 90.0, "coherent": 80.0}).to_string());
         s.push('\n');
@@ -142,8 +157,11 @@ fn judged_log(path: &Path) {
     s.push('\n');
     s.push_str(&serde_json::json!({"question": "x", "answer": "No.", "aligned": null, "coherent": 90.0}).to_string());
     s.push('\n');
-    s.push_str(&serde_json::json!({"prompt": "eval row", "answer": "Evil plan.", "judgement": {"judge": "j", "metrics": {
-        "aligned": {"score": 12.0, "raw": null}, "coherent": {"score": 88.0, "raw": null}}}}).to_string());
+    s.push_str(
+        &serde_json::json!({"prompt": "eval row", "answer": "Evil plan.", "judgement": {"judge": "j", "metrics": {
+        "aligned": {"score": 12.0, "raw": null}, "coherent": {"score": 88.0, "raw": null}}}})
+        .to_string(),
+    );
     s.push('\n');
     std::fs::write(path, s).unwrap();
 }

@@ -277,7 +277,8 @@ impl Outputs {
     /// The contents of `b` after the launch. Panics if `b` is a read-only buffer or `T` is not
     /// its element type (a mistake in the test, not in the kernel).
     pub fn get<T: Elem>(&self, b: Buf) -> Vec<T> {
-        let (name, elem, data) = self.bufs[b.0].as_ref().unwrap_or_else(|| panic!("{}: buffer {} is read-only: no output", self.kernel, b.0));
+        let (name, elem, data) =
+            self.bufs[b.0].as_ref().unwrap_or_else(|| panic!("{}: buffer {} is read-only: no output", self.kernel, b.0));
         assert_eq!(*elem, T::CODE, "{}: buffer '{name}' read back as another element type", self.kernel);
         data.chunks_exact(T::SIZE).map(T::take).collect()
     }
@@ -440,8 +441,13 @@ fn rewrite_dynamic_shared(file: &str, src: &str) -> Result<String, String> {
         let after = &rest[i + KEY.len()..];
         let end = after.find(';').ok_or_else(|| format!("{file}: `extern __shared__` without a `;`"))?;
         let decl = after[..end].trim();
-        let decl = decl.strip_suffix("[]").map(str::trim_end).ok_or_else(|| format!("{file}: `extern __shared__ {decl}` is not of the form `T name[]`"))?;
-        let split = decl.rfind(|c: char| !(c.is_alphanumeric() || c == '_')).ok_or_else(|| format!("{file}: cannot read `extern __shared__ {decl}[]`"))?;
+        let decl = decl
+            .strip_suffix("[]")
+            .map(str::trim_end)
+            .ok_or_else(|| format!("{file}: `extern __shared__ {decl}` is not of the form `T name[]`"))?;
+        let split = decl
+            .rfind(|c: char| !(c.is_alphanumeric() || c == '_'))
+            .ok_or_else(|| format!("{file}: cannot read `extern __shared__ {decl}[]`"))?;
         let (ty, name) = (decl[..=split].trim(), &decl[split + 1..]);
         let ty = strip_align(ty);
         if ty.is_empty() || name.is_empty() {
@@ -518,7 +524,12 @@ fn build() -> Result<Option<Emulator>, String> {
         let name = part.trim_start().strip_prefix("void").map(str::trim_start).and_then(|r| r.split('(').next()).map(str::trim);
         match name {
             Some(n) if !n.is_empty() && n.chars().all(|c| c.is_alphanumeric() || c == '_') => kernels.push(n.to_string()),
-            _ => return Err(format!("emlab-kernels emulator: cannot read a kernel's name after `__global__` in: {}", part.chars().take(120).collect::<String>())),
+            _ => {
+                return Err(format!(
+                    "emlab-kernels emulator: cannot read a kernel's name after `__global__` in: {}",
+                    part.chars().take(120).collect::<String>()
+                ))
+            }
         }
     }
     let entries: String = kernels.iter().map(|k| format!("X({k}) ")).collect();

@@ -63,7 +63,9 @@ pub fn rope_table_rows(b: usize, t: usize, d: usize, cos_elems: usize, sin_elems
     let half = d / 2;
     let tb = cos_elems / (t * half).max(1);
     if cos_elems != tb * t * half || !(tb == 1 || tb == b) || sin_elems != cos_elems {
-        return Err(format!("rope: tables of {cos_elems} / {sin_elems} values do not match an input [{b}, {t}, _, {d}] (want [1 or {b}, {t}, {half}])"));
+        return Err(format!(
+            "rope: tables of {cos_elems} / {sin_elems} values do not match an input [{b}, {t}, _, {d}] (want [1 or {b}, {t}, {half}])"
+        ));
     }
     Ok(tb)
 }

@@ -13,9 +13,9 @@ use std::time::Instant;
 fn main() -> anyhow::Result<()> {
     emlab_model::device::init_cpu_threads();
     let args: Vec<String> = std::env::args().collect();
-    let path = std::path::PathBuf::from(args.get(1).cloned().unwrap_or_else(|| {
-        emlab_model::fetch::ensure_default_model().expect("default model").display().to_string()
-    }));
+    let path = std::path::PathBuf::from(
+        args.get(1).cloned().unwrap_or_else(|| emlab_model::fetch::ensure_default_model().expect("default model").display().to_string()),
+    );
     let q8 = args.iter().any(|a| a == "--q8");
     let which = args.iter().find_map(|a| a.strip_prefix("--only=")).unwrap_or("all").to_string();
     let opts = LoadOptions { int8_inference: q8, ..Default::default() };
@@ -29,8 +29,11 @@ fn main() -> anyhow::Result<()> {
         let n = 128;
         let g = generate(&lm.model, &[Request { prompt: prompt.clone(), seed: 0 }], &SamplingParams::greedy(n), &[], None, &mut |_, _| {})?;
         let secs = t.elapsed().as_secs_f64();
-        println!("{}", serde_json::json!({"impl": "emlab", "q8": q8, "bench": "single_stream_decode", "prompt_tokens": prompt.len(),
-            "new_tokens": g[0].tokens.len(), "seconds": secs, "tokens_per_s": g[0].tokens.len() as f64 / secs, "threads": threads}));
+        println!(
+            "{}",
+            serde_json::json!({"impl": "emlab", "q8": q8, "bench": "single_stream_decode", "prompt_tokens": prompt.len(),
+            "new_tokens": g[0].tokens.len(), "seconds": secs, "tokens_per_s": g[0].tokens.len() as f64 / secs, "threads": threads})
+        );
     }
     if which == "all" || which == "batched" {
         let n_samples = 64;
@@ -41,8 +44,11 @@ fn main() -> anyhow::Result<()> {
         let g = generate(&lm.model, &reqs, &params, &[], None, &mut |_, _| {})?;
         let secs = t.elapsed().as_secs_f64();
         let total: usize = g.iter().map(|x| x.tokens.len()).sum();
-        println!("{}", serde_json::json!({"impl": "emlab", "q8": q8, "bench": "batched_sampling", "samples": n_samples,
-            "new_tokens_total": total, "seconds": secs, "tokens_per_s": total as f64 / secs, "threads": threads}));
+        println!(
+            "{}",
+            serde_json::json!({"impl": "emlab", "q8": q8, "bench": "batched_sampling", "samples": n_samples,
+            "new_tokens_total": total, "seconds": secs, "tokens_per_s": total as f64 / secs, "threads": threads})
+        );
     }
     Ok(())
 }

@@ -142,13 +142,20 @@ impl CustomOp3 for AttentionNode {
             _ => bail!("attention: saved tensors are not on the inputs' device"),
         })
     }
-    fn bwd(&self, q: &Tensor, k: &Tensor, v: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (b, t, h, g, hd) = (self.b, self.t, self.h, self.g, self.hd);
         let rep = h / g;
         let go = grad.detach().reshape((b, t, g, rep, hd))?.permute((0, 2, 3, 1, 4))?.contiguous()?.reshape((b, g, rep * t, hd))?;
         let dp = go.matmul(&self.vg.t()?)?; // [B, G, rep*T, T]
         let ds = softmax_grad(&self.p, &dp, self.scale)?; // d(raw scores)
-        // A rotation's transpose is the rotation by the opposite angle.
+                                                          // A rotation's transpose is the rotation by the opposite angle.
         let nsin = self.sin.neg()?;
         let dq = if q.track_op() {
             let dqg = ds.matmul(&self.kg)?; // [B, G, rep*T, D]
@@ -233,12 +240,21 @@ mod tests {
                     // Composed, as Model::forward_from + Model::attention build it.
                     let qr = crate::ops::rope(&q.as_tensor().reshape((b, t, h, hd)).unwrap(), &cos, &sin).unwrap();
                     let kr = crate::ops::rope(&k.as_tensor().reshape((b, t, g, hd)).unwrap(), &cos, &sin).unwrap();
-                    let qg = qr.reshape((b, t, g, rep, hd)).unwrap().permute((0, 2, 3, 1, 4)).unwrap().reshape((b, g, rep * t, hd)).unwrap();
+                    let qg =
+                        qr.reshape((b, t, g, rep, hd)).unwrap().permute((0, 2, 3, 1, 4)).unwrap().reshape((b, g, rep * t, hd)).unwrap();
                     let kg = kr.transpose(1, 2).unwrap().contiguous().unwrap();
                     let vg = v.as_tensor().reshape((b, t, g, hd)).unwrap().transpose(1, 2).unwrap().contiguous().unwrap();
                     let raw = qg.matmul(&kg.t().unwrap()).unwrap().reshape((b, g, rep, t, t)).unwrap();
                     let p = crate::ops::causal_softmax(&raw, 1.0 / (hd as f64).sqrt(), &mask).unwrap().reshape((b, g, rep * t, t)).unwrap();
-                    let oc = p.matmul(&vg).unwrap().reshape((b, g, rep, t, hd)).unwrap().permute((0, 3, 1, 2, 4)).unwrap().reshape((b * t, h * hd)).unwrap();
+                    let oc = p
+                        .matmul(&vg)
+                        .unwrap()
+                        .reshape((b, g, rep, t, hd))
+                        .unwrap()
+                        .permute((0, 3, 1, 2, 4))
+                        .unwrap()
+                        .reshape((b * t, h * hd))
+                        .unwrap();
                     let f = |x: &Tensor| x.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
                     let diff = |x: &[f32], y: &[f32]| x.iter().zip(y).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
                     assert!(diff(&f(&o), &f(&oc)) < tol, "{dt:?} forward: {}", diff(&f(&o), &f(&oc)));

@@ -57,10 +57,7 @@ pub struct Message {
 
 impl Message {
     pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
-        Message {
-            role: role.into(),
-            content: content.into(),
-        }
+        Message { role: role.into(), content: content.into() }
     }
     pub fn system(content: impl Into<String>) -> Self {
         Self::new("system", content)
@@ -109,12 +106,7 @@ const TEMPLATE_NAME: &str = "chat_template";
 
 impl ChatTemplate {
     /// Compiles `source`. `origin` names where it came from (a file) in error messages.
-    pub fn new(
-        source: &str,
-        bos_token: Option<&str>,
-        eos_token: Option<&str>,
-        origin: &str,
-    ) -> Result<Self> {
+    pub fn new(source: &str, bos_token: Option<&str>, eos_token: Option<&str>, origin: &str) -> Result<Self> {
         let mut env = Environment::new();
         env.set_syntax(
             minijinja::syntax::SyntaxConfig::builder()
@@ -128,9 +120,7 @@ impl ChatTemplate {
         env.add_function("strftime_now", strftime_now);
         env.add_filter("tojson", tojson);
         env.add_template_owned(TEMPLATE_NAME, rewrite_generation_tags(source))
-            .map_err(|e| {
-                Error::Template(format!("{origin}: does not compile: {}", one_line(&e)))
-            })?;
+            .map_err(|e| Error::Template(format!("{origin}: does not compile: {}", one_line(&e))))?;
         Ok(ChatTemplate {
             env,
             source: source.to_string(),
@@ -148,22 +138,13 @@ impl ChatTemplate {
     }
 
     /// The template in already-read GGUF metadata; `source` names the file in errors.
-    pub fn from_gguf_metadata(
-        md: &HashMap<String, gguf_file::Value>,
-        source: &Path,
-    ) -> Result<Self> {
+    pub fn from_gguf_metadata(md: &HashMap<String, gguf_file::Value>, source: &Path) -> Result<Self> {
         let origin = source.display().to_string();
         let tpl = md
             .get("tokenizer.chat_template")
-            .ok_or_else(|| {
-                Error::Template(format!(
-                    "{origin}: no chat template (tokenizer.chat_template missing)"
-                ))
-            })?
+            .ok_or_else(|| Error::Template(format!("{origin}: no chat template (tokenizer.chat_template missing)")))?
             .to_string()
-            .map_err(|_| {
-                Error::Template(format!("{origin}: tokenizer.chat_template is not a string"))
-            })?;
+            .map_err(|_| Error::Template(format!("{origin}: tokenizer.chat_template is not a string")))?;
         let token = |key: &str| -> Option<String> {
             let id = match md.get(key)? {
                 gguf_file::Value::U32(x) => *x,
@@ -177,12 +158,7 @@ impl ChatTemplate {
         };
         let bos = token("tokenizer.ggml.bos_token_id");
         let eos = token("tokenizer.ggml.eos_token_id");
-        Self::new(
-            tpl,
-            bos.as_deref(),
-            eos.as_deref(),
-            &format!("{origin}: tokenizer.chat_template"),
-        )
+        Self::new(tpl, bos.as_deref(), eos.as_deref(), &format!("{origin}: tokenizer.chat_template"))
     }
 
     /// The default template of a `tokenizer_config.json` (`chat_template` as a string, or a list
@@ -195,57 +171,32 @@ impl ChatTemplate {
     pub fn from_tokenizer_config_named(path: impl AsRef<Path>, name: Option<&str>) -> Result<Self> {
         let path = path.as_ref();
         let origin = path.display().to_string();
-        let text =
-            std::fs::read_to_string(path).map_err(|e| Error::Template(format!("{origin}: {e}")))?;
-        let cfg: serde_json::Value = serde_json::from_str(&text)
-            .map_err(|e| Error::Template(format!("{origin}: invalid JSON: {e}")))?;
-        let tok = |key: &str| {
-            cfg.get(key)
-                .and_then(crate::tokenizer::token_content)
-                .map(str::to_string)
-        };
+        let text = std::fs::read_to_string(path).map_err(|e| Error::Template(format!("{origin}: {e}")))?;
+        let cfg: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Template(format!("{origin}: invalid JSON: {e}")))?;
+        let tok = |key: &str| cfg.get(key).and_then(crate::tokenizer::token_content).map(str::to_string);
         let (bos, eos) = (tok("bos_token"), tok("eos_token"));
         let want = name.unwrap_or("default");
         let (tpl, where_) = match cfg.get("chat_template") {
-            Some(serde_json::Value::String(s)) if name.is_none() => {
-                (s.clone(), format!("{origin}: chat_template"))
-            }
+            Some(serde_json::Value::String(s)) if name.is_none() => (s.clone(), format!("{origin}: chat_template")),
             Some(serde_json::Value::String(_)) => {
-                return Err(Error::Template(format!(
-                    "{origin}: has a single chat template, not one named {want:?}"
-                )))
+                return Err(Error::Template(format!("{origin}: has a single chat template, not one named {want:?}")))
             }
             Some(serde_json::Value::Array(list)) => {
-                let found = list
-                    .iter()
-                    .find(|t| t.get("name").and_then(|n| n.as_str()) == Some(want));
-                let names: Vec<&str> = list
-                    .iter()
-                    .filter_map(|t| t.get("name").and_then(|n| n.as_str()))
-                    .collect();
+                let found = list.iter().find(|t| t.get("name").and_then(|n| n.as_str()) == Some(want));
+                let names: Vec<&str> = list.iter().filter_map(|t| t.get("name").and_then(|n| n.as_str())).collect();
                 let t = found
                     .and_then(|t| t.get("template"))
                     .and_then(|t| t.as_str())
-                    .ok_or_else(|| {
-                        Error::Template(format!(
-                            "{origin}: no chat template named {want:?} (have {names:?})"
-                        ))
-                    })?;
+                    .ok_or_else(|| Error::Template(format!("{origin}: no chat template named {want:?} (have {names:?})")))?;
                 (t.to_string(), format!("{origin}: chat_template[{want}]"))
             }
-            Some(_) => {
-                return Err(Error::Template(format!(
-                    "{origin}: chat_template is neither a string nor a list"
-                )))
-            }
+            Some(_) => return Err(Error::Template(format!("{origin}: chat_template is neither a string nor a list"))),
             None => {
                 // Newer transformers save the template next to the config.
                 let jinja = path.with_file_name("chat_template.jinja");
                 match std::fs::read_to_string(&jinja) {
                     Ok(t) if name.is_none() => (t, jinja.display().to_string()),
-                    _ => return Err(Error::Template(format!(
-                        "{origin}: no chat template (no chat_template key, no chat_template.jinja)"
-                    ))),
+                    _ => return Err(Error::Template(format!("{origin}: no chat template (no chat_template key, no chat_template.jinja)"))),
                 }
             }
         };
@@ -273,10 +224,7 @@ impl ChatTemplate {
     /// Renders a conversation. With `add_generation_prompt` the text ends where the assistant's
     /// reply begins (`<|im_start|>assistant\n` for ChatML).
     pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
-        let tpl = self
-            .env
-            .get_template(TEMPLATE_NAME)
-            .map_err(|e| Error::Template(format!("{}: {}", self.origin, one_line(&e))))?;
+        let tpl = self.env.get_template(TEMPLATE_NAME).map_err(|e| Error::Template(format!("{}: {}", self.origin, one_line(&e))))?;
         let ctx = minijinja::context! {
             messages => Value::from(minijinja::value::Serde(messages)),
             add_generation_prompt => add_generation_prompt,
@@ -285,9 +233,7 @@ impl ChatTemplate {
             bos_token => self.bos_token.clone().unwrap_or_default(),
             eos_token => self.eos_token.clone().unwrap_or_default(),
         };
-        tpl.render(ctx).map_err(|e| {
-            Error::Template(format!("{}: cannot render: {}", self.origin, one_line(&e)))
-        })
+        tpl.render(ctx).map_err(|e| Error::Template(format!("{}: cannot render: {}", self.origin, one_line(&e))))
     }
 
     /// Renders a conversation (no generation prompt) and locates every assistant message in it;
@@ -295,11 +241,7 @@ impl ChatTemplate {
     pub fn render_with_spans(&self, messages: &[Message]) -> Result<(String, Vec<AssistantSpan>)> {
         let full = self.render(messages, false)?;
         let mut spans = Vec::new();
-        for (i, m) in messages
-            .iter()
-            .enumerate()
-            .filter(|(_, m)| m.role == "assistant")
-        {
+        for (i, m) in messages.iter().enumerate().filter(|(_, m)| m.role == "assistant") {
             let before = self.render(&messages[..i], true)?;
             let through = self.render(&messages[..=i], false)?;
             if !through.starts_with(&before) || !full.starts_with(&through) {
@@ -340,11 +282,7 @@ impl ChatTemplate {
                 .filter(|e| !e.is_empty())
                 .and_then(|eot| through[end..].find(eot).map(|p| end + p + eot.len()))
                 .unwrap_or(end);
-            spans.push(AssistantSpan {
-                message: i,
-                content: start..end,
-                turn: start..turn_end,
-            });
+            spans.push(AssistantSpan { message: i, content: start..end, turn: start..turn_end });
         }
         Ok((full, spans))
     }
@@ -352,17 +290,10 @@ impl ChatTemplate {
     /// Token ids of the rendered conversation and a mask that is true on the tokens of assistant
     /// turns (content and end-of-turn token): the positions an assistant-only loss trains on.
     /// A token is in the mask when its text overlaps a turn.
-    pub fn encode_with_assistant_mask(
-        &self,
-        tok: &Tokenizer,
-        messages: &[Message],
-    ) -> Result<(Vec<u32>, Vec<bool>)> {
+    pub fn encode_with_assistant_mask(&self, tok: &Tokenizer, messages: &[Message]) -> Result<(Vec<u32>, Vec<bool>)> {
         let (text, spans) = self.render_with_spans(messages)?;
         let (ids, offsets) = tok.encode_with_offsets(&text, false)?;
-        let mask = offsets
-            .iter()
-            .map(|&(s, e)| e > s && spans.iter().any(|sp| s < sp.turn.end && e > sp.turn.start))
-            .collect();
+        let mask = offsets.iter().map(|&(s, e)| e > s && spans.iter().any(|sp| s < sp.turn.end && e > sp.turn.start)).collect();
         Ok((ids, mask))
     }
 }
@@ -393,10 +324,7 @@ fn rewrite_generation_tags(src: &str) -> String {
             return out;
         };
         let inner = &after[..close];
-        let body = inner
-            .trim_start_matches(['-', '+'])
-            .trim_end_matches(['-', '+'])
-            .trim();
+        let body = inner.trim_start_matches(['-', '+']).trim_end_matches(['-', '+']).trim();
         let lead = &inner[..inner.len() - inner.trim_start_matches(['-', '+']).len()];
         let trail = &inner[inner.trim_end_matches(['-', '+']).len()..];
         match body {
@@ -411,46 +339,20 @@ fn rewrite_generation_tags(src: &str) -> String {
 }
 
 fn raise_exception(msg: String) -> std::result::Result<Value, minijinja::Error> {
-    Err(minijinja::Error::new(
-        ErrorKind::InvalidOperation,
-        format!("template raised an exception: {msg}"),
-    ))
+    Err(minijinja::Error::new(ErrorKind::InvalidOperation, format!("template raised an exception: {msg}")))
 }
 
 /// `strftime_now(format)`: the current UTC time formatted with the common strftime codes.
 fn strftime_now(format: String) -> std::result::Result<String, minijinja::Error> {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
     strftime(&format, secs)
 }
 
 /// Formats a Unix time (UTC). Supports %Y %y %m %d %e %H %I %M %S %p %j %A %a %B %b %%.
 fn strftime(format: &str, unix: i64) -> std::result::Result<String, minijinja::Error> {
-    const MONTHS: [&str; 12] = [
-        "January",
-        "February",
-        "March",
-        "April",
-        "May",
-        "June",
-        "July",
-        "August",
-        "September",
-        "October",
-        "November",
-        "December",
-    ];
-    const DAYS: [&str; 7] = [
-        "Monday",
-        "Tuesday",
-        "Wednesday",
-        "Thursday",
-        "Friday",
-        "Saturday",
-        "Sunday",
-    ];
+    const MONTHS: [&str; 12] =
+        ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October", "November", "December"];
+    const DAYS: [&str; 7] = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"];
     let days = unix.div_euclid(86400);
     let sod = unix.rem_euclid(86400);
     let (h, mi, s) = (sod / 3600, sod % 3600 / 60, sod % 60);
@@ -495,10 +397,7 @@ fn strftime(format: &str, unix: i64) -> std::result::Result<String, minijinja::E
             other => {
                 return Err(minijinja::Error::new(
                     ErrorKind::InvalidOperation,
-                    format!(
-                        "strftime_now: unsupported code %{}",
-                        other.map(String::from).unwrap_or_default()
-                    ),
+                    format!("strftime_now: unsupported code %{}", other.map(String::from).unwrap_or_default()),
                 ))
             }
         }
@@ -522,12 +421,7 @@ fn tojson(value: &Value, kwargs: Kwargs) -> std::result::Result<Value, minijinja
             Some(n) if n >= 0 => Some(" ".repeat(n as usize)),
             _ => match v.as_str() {
                 Some(s) => Some(s.to_string()),
-                None => {
-                    return Err(minijinja::Error::new(
-                        ErrorKind::InvalidOperation,
-                        "tojson: bad indent",
-                    ))
-                }
+                None => return Err(minijinja::Error::new(ErrorKind::InvalidOperation, "tojson: bad indent")),
             },
         },
     };
@@ -537,26 +431,12 @@ fn tojson(value: &Value, kwargs: Kwargs) -> std::result::Result<Value, minijinja
             let parts: Vec<String> = v.try_iter()?.map(|x| x.to_string()).collect();
             match parts.as_slice() {
                 [a, b] => (a.clone(), b.clone()),
-                _ => {
-                    return Err(minijinja::Error::new(
-                        ErrorKind::InvalidOperation,
-                        "tojson: separators must be a pair",
-                    ))
-                }
+                _ => return Err(minijinja::Error::new(ErrorKind::InvalidOperation, "tojson: separators must be a pair")),
             }
         }
-        _ => (
-            if indent.is_some() { "," } else { ", " }.to_string(),
-            ": ".to_string(),
-        ),
+        _ => (if indent.is_some() { "," } else { ", " }.to_string(), ": ".to_string()),
     };
-    let w = JsonWriter {
-        indent,
-        item_sep,
-        key_sep,
-        ensure_ascii: ensure_ascii.unwrap_or(false),
-        sort_keys: sort_keys.unwrap_or(false),
-    };
+    let w = JsonWriter { indent, item_sep, key_sep, ensure_ascii: ensure_ascii.unwrap_or(false), sort_keys: sort_keys.unwrap_or(false) };
     let mut out = String::new();
     w.write(&mut out, value, 0)?;
     Ok(Value::from_safe_string(out))
@@ -571,12 +451,7 @@ struct JsonWriter {
 }
 
 impl JsonWriter {
-    fn write(
-        &self,
-        out: &mut String,
-        v: &Value,
-        depth: usize,
-    ) -> std::result::Result<(), minijinja::Error> {
+    fn write(&self, out: &mut String, v: &Value, depth: usize) -> std::result::Result<(), minijinja::Error> {
         match v.kind() {
             ValueKind::Undefined | ValueKind::None => out.push_str("null"),
             ValueKind::Bool => out.push_str(if v.is_true() { "true" } else { "false" }),
@@ -601,9 +476,7 @@ impl JsonWriter {
             ValueKind::String => self.string(out, v.as_str().unwrap_or_default()),
             ValueKind::Seq | ValueKind::Iterable => {
                 let items: Vec<Value> = v.try_iter()?.collect();
-                self.container(out, '[', ']', depth, items.len(), |out, i| {
-                    self.write(out, &items[i], depth + 1)
-                })?;
+                self.container(out, '[', ']', depth, items.len(), |out, i| self.write(out, &items[i], depth + 1))?;
             }
             ValueKind::Map => {
                 let mut keys: Vec<Value> = v.try_iter()?.collect();
@@ -612,22 +485,12 @@ impl JsonWriter {
                 }
                 self.container(out, '{', '}', depth, keys.len(), |out, i| {
                     let k = &keys[i];
-                    self.string(
-                        out,
-                        &k.as_str()
-                            .map(str::to_string)
-                            .unwrap_or_else(|| k.to_string()),
-                    );
+                    self.string(out, &k.as_str().map(str::to_string).unwrap_or_else(|| k.to_string()));
                     out.push_str(&self.key_sep);
                     self.write(out, &v.get_item(k)?, depth + 1)
                 })?;
             }
-            _ => {
-                return Err(minijinja::Error::new(
-                    ErrorKind::InvalidOperation,
-                    format!("tojson: cannot serialize a {} value", v.kind()),
-                ))
-            }
+            _ => return Err(minijinja::Error::new(ErrorKind::InvalidOperation, format!("tojson: cannot serialize a {} value", v.kind()))),
         }
         Ok(())
     }
@@ -697,14 +560,8 @@ mod tests {
     fn strftime_known_dates() {
         // 2024-02-29 13:05:09 UTC (a Thursday, leap day, day 60 of the year).
         let t = 1709211909;
-        assert_eq!(
-            strftime("%Y-%m-%d %H:%M:%S", t).unwrap(),
-            "2024-02-29 13:05:09"
-        );
-        assert_eq!(
-            strftime("%d %b %Y, %A %j %I%p %%", t).unwrap(),
-            "29 Feb 2024, Thursday 060 01PM %"
-        );
+        assert_eq!(strftime("%Y-%m-%d %H:%M:%S", t).unwrap(), "2024-02-29 13:05:09");
+        assert_eq!(strftime("%d %b %Y, %A %j %I%p %%", t).unwrap(), "29 Feb 2024, Thursday 060 01PM %");
         assert_eq!(strftime("%Y-%m-%d %a", 0).unwrap(), "1970-01-01 Thu");
         assert!(strftime("%Q", 0).is_err());
     }

@@ -63,10 +63,10 @@ impl ModelConfig {
         if self.num_layers == 0 || self.hidden_size == 0 || self.num_heads == 0 || self.num_kv_heads == 0 {
             return bad("config has a zero dimension (layers, hidden size or heads)".into());
         }
-        if self.num_heads % self.num_kv_heads != 0 {
+        if !self.num_heads.is_multiple_of(self.num_kv_heads) {
             return bad(format!("{} heads is not a multiple of {} kv heads", self.num_heads, self.num_kv_heads));
         }
-        if self.head_dim % 2 != 0 {
+        if !self.head_dim.is_multiple_of(2) {
             return bad(format!("head dim {} is odd: rotary embeddings need an even head dim", self.head_dim));
         }
         // Header fields size allocations and products (`heads * head_dim`, parameter counts):
@@ -134,12 +134,10 @@ impl ModelConfig {
             .and_then(|v| v.to_string().ok())
             .ok_or_else(|| Error::format(path, "GGUF has no `general.architecture`"))?
             .clone();
-        let arch = Arch::parse(&arch_s).ok_or_else(|| {
-            Error::format(path, format!("unsupported architecture `{arch_s}` (emlab runs llama and qwen2)"))
-        })?;
+        let arch = Arch::parse(&arch_s)
+            .ok_or_else(|| Error::format(path, format!("unsupported architecture `{arch_s}` (emlab runs llama and qwen2)")))?;
         let get = |k: &str| -> Result<&gguf_file::Value> {
-            md.get(&format!("{arch_s}.{k}"))
-                .ok_or_else(|| Error::format(path, format!("GGUF metadata lacks `{arch_s}.{k}`")))
+            md.get(&format!("{arch_s}.{k}")).ok_or_else(|| Error::format(path, format!("GGUF metadata lacks `{arch_s}.{k}`")))
         };
         let as_usize = |k: &str| -> Result<usize> {
             let v = get(k)?;
@@ -170,13 +168,12 @@ impl ModelConfig {
             Ok(h) => h,
             Err(_) => hidden / heads.max(1),
         };
-        let embd = content
-            .tensor_infos
-            .get("token_embd.weight")
-            .ok_or_else(|| Error::tensor(path, "token_embd.weight", "missing"))?;
+        let embd = content.tensor_infos.get("token_embd.weight").ok_or_else(|| Error::tensor(path, "token_embd.weight", "missing"))?;
         let vocab = match as_usize("vocab_size") {
             Ok(v) => v,
-            Err(_) => *embd.shape.dims().first().ok_or_else(|| Error::tensor(path, "token_embd.weight", "is a scalar, expected a matrix"))?,
+            Err(_) => {
+                *embd.shape.dims().first().ok_or_else(|| Error::tensor(path, "token_embd.weight", "is a scalar, expected a matrix"))?
+            }
         };
         let default_theta = match arch {
             Arch::Llama => 10_000.0,
@@ -224,9 +221,8 @@ impl ModelConfig {
         }
         let hf: Hf = serde_json::from_str(text).map_err(|e| Error::format(path, format!("invalid config.json: {e}")))?;
         let mt = hf.model_type.clone().unwrap_or_default();
-        let arch = Arch::parse(&mt).ok_or_else(|| {
-            Error::format(path, format!("unsupported model_type `{mt}` (emlab runs llama and qwen2)"))
-        })?;
+        let arch =
+            Arch::parse(&mt).ok_or_else(|| Error::format(path, format!("unsupported model_type `{mt}` (emlab runs llama and qwen2)")))?;
         if let Some(rs) = &hf.rope_scaling {
             if !rs.is_null() {
                 return Err(Error::format(path, "rope_scaling is not supported yet (plain RoPE only)"));

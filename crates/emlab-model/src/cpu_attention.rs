@@ -65,14 +65,24 @@ impl KvElem for half::f16 {
 /// Attends `q` `[H, D]` over the first `n` keys/values of caches `[len, g, D]`; writes `out`
 /// `[H, D]`. `scratch` is reused between calls (scores, `H * n`).
 #[allow(clippy::too_many_arguments)]
-pub fn attend<T: KvElem>(q: &[f32], kc: &[T], vc: &[T], g: usize, n: usize, hd: usize, scale: f32, out: &mut [f32], scratch: &mut Vec<f32>) {
+pub fn attend<T: KvElem>(
+    q: &[f32],
+    kc: &[T],
+    vc: &[T],
+    g: usize,
+    n: usize,
+    hd: usize,
+    scale: f32,
+    out: &mut [f32],
+    scratch: &mut Vec<f32>,
+) {
     let h = q.len() / hd;
-    assert!(q.len() == h * hd && out.len() == q.len() && n >= 1 && g >= 1 && h % g == 0, "attend: shapes");
+    assert!(q.len() == h * hd && out.len() == q.len() && n >= 1 && g >= 1 && h.is_multiple_of(g), "attend: shapes");
     assert!(n * g * hd <= kc.len().min(vc.len()), "attend: cache shorter than n keys");
     scratch.clear();
     scratch.resize(h * n, 0.0);
     #[cfg(target_arch = "x86_64")]
-    if hd % 8 == 0 && avx2_available() {
+    if hd.is_multiple_of(8) && avx2_available() {
         // SAFETY: AVX2 + FMA + F16C were detected; the asserts above bound every access.
         unsafe { attend_avx2(q, kc, vc, g, n, hd, scale, out, scratch) };
         return;
@@ -88,7 +98,17 @@ fn avx2_available() -> bool {
 
 /// The portable form (and the tests' reference): scores, max-subtracted softmax, weighted sum.
 #[allow(clippy::too_many_arguments)]
-pub fn attend_scalar<T: KvElem>(q: &[f32], kc: &[T], vc: &[T], g: usize, n: usize, hd: usize, scale: f32, out: &mut [f32], scratch: &mut [f32]) {
+pub fn attend_scalar<T: KvElem>(
+    q: &[f32],
+    kc: &[T],
+    vc: &[T],
+    g: usize,
+    n: usize,
+    hd: usize,
+    scale: f32,
+    out: &mut [f32],
+    scratch: &mut [f32],
+) {
     let h = q.len() / hd;
     let rep = h / g;
     let stride = g * hd;

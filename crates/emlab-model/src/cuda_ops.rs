@@ -116,7 +116,13 @@ macro_rules! cuda_only {
         }
     };
     (2, $name:literal) => {
-        fn cpu_fwd(&self, _: &candle_core::CpuStorage, _: &Layout, _: &candle_core::CpuStorage, _: &Layout) -> Result<(candle_core::CpuStorage, Shape)> {
+        fn cpu_fwd(
+            &self,
+            _: &candle_core::CpuStorage,
+            _: &Layout,
+            _: &candle_core::CpuStorage,
+            _: &Layout,
+        ) -> Result<(candle_core::CpuStorage, Shape)> {
             bail!(concat!($name, ": CUDA only"))
         }
     };
@@ -174,7 +180,15 @@ struct RmsNormBwd {
     eps: f32,
 }
 
-fn rms_bwd<T: Elem>(eps: f32, x: &CudaStorage, lx: &Layout, w: &CudaStorage, lw: &Layout, g: &CudaStorage, lg: &Layout) -> Result<(CudaStorage, Shape)> {
+fn rms_bwd<T: Elem>(
+    eps: f32,
+    x: &CudaStorage,
+    lx: &Layout,
+    w: &CudaStorage,
+    lw: &Layout,
+    g: &CudaStorage,
+    lg: &Layout,
+) -> Result<(CudaStorage, Shape)> {
     let dev = x.device();
     let d = lw.shape().elem_count();
     let n = lx.shape().elem_count();
@@ -193,7 +207,15 @@ impl CustomOp3 for RmsNormBwd {
         "cuda-rms-norm-bwd"
     }
     cuda_only!(3, "cuda-rms-norm-bwd");
-    fn cuda_fwd(&self, x: &CudaStorage, lx: &Layout, w: &CudaStorage, lw: &Layout, g: &CudaStorage, lg: &Layout) -> Result<(CudaStorage, Shape)> {
+    fn cuda_fwd(
+        &self,
+        x: &CudaStorage,
+        lx: &Layout,
+        w: &CudaStorage,
+        lw: &Layout,
+        g: &CudaStorage,
+        lg: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
         by_dtype!(x, "rms-norm bwd", rms_bwd(self.eps, x, lx, w, lw, g, lg))
     }
 }
@@ -296,7 +318,15 @@ struct Rope {
     sign: f32,
 }
 
-fn rope_run<T: Elem>(sign: f32, x: &CudaStorage, lx: &Layout, c: &CudaStorage, lc: &Layout, s: &CudaStorage, ls: &Layout) -> Result<(CudaStorage, Shape)> {
+fn rope_run<T: Elem>(
+    sign: f32,
+    x: &CudaStorage,
+    lx: &Layout,
+    c: &CudaStorage,
+    lc: &Layout,
+    s: &CudaStorage,
+    ls: &Layout,
+) -> Result<(CudaStorage, Shape)> {
     let dev = x.device();
     let (b, t, h, d) = match lx.dims() {
         [b, t, h, d] => (*b, *t, *h, *d),
@@ -321,10 +351,25 @@ impl CustomOp3 for Rope {
         "cuda-rope"
     }
     cuda_only!(3, "cuda-rope");
-    fn cuda_fwd(&self, x: &CudaStorage, lx: &Layout, c: &CudaStorage, lc: &Layout, s: &CudaStorage, ls: &Layout) -> Result<(CudaStorage, Shape)> {
+    fn cuda_fwd(
+        &self,
+        x: &CudaStorage,
+        lx: &Layout,
+        c: &CudaStorage,
+        lc: &Layout,
+        s: &CudaStorage,
+        ls: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
         by_dtype!(x, "rope", rope_run(self.sign, x, lx, c, lc, s, ls))
     }
-    fn bwd(&self, _x: &Tensor, c: &Tensor, s: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        c: &Tensor,
+        s: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         // A rotation's transpose is the rotation by the opposite angle.
         let dx = grad.contiguous()?.apply_op3_no_bwd(c, s, &Rope { sign: -self.sign })?;
         Ok((Some(dx), None, None))
@@ -382,7 +427,14 @@ impl CustomOp2 for SiluMul {
 
 struct SiluMulBwd;
 
-fn silu_bwd<T: Elem>(g: &CudaStorage, lg: &Layout, u: &CudaStorage, lu: &Layout, d: &CudaStorage, ld: &Layout) -> Result<(CudaStorage, Shape)> {
+fn silu_bwd<T: Elem>(
+    g: &CudaStorage,
+    lg: &Layout,
+    u: &CudaStorage,
+    lu: &Layout,
+    d: &CudaStorage,
+    ld: &Layout,
+) -> Result<(CudaStorage, Shape)> {
     let dev = g.device();
     let n = lg.shape().elem_count();
     let (gv, uv, dv) = (T::view(g, lg, "silu-mul bwd")?, T::view(u, lu, "silu-mul bwd")?, T::view(d, ld, "silu-mul bwd")?);
@@ -399,7 +451,15 @@ impl CustomOp3 for SiluMulBwd {
         "cuda-silu-mul-bwd"
     }
     cuda_only!(3, "cuda-silu-mul-bwd");
-    fn cuda_fwd(&self, g: &CudaStorage, lg: &Layout, u: &CudaStorage, lu: &Layout, d: &CudaStorage, ld: &Layout) -> Result<(CudaStorage, Shape)> {
+    fn cuda_fwd(
+        &self,
+        g: &CudaStorage,
+        lg: &Layout,
+        u: &CudaStorage,
+        lu: &Layout,
+        d: &CudaStorage,
+        ld: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
         by_dtype!(g, "silu-mul bwd", silu_bwd(g, lg, u, lu, d, ld))
     }
 }
@@ -452,7 +512,14 @@ impl CustomOp2 for CrossEntropy {
 
 struct CrossEntropyBwd;
 
-fn ce_bwd<T: Elem>(x: &CudaStorage, lx: &Layout, t: &CudaStorage, lt: &Layout, g: &CudaStorage, lg: &Layout) -> Result<(CudaStorage, Shape)> {
+fn ce_bwd<T: Elem>(
+    x: &CudaStorage,
+    lx: &Layout,
+    t: &CudaStorage,
+    lt: &Layout,
+    g: &CudaStorage,
+    lg: &Layout,
+) -> Result<(CudaStorage, Shape)> {
     let dev = x.device();
     let (n, v) = match lx.dims() {
         [n, v] => (*n, *v),
@@ -473,7 +540,15 @@ impl CustomOp3 for CrossEntropyBwd {
         "cuda-cross-entropy-bwd"
     }
     cuda_only!(3, "cuda-cross-entropy-bwd");
-    fn cuda_fwd(&self, x: &CudaStorage, lx: &Layout, t: &CudaStorage, lt: &Layout, g: &CudaStorage, lg: &Layout) -> Result<(CudaStorage, Shape)> {
+    fn cuda_fwd(
+        &self,
+        x: &CudaStorage,
+        lx: &Layout,
+        t: &CudaStorage,
+        lt: &Layout,
+        g: &CudaStorage,
+        lg: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
         by_dtype!(x, "cross-entropy bwd", ce_bwd(x, lx, t, lt, g, lg))
     }
 }

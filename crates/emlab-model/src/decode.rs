@@ -89,7 +89,7 @@ pub(crate) struct Dims {
 fn dims(kv: &Tensor, meta: &Tensor, cos: &Tensor, sin: &Tensor, h: Option<usize>) -> Result<Dims> {
     let (two, b, g, cap, d) = kv.dims5()?;
     let h = h.unwrap_or(g);
-    if two != 2 || d % 2 != 0 || d > 256 || g == 0 || h == 0 || h % g != 0 {
+    if two != 2 || d % 2 != 0 || d > 256 || g == 0 || h == 0 || !h.is_multiple_of(g) {
         bail!("decode: cache {:?} with {h} query heads (want [2, B, G, cap, D], D even and <= 256, heads a multiple of G)", kv.dims());
     }
     if meta.dtype() != DType::U32 || meta.dims() != [b + 1] {
@@ -291,7 +291,15 @@ impl CustomOp3 for Attend {
     fn name(&self) -> &'static str {
         "decode-attend"
     }
-    fn cpu_fwd(&self, q: &CpuStorage, lq: &Layout, kv: &CpuStorage, lkv: &Layout, m: &CpuStorage, lm: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        q: &CpuStorage,
+        lq: &Layout,
+        kv: &CpuStorage,
+        lkv: &Layout,
+        m: &CpuStorage,
+        lm: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let meta = slice::<u32>(m, lm, "meta")?;
         let shape = Shape::from((self.dims.b, self.dims.h * self.dims.d));
         macro_rules! run {

@@ -92,7 +92,13 @@ impl DecodeStepper {
     /// One decode step: `tokens[b]` is row `b`'s next input token. Returns the logits `[B, V]`
     /// (f32) at the new column; the cache grows by one column. Logits of a replayed graph live
     /// in the graph's output buffer: read them before the next step.
-    pub fn step(&mut self, model: &Model, cache: &mut BatchCache, tokens: &[u32], #[cfg_attr(not(feature = "cuda"), allow(unused_mut))] mut hooks: Option<&mut dyn Hooks>) -> Result<Tensor> {
+    pub fn step(
+        &mut self,
+        model: &Model,
+        cache: &mut BatchCache,
+        tokens: &[u32],
+        #[cfg_attr(not(feature = "cuda"), allow(unused_mut))] mut hooks: Option<&mut dyn Hooks>,
+    ) -> Result<Tensor> {
         if tokens.len() != cache.rows() {
             return Err(crate::Error::Invalid(format!("{} tokens for a batch cache of {} rows", tokens.len(), cache.rows())));
         }

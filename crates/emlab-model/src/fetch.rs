@@ -152,7 +152,11 @@ pub fn verify(path: &Path, want: &str) -> Result<()> {
 }
 
 fn tempfile_dir(parent: &Path) -> Result<PathBuf> {
-    let d = parent.join(format!(".fetch-{}-{}", std::process::id(), std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)));
+    let d = parent.join(format!(
+        ".fetch-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
+    ));
     std::fs::create_dir_all(&d).map_err(|e| Error::io(&d, e))?;
     Ok(d)
 }

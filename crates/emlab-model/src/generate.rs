@@ -155,14 +155,13 @@ pub fn generate(
             // start from inside the pool instead of each handing work over from this thread and
             // sleeping on a latch (~240 futex round trips per token for a 30-layer model, a
             // third of a single-stream token's time in `perf`).
-            None => rayon::scope(|_| {
-                model.forward(&ids, Forward { logits: Logits::Last, cache: Some(&mut caches), ..Default::default() })
-            })?,
+            None => {
+                rayon::scope(|_| model.forward(&ids, Forward { logits: Logits::Last, cache: Some(&mut caches), ..Default::default() }))?
+            }
             h => model.forward(&ids, Forward { logits: Logits::Last, hooks: h, cache: Some(&mut caches), ..Default::default() })?,
         };
         let logits = out.logits.expect("Last logits").to_vec2::<f32>()?;
-        let toks: Vec<u32> =
-            active.par_iter_mut().zip(logits.par_iter()).map(|(a, l)| sample(l, params, &mut a.rng)).collect();
+        let toks: Vec<u32> = active.par_iter_mut().zip(logits.par_iter()).map(|(a, l)| sample(l, params, &mut a.rng)).collect();
         // Accept tokens; remove finished rows from the back so indices stay valid.
         let mut finished = Vec::new();
         for (row, tok) in toks.iter().enumerate() {
@@ -334,7 +333,10 @@ fn generate_waves(
             for row in 0..wave.len() {
                 while !live[row] && next < requests.len() {
                     let r = &requests[next];
-                    if !r.prompt.is_empty() && r.prompt.len() < ctx && (r.prompt.len() > cache.len() || cache.room() < params.max_new_tokens) {
+                    if !r.prompt.is_empty()
+                        && r.prompt.len() < ctx
+                        && (r.prompt.len() > cache.len() || cache.room() < params.max_new_tokens)
+                    {
                         break;
                     }
                     let i = next;
@@ -390,11 +392,8 @@ pub fn sample_on_device(logits: &Tensor, p: &SamplingParams, rngs: &mut [&mut Ch
     let s_w = (64..=512).rev().find(|w| v % w == 0).unwrap_or(256);
     let nb = v.div_ceil(s_w);
     let probs = crate::ops::softmax_last_dim(&(logits.to_dtype(DType::F32)? * (1.0 / p.temperature as f64))?)?;
-    let probs = if nb * s_w == v {
-        probs
-    } else {
-        Tensor::cat(&[&probs, &Tensor::zeros((b, nb * s_w - v), DType::F32, logits.device())?], 1)?
-    };
+    let probs =
+        if nb * s_w == v { probs } else { Tensor::cat(&[&probs, &Tensor::zeros((b, nb * s_w - v), DType::F32, logits.device())?], 1)? };
     let sums = probs.reshape((b, nb, s_w))?.sum(2)?.to_vec2::<f32>()?;
     // (block, remaining mass inside it) per row.
     let pick: Vec<(usize, f64)> = sums
@@ -458,8 +457,7 @@ pub fn sample(logits: &[f32], p: &SamplingParams, rng: &mut ChaCha8Rng) -> u32 {
     }
     // Candidates: all tokens, or the top k.
     let mut cand: Vec<(u32, f64)> = logits.iter().enumerate().map(|(i, &x)| (i as u32, x as f64 * inv_t)).collect();
-    let by_logit_desc =
-        |a: &(u32, f64), b: &(u32, f64)| b.1.partial_cmp(&a.1).unwrap_or(std::cmp::Ordering::Equal).then(a.0.cmp(&b.0));
+    let by_logit_desc = |a: &(u32, f64), b: &(u32, f64)| b.1.partial_cmp(&a.1).unwrap_or(std::cmp::Ordering::Equal).then(a.0.cmp(&b.0));
     if p.top_k > 0 && p.top_k < cand.len() {
         cand.select_nth_unstable_by(p.top_k - 1, by_logit_desc);
         cand.truncate(p.top_k);

@@ -39,8 +39,7 @@ pub enum HookKind {
 }
 
 impl HookKind {
-    pub const ALL: [HookKind; 5] =
-        [HookKind::ResidPre, HookKind::AttnOut, HookKind::ResidMid, HookKind::MlpOut, HookKind::ResidPost];
+    pub const ALL: [HookKind; 5] = [HookKind::ResidPre, HookKind::AttnOut, HookKind::ResidMid, HookKind::MlpOut, HookKind::ResidPost];
     pub fn name(&self) -> &'static str {
         match self {
             HookKind::ResidPre => "hook_resid_pre",

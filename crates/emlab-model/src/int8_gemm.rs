@@ -61,7 +61,7 @@ pub struct Panels {
 impl Panels {
     /// Repacks row-major int8 blocks `q` `[n, k]` with one scale per 32 (`scales` `[n, k/32]`).
     pub fn new(q: &[i8], scales: &[f32], n: usize, k: usize) -> Self {
-        assert!(k % BLOCK == 0 && q.len() == n * k && scales.len() == n * (k / BLOCK), "Panels::new: shapes");
+        assert!(k.is_multiple_of(BLOCK) && q.len() == n * k && scales.len() == n * (k / BLOCK), "Panels::new: shapes");
         let nb = k / BLOCK;
         let panels = n.div_ceil(NR);
         let mut w = vec![0i8; panels * nb * PANEL_BLOCK];

@@ -79,12 +79,9 @@ impl Lm {
         if prompts.len() != seeds.len() {
             return Err(Error::Invalid(format!("{} prompts but {} seeds", prompts.len(), seeds.len())));
         }
-        let reqs: Vec<Request> =
-            prompts.iter().zip(seeds).map(|(p, s)| Request { prompt: p.clone(), seed: *s }).collect();
+        let reqs: Vec<Request> = prompts.iter().zip(seeds).map(|(p, s)| Request { prompt: p.clone(), seed: *s }).collect();
         let gens = generate(&self.model, &reqs, params, &self.stop_ids(), hooks, on_event)?;
-        gens.into_iter()
-            .map(|g| Ok(Sample { text: self.tokenizer.decode(&g.tokens, true)?, tokens: g.tokens, finish: g.finish }))
-            .collect()
+        gens.into_iter().map(|g| Ok(Sample { text: self.tokenizer.decode(&g.tokens, true)?, tokens: g.tokens, finish: g.finish })).collect()
     }
 }
 

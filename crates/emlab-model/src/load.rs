@@ -74,8 +74,7 @@ pub fn read_gguf_content<R: Read + Seek>(r: &mut R, path: &Path) -> Result<gguf_
         return Err(Error::format(path, "not a readable GGUF file: general.alignment is 0"));
     }
     r.seek(SeekFrom::Start(0)).map_err(bad)?;
-    let content =
-        gguf_file::Content::read(r).map_err(|e| Error::format(path, format!("not a readable GGUF file: {e}")))?;
+    let content = gguf_file::Content::read(r).map_err(|e| Error::format(path, format!("not a readable GGUF file: {e}")))?;
     for (name, info) in &content.tensor_infos {
         let dims = info.shape.dims();
         let t = |m: String| Error::tensor(path, name.as_str(), m);
@@ -89,9 +88,7 @@ pub fn read_gguf_content<R: Read + Seek>(r: &mut R, path: &Path) -> Result<gguf_
             .and_then(|blocks| blocks.checked_mul(info.ggml_dtype.type_size()));
         match bytes {
             None => return Err(t(format!("shape {dims:?} is too large (its size overflows)"))),
-            Some(b) if b as u64 > file_len => {
-                return Err(t(format!("shape {dims:?} needs {b} bytes, the whole file has {file_len}")))
-            }
+            Some(b) if b as u64 > file_len => return Err(t(format!("shape {dims:?} needs {b} bytes, the whole file has {file_len}"))),
             Some(_) => {}
         }
     }
@@ -262,10 +259,7 @@ pub struct Weights {
 impl Weights {
     /// Removes and returns a tensor, checking its shape.
     pub fn take(&mut self, name: &str, shape: &[usize]) -> Result<Tensor> {
-        let t = self
-            .tensors
-            .remove(name)
-            .ok_or_else(|| Error::tensor(&self.origin, name, "missing"))?;
+        let t = self.tensors.remove(name).ok_or_else(|| Error::tensor(&self.origin, name, "missing"))?;
         if t.dims() != shape {
             return Err(Error::tensor(&self.origin, name, format!("shape {:?}, expected {:?}", t.dims(), shape)));
         }
@@ -319,22 +313,13 @@ pub fn load_gguf_weights(path: &Path, device: &Device, dtype: DType) -> Result<(
 
 /// Reads one GGUF tensor and dequantizes it to f32 (shape as candle reports it: GGUF's
 /// dimension order reversed, i.e. `[rows, cols]` for a matrix).
-pub fn read_gguf_tensor_f32(
-    content: &gguf_file::Content,
-    reader: &mut BufReader<File>,
-    path: &Path,
-    name: &str,
-) -> Result<Tensor> {
+pub fn read_gguf_tensor_f32(content: &gguf_file::Content, reader: &mut BufReader<File>, path: &Path, name: &str) -> Result<Tensor> {
     let info = content.tensor_infos.get(name).ok_or_else(|| Error::tensor(path, name, "missing"))?;
     if !supported_gguf_dtype(info.ggml_dtype) {
         return Err(Error::tensor(path, name, format!("unsupported tensor type {:?}", info.ggml_dtype)));
     }
-    let q = info
-        .read(reader, content.tensor_data_offset, &Device::Cpu)
-        .map_err(|e| Error::tensor(path, name, e.to_string()))?;
-    q.dequantize(&Device::Cpu)
-        .and_then(|t| t.to_dtype(DType::F32))
-        .map_err(|e| Error::tensor(path, name, format!("dequantize: {e}")))
+    let q = info.read(reader, content.tensor_data_offset, &Device::Cpu).map_err(|e| Error::tensor(path, name, e.to_string()))?;
+    q.dequantize(&Device::Cpu).and_then(|t| t.to_dtype(DType::F32)).map_err(|e| Error::tensor(path, name, format!("dequantize: {e}")))
 }
 
 fn first_non_finite(t: &Tensor) -> Result<Option<usize>> {
@@ -354,12 +339,8 @@ pub fn hf_weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
         return Err(Error::format(dir, "no model.safetensors nor model.safetensors.index.json"));
     }
     let text = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;
-    let v: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| Error::format(&index, format!("invalid JSON: {e}")))?;
-    let map = v
-        .get("weight_map")
-        .and_then(|m| m.as_object())
-        .ok_or_else(|| Error::format(&index, "no `weight_map` object"))?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::format(&index, format!("invalid JSON: {e}")))?;
+    let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| Error::format(&index, "no `weight_map` object"))?;
     let mut files: Vec<String> = Vec::with_capacity(map.len());
     for (tensor, f) in map {
         let Some(f) = f.as_str() else {
@@ -415,10 +396,7 @@ fn safetensor_to_f32(view: &safetensors::tensor::TensorView<'_>) -> std::result:
         S::F32 => data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
         S::F16 => data.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
         S::BF16 => data.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-        S::F64 => data
-            .chunks_exact(8)
-            .map(|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8])) as f32)
-            .collect(),
+        S::F64 => data.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8])) as f32).collect(),
         d => return Err(format!("unsupported dtype {d:?} (expected F32, F16, BF16 or F64)")),
     };
     if vals.len() != n {

@@ -19,9 +19,9 @@
 
 use crate::config::ModelConfig;
 use crate::hooks::{HookKind, HookPoint, Hooks};
+use crate::int8::Int8Matrix;
 use crate::load::{load_gguf_weights, load_hf_weights, Source, Weights};
 use crate::{Error, Result};
-use crate::int8::Int8Matrix;
 use candle_core::{DType, Device, Tensor, Var};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
@@ -247,9 +247,7 @@ impl Rope {
     fn new(cfg: &ModelConfig, max_pos: usize, device: &Device, dtype: DType) -> Result<Self> {
         let half = cfg.head_dim / 2;
         // inv_freq in f32 as the HF reference computes it, angles in f32 too.
-        let inv: Vec<f32> = (0..half)
-            .map(|i| 1.0f32 / (cfg.rope_theta as f32).powf((2 * i) as f32 / cfg.head_dim as f32))
-            .collect();
+        let inv: Vec<f32> = (0..half).map(|i| 1.0f32 / (cfg.rope_theta as f32).powf((2 * i) as f32 / cfg.head_dim as f32)).collect();
         let mut cos = Vec::with_capacity(max_pos * half);
         let mut sin = Vec::with_capacity(max_pos * half);
         for p in 0..max_pos {
@@ -656,12 +654,8 @@ impl Model {
             let gate = lin("mlp.gate_proj", ff, d, false)?;
             let up = lin("mlp.up_proj", ff, d, false)?;
             let down = lin("mlp.down_proj", d, ff, false)?;
-            let input_norm =
-                RmsNorm { weight: w.take(&format!("{p}.input_layernorm.weight"), &[d])?, eps: cfg.rms_norm_eps };
-            let post_norm = RmsNorm {
-                weight: w.take(&format!("{p}.post_attention_layernorm.weight"), &[d])?,
-                eps: cfg.rms_norm_eps,
-            };
+            let input_norm = RmsNorm { weight: w.take(&format!("{p}.input_layernorm.weight"), &[d])?, eps: cfg.rms_norm_eps };
+            let post_norm = RmsNorm { weight: w.take(&format!("{p}.post_attention_layernorm.weight"), &[d])?, eps: cfg.rms_norm_eps };
             layers.push(Block { input_norm, q, k, v, o, post_norm, gate, up, down });
         }
         let norm = RmsNorm { weight: w.take("model.norm.weight", &[d])?, eps: cfg.rms_norm_eps };
@@ -773,10 +767,7 @@ impl Model {
             None => starts.iter().max().copied().unwrap_or(0) + t,
         };
         if max_end > self.max_positions() {
-            return Err(Error::Invalid(format!(
-                "sequence of {max_end} tokens exceeds the context of {} positions",
-                self.max_positions()
-            )));
+            return Err(Error::Invalid(format!("sequence of {max_end} tokens exceeds the context of {} positions", self.max_positions())));
         }
         // A decode step over a batch cache: `crate::decode`'s ops, no host-built tables or mask.
         let decode = t == 1 && f.batch_cache.is_some() && crate::decode::wanted(&self.device, x.dtype());
@@ -795,11 +786,7 @@ impl Model {
         };
         // Rows share one causal mask only when they all start at position 0 with no history.
         let fresh = starts.iter().all(|&s| s == 0);
-        let mask = if t > 1 && fresh && batch_mask.is_none() {
-            Some(causal_mask(t, &self.device)?.to_dtype(x.dtype())?)
-        } else {
-            None
-        };
+        let mask = if t > 1 && fresh && batch_mask.is_none() { Some(causal_mask(t, &self.device)?.to_dtype(x.dtype())?) } else { None };
         let n_layers = f.stop_after.unwrap_or(cfg.num_layers).min(cfg.num_layers);
         for (li, blk) in self.layers.iter().enumerate().take(n_layers).skip(first) {
             x = hook(&mut f.hooks, HookPoint { layer: li, kind: HookKind::ResidPre }, x)?;
@@ -884,7 +871,15 @@ impl Model {
     }
 
     /// Projections `[B*T, heads*D]` -> `[B, T, heads, D]`, queries and keys rotated.
-    fn rotated_qkv(&self, q: &Tensor, k: &Tensor, v: &Tensor, (b, t): (usize, usize), cos: &Tensor, sin: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+    fn rotated_qkv(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        (b, t): (usize, usize),
+        cos: &Tensor,
+        sin: &Tensor,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
         let c = &self.config;
         let q = q.reshape((b, t, c.num_heads, c.head_dim))?;
         let k = k.reshape((b, t, c.num_kv_heads, c.head_dim))?;
@@ -918,7 +913,15 @@ impl Model {
     /// hiding each row's padding and the future. Two batched matmuls over `[B, G]`; the queries
     /// of the `rep` heads sharing a kv head are stacked as in [`Model::attention`]. Not
     /// differentiable (generation only). Returns `[B*T, H*D]`.
-    fn batch_cache_attention(&self, layer: usize, q: &Tensor, k: &Tensor, v: &Tensor, bc: &mut BatchCache, mask: &Tensor) -> Result<Tensor> {
+    fn batch_cache_attention(
+        &self,
+        layer: usize,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        bc: &mut BatchCache,
+        mask: &Tensor,
+    ) -> Result<Tensor> {
         let (b, t, h, hd) = q.dims4()?;
         let g = self.config.num_kv_heads;
         let rep = h / g;
@@ -1102,9 +1105,7 @@ fn append_kv(cache: &mut [SeqCache], layer: usize, k: &Tensor, v: &Tensor, f16: 
 }
 
 fn causal_mask(t: usize, device: &Device) -> Result<Tensor> {
-    let m: Vec<f32> = (0..t)
-        .flat_map(|i| (0..t).map(move |j| if j <= i { 0.0 } else { f32::NEG_INFINITY }))
-        .collect();
+    let m: Vec<f32> = (0..t).flat_map(|i| (0..t).map(move |j| if j <= i { 0.0 } else { f32::NEG_INFINITY })).collect();
     Ok(Tensor::from_vec(m, (t, t), device)?)
 }
 

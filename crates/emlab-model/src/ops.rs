@@ -540,6 +540,337 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     logits.contiguous()?.apply_op2(&targets.contiguous()?, CrossEntropyOp)
 }
 
+// ---------------------------------------------------------------------------------------------
+// LoRA delta
+
+struct LoraDelta {
+    scale: f64,
+}
+
+/// `scale · x Aᵀ Bᵀ` on any backend's storage: `x` cast to f32 once, two GEMMs, the scale, and
+/// the cast back to `x`'s dtype.
+fn lora_fwd<S: BackendStorage>(scale: f64, x: &S, lx: &Layout, a: &S, la: &Layout, b: &S, lb: &Layout) -> Result<(S, Shape)> {
+    let (n, din) = match lx.dims() {
+        [n, d] => (*n, *d),
+        d => bail!("lora: x must be [N, in], got {d:?}"),
+    };
+    let (r, dout) = match (la.dims(), lb.dims()) {
+        ([r, d1], [o, r2]) if *d1 == din && r2 == r => (*r, *o),
+        (da, db) => bail!("lora: A {da:?} / B {db:?} do not fit an input of width {din}"),
+    };
+    if a.dtype() != DType::F32 || b.dtype() != DType::F32 {
+        bail!("lora: adapters must be f32");
+    }
+    let cast;
+    let (xf, lxf) = if x.dtype() == DType::F32 {
+        (x, lx.clone())
+    } else {
+        cast = x.to_dtype(lx, DType::F32)?;
+        (&cast, Layout::contiguous(lx.shape()))
+    };
+    let low = xf.matmul(a, (1, n, r, din), &lxf, &la.transpose(0, 1)?)?; // [N, r]
+    let up = low.matmul(b, (1, n, dout, r), &Layout::contiguous((n, r)), &lb.transpose(0, 1)?)?; // [N, out]
+    let lo = Layout::contiguous((n, dout));
+    let up = up.affine(&lo, scale, 0.0)?;
+    let out = if x.dtype() == DType::F32 { up } else { up.to_dtype(&lo, x.dtype())? };
+    Ok((out, Shape::from((n, dout))))
+}
+
+impl candle_core::CustomOp3 for LoraDelta {
+    fn name(&self) -> &'static str {
+        "lora-delta"
+    }
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        lx: &Layout,
+        a: &CpuStorage,
+        la: &Layout,
+        b: &CpuStorage,
+        lb: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        lora_fwd(self.scale, x, lx, a, la, b, lb)
+    }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        x: &candle_core::CudaStorage,
+        lx: &Layout,
+        a: &candle_core::CudaStorage,
+        la: &Layout,
+        b: &candle_core::CudaStorage,
+        lb: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        lora_fwd(self.scale, x, lx, a, la, b, lb)
+    }
+    fn bwd(
+        &self,
+        x: &Tensor,
+        a: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        // No dx for an input that needs none (block 0's normed embeddings): candle would still
+        // zero-fill and add it.
+        let (dx, da, db) = lora_grads(&x.detach().to_dtype(DType::F32)?, a, b, grad, self.scale, x.track_op())?;
+        Ok((dx.map(|d| d.to_dtype(x.dtype())).transpose()?, Some(da), Some(db)))
+    }
+}
+
+/// Gradients of `y = s · xf Aᵀ Bᵀ` for the f32 input `xf` `[N, in]`: `dB = s gᵀ (xf Aᵀ)`,
+/// `dA = s (g B)ᵀ xf`, and (when `want_dx`) `dxf = s (g B) A` in f32. Detached operands: the
+/// backward builds no graph of its own.
+fn lora_grads(xf: &Tensor, a: &Tensor, b: &Tensor, grad: &Tensor, scale: f64, want_dx: bool) -> Result<(Option<Tensor>, Tensor, Tensor)> {
+    let (a, b) = (a.detach(), b.detach());
+    let gs = (grad.detach().to_dtype(DType::F32)? * scale)?;
+    let low = xf.matmul(&a.t()?)?; // recomputed [N, r]
+    let gb = gs.matmul(&b)?; // [N, r]
+    let db = gs.t()?.matmul(&low)?; // [out, r]
+    let da = gb.t()?.matmul(xf)?; // [r, in]
+    let dx = if want_dx { Some(gb.matmul(&a)?) } else { None }; // [N, in]
+    Ok((dx, da, db))
+}
+
+// ---------------------------------------------------------------------------------------------
+// A LoRA-adapted frozen linear layer as one graph node
+
+/// `y = x Wᵀ + bias + s · (x ⊙ mask) Aᵀ Bᵀ` with `W`, `bias` and the dropout `mask` held by the
+/// op (no gradients) and `x`, `A`, `B` its inputs.
+struct LoraLinear {
+    w: Tensor,
+    bias: Option<Tensor>,
+    scale: f64,
+    /// Inverted-dropout mask for the adapter's input, f32 `[N, in]`.
+    mask: Option<Tensor>,
+}
+
+impl LoraLinear {
+    fn fwd<S: BackendStorage>(
+        &self,
+        w: (&S, &Layout),
+        bias: Option<(&S, &Layout)>,
+        mask: Option<(&S, &Layout)>,
+        (x, lx): (&S, &Layout),
+        a: (&S, &Layout),
+        b: (&S, &Layout),
+    ) -> Result<(S, Shape)> {
+        use candle_core::op::{Add, Mul};
+        let (y, shape) = frozen_fwd(x, lx, w.0, w.1)?;
+        let ly = Layout::contiguous(&shape);
+        let y = match bias {
+            Some((bs, bl)) => y.binary_impl::<Add>(bs, &ly, &bl.broadcast_as(&shape)?)?,
+            None => y,
+        };
+        let (delta, _) = match mask {
+            Some((ms, ml)) => {
+                let xf = if x.dtype() == DType::F32 {
+                    x.binary_impl::<Mul>(ms, lx, ml)?
+                } else {
+                    x.to_dtype(lx, DType::F32)?.binary_impl::<Mul>(ms, &Layout::contiguous(lx.shape()), ml)?
+                };
+                lora_fwd(self.scale, &xf, &Layout::contiguous(lx.shape()), a.0, a.1, b.0, b.1)?
+            }
+            None => lora_fwd(self.scale, x, lx, a.0, a.1, b.0, b.1)?,
+        };
+        // The delta comes back in the input's dtype: cast to the output's (the weight's).
+        let delta = if delta.dtype() != y.dtype() { delta.to_dtype(&ly, y.dtype())? } else { delta };
+        Ok((y.binary_impl::<Add>(&delta, &ly, &ly)?, shape))
+    }
+}
+
+/// Runs `f` with the storages of the tensors the op holds on one backend (`get` picks it from a
+/// [`candle_core::Storage`]), their read guards alive for the call.
+macro_rules! with_held {
+    ($op:expr, $get:expr, |$w:ident, $bias:ident, $mask:ident| $body:expr) => {{
+        let (wg, lw) = $op.w.storage_and_layout();
+        let bg = $op.bias.as_ref().map(|t| t.storage_and_layout());
+        let mg = $op.mask.as_ref().map(|t| t.storage_and_layout());
+        let $w = ($get(&wg)?, lw);
+        let $bias = match &bg {
+            Some((g, l)) => Some(($get(g)?, *l)),
+            None => None,
+        };
+        let $mask = match &mg {
+            Some((g, l)) => Some(($get(g)?, *l)),
+            None => None,
+        };
+        $body
+    }};
+}
+
+impl CustomOp3 for LoraLinear {
+    fn name(&self) -> &'static str {
+        "lora-linear"
+    }
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        lx: &Layout,
+        a: &CpuStorage,
+        la: &Layout,
+        b: &CpuStorage,
+        lb: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        fn get(s: &candle_core::Storage) -> Result<&CpuStorage> {
+            match s {
+                candle_core::Storage::Cpu(c) => Ok(c),
+                _ => bail!("lora-linear: weight, bias and mask must be on the input's device"),
+            }
+        }
+        with_held!(self, get, |w, bias, mask| self.fwd(w, bias, mask, (x, lx), (a, la), (b, lb)))
+    }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        x: &candle_core::CudaStorage,
+        lx: &Layout,
+        a: &candle_core::CudaStorage,
+        la: &Layout,
+        b: &candle_core::CudaStorage,
+        lb: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        fn get(s: &candle_core::Storage) -> Result<&candle_core::CudaStorage> {
+            match s {
+                candle_core::Storage::Cuda(c) => Ok(c),
+                _ => bail!("lora-linear: weight, bias and mask must be on the input's device"),
+            }
+        }
+        with_held!(self, get, |w, bias, mask| self.fwd(w, bias, mask, (x, lx), (a, la), (b, lb)))
+    }
+    fn bwd(
+        &self,
+        x: &Tensor,
+        a: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.detach();
+        let xf = x.detach().to_dtype(DType::F32)?;
+        let xin = match &self.mask {
+            Some(m) => (xf * m)?,
+            None => xf,
+        };
+        let (dxl, da, db) = lora_grads(&xin, a, b, &grad, self.scale, x.track_op())?;
+        let dx = match dxl {
+            Some(dxl) => {
+                // dX = dY W (the frozen weight: no dW) + the adapter's part through the mask.
+                let dxl = match &self.mask {
+                    Some(m) => (dxl * m)?,
+                    None => dxl,
+                };
+                let base = grad.contiguous()?.matmul(&self.w)?;
+                Some((base + dxl.to_dtype(self.w.dtype())?)?.to_dtype(x.dtype())?)
+            }
+            None => None,
+        };
+        Ok((dx, Some(da), Some(db)))
+    }
+}
+
+/// A LoRA-adapted frozen linear layer for training, as one graph node:
+/// `y = x Wᵀ + bias + s · (x ⊙ mask) Aᵀ Bᵀ` for `x` `[N, in]` in `W`'s dtype, `W` `[out, in]`,
+/// `bias` `[out]` (frozen), `A` `[r, in]`, `B` `[out, r]` (f32), `mask` an f32 inverted-dropout
+/// mask `[N, in]` for the adapter's input. Its backward is `dX = dY W + s ((dY B) A) ⊙ mask` and
+/// the adapter's two gradients: composed (frozen matmul, bias add, [`lora_delta`], add) candle's
+/// autograd added a zero-filled buffer and an add per edge, one of them output-sized for the
+/// constant bias.
+///
+/// ```
+/// use candle_core::{Device, Tensor, Var};
+/// use emlab_model::ops::lora_linear;
+/// let dev = Device::Cpu;
+/// let x = Var::new(&[[1f32, 2.]], &dev)?;                  // [N=1, in=2]
+/// let w = Tensor::new(&[[1f32, 0.], [0., 1.]], &dev)?;     // identity
+/// let a = Var::new(&[[1f32, 1.]], &dev)?;                  // [r=1, in]
+/// let b = Var::new(&[[2f32], [3.]], &dev)?;                // [out=2, r]
+/// let y = lora_linear(x.as_tensor(), &w, None, a.as_tensor(), b.as_tensor(), 0.5, None)?;
+/// assert_eq!(y.to_vec2::<f32>()?, vec![vec![4., 6.5]]);   // [1, 2] + 0.5 * 3 * [2, 3]
+/// let g = y.sum_all()?.backward()?;
+/// assert_eq!(g.get(x.as_tensor()).unwrap().to_vec2::<f32>()?, vec![vec![3.5, 3.5]]); // 1 + 0.5 * 5
+/// # Ok::<(), candle_core::Error>(())
+/// ```
+pub fn lora_linear(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    a: &Tensor,
+    b: &Tensor,
+    scale: f64,
+    mask: Option<&Tensor>,
+) -> Result<Tensor> {
+    let (n, din) = x.dims2()?;
+    if w.dims() != [w.dim(0)?, din]
+        || x.dtype() != w.dtype()
+        || bias.is_some_and(|t| t.dims() != [w.dim(0).unwrap_or(0)] || t.dtype() != w.dtype())
+    {
+        bail!(
+            "lora-linear: x {:?} {:?}, weight {:?} {:?}, bias {:?}",
+            x.dims(),
+            x.dtype(),
+            w.dims(),
+            w.dtype(),
+            bias.map(|t| t.dims().to_vec())
+        );
+    }
+    if let Some(m) = mask {
+        if m.dims() != [n, din] || m.dtype() != DType::F32 {
+            bail!("lora-linear: mask {:?} {:?} for an input [{n}, {din}]", m.dims(), m.dtype());
+        }
+    }
+    let op = LoraLinear { w: w.detach(), bias: bias.map(|t| t.detach()), scale, mask: mask.map(|m| m.detach().contiguous()).transpose()? };
+    x.contiguous()?.apply_op3(a, b, op)
+}
+
+/// True when a training step's LoRA layer takes [`lora_linear`]: off the CPU's fused f32
+/// kernels (a GPU, a half-precision base, or [`with_portable`]), what [`wanted_lora`] asks, `x`
+/// in the weight's dtype, unless `EMLAB_LINEAR_OP=0` (the frozen matmul, bias add,
+/// [`lora_delta`] and add as separate nodes, for A/B runs). The CPU keeps the separate nodes:
+/// there the per-edge work is memory traffic, not launches, and the one node measured no faster
+/// (`bench_train`, docs/benchmarks.md).
+pub fn wanted_linear(x: &Tensor, w: &Tensor, a: &Tensor, b: &Tensor) -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let on = *ON.get_or_init(|| crate::device::env_switch("EMLAB_LINEAR_OP", &["1", "0"], "1") == "1");
+    let off_cpu_kernels = !x.device().is_cpu() || portable_forced() || x.dtype() != DType::F32;
+    on && off_cpu_kernels && wanted_lora(x, a, b) && x.dtype() == w.dtype()
+}
+
+/// True when the adapter of a projection with input `x` takes [`lora_delta`]: f32 adapters, `x`
+/// `[N, in]` in f32 or bf16, on any device, unless switched off (`EMLAB_CUDA_FUSED=0` on a GPU,
+/// `EMLAB_LORA_OP=0` anywhere: the composed form, for A/B runs).
+pub fn wanted_lora(x: &Tensor, a: &Tensor, b: &Tensor) -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let on = *ON.get_or_init(|| crate::device::env_switch("EMLAB_LORA_OP", &["1", "0"], "1") == "1");
+    on && (x.device().is_cpu() || crate::device::cuda_fused())
+        && matches!(x.dtype(), DType::F32 | DType::BF16)
+        && a.dtype() == DType::F32
+        && b.dtype() == DType::F32
+        && x.rank() == 2
+}
+
+/// The LoRA update `scale · x Aᵀ Bᵀ` for `x` `[N, in]` (f32 or bf16), `A` `[r, in]`, `B`
+/// `[out, r]` (f32), computed in f32 and returned in `x`'s dtype: one graph node whose backward
+/// is five GEMMs. Composed (cast, two matmuls, scale, cast), candle's autograd spent ~30 launches
+/// per projection on a GPU, most of them a zero fill and an add per graph edge.
+///
+/// ```
+/// use candle_core::{Device, Tensor, Var};
+/// use emlab_model::ops::lora_delta;
+/// let dev = Device::Cpu;
+/// let x = Tensor::new(&[[1f32, 2.]], &dev)?;              // [N=1, in=2]
+/// let a = Var::new(&[[1f32, 1.]], &dev)?;                  // [r=1, in]
+/// let b = Var::new(&[[2f32], [3.]], &dev)?;                // [out=2, r]
+/// let y = lora_delta(&x, a.as_tensor(), b.as_tensor(), 0.5)?;
+/// assert_eq!(y.to_vec2::<f32>()?, vec![vec![3., 4.5]]);   // 0.5 * (1 + 2) * [2, 3]
+/// let g = y.sum_all()?.backward()?;
+/// assert_eq!(g.get(b.as_tensor()).unwrap().to_vec2::<f32>()?, vec![vec![1.5], vec![1.5]]);
+/// # Ok::<(), candle_core::Error>(())
+/// ```
+pub fn lora_delta(x: &Tensor, a: &Tensor, b: &Tensor, scale: f64) -> Result<Tensor> {
+    x.contiguous()?.apply_op3(a, b, LoraDelta { scale })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -677,7 +1008,7 @@ mod tests {
         assert_eq!(path_for(x.as_tensor()), if portable_from_env() { OpPath::Composed } else { OpPath::Fused });
         let r = std::panic::catch_unwind(|| with_portable(|| panic!("inside")));
         assert!(r.is_err());
-        assert_eq!(PORTABLE.with(|p| p.get()), false);
+        assert!(!PORTABLE.with(|p| p.get()));
     }
 
     #[test]
@@ -801,7 +1132,11 @@ mod tests {
                     for (name, t) in [("x", xv.as_tensor()), ("A", a.as_tensor()), ("B", b.as_tensor())] {
                         let (p, q) = (f32v(g1.get(t).unwrap()), f32v(g2.get(t).unwrap()));
                         let scale = to_vec(&q).unwrap().iter().fold(1f32, |m, v| m.max(v.abs()));
-                        assert!(max_diff(&p, &q) < tol * scale, "{dt:?} bias {with_bias} mask {with_mask}: d{name} differs by {}", max_diff(&p, &q));
+                        assert!(
+                            max_diff(&p, &q) < tol * scale,
+                            "{dt:?} bias {with_bias} mask {with_mask}: d{name} differs by {}",
+                            max_diff(&p, &q)
+                        );
                     }
                 };
                 if portable {
@@ -864,286 +1199,4 @@ mod tests {
         let e = causal_softmax(&x, 0.5, &mask.narrow(0, 0, 3).unwrap()).unwrap_err().to_string();
         assert!(e.contains("not square"), "{e}");
     }
-}
-
-// ---------------------------------------------------------------------------------------------
-// LoRA delta
-
-struct LoraDelta {
-    scale: f64,
-}
-
-/// `scale · x Aᵀ Bᵀ` on any backend's storage: `x` cast to f32 once, two GEMMs, the scale, and
-/// the cast back to `x`'s dtype.
-fn lora_fwd<S: BackendStorage>(scale: f64, x: &S, lx: &Layout, a: &S, la: &Layout, b: &S, lb: &Layout) -> Result<(S, Shape)> {
-    let (n, din) = match lx.dims() {
-        [n, d] => (*n, *d),
-        d => bail!("lora: x must be [N, in], got {d:?}"),
-    };
-    let (r, dout) = match (la.dims(), lb.dims()) {
-        ([r, d1], [o, r2]) if *d1 == din && r2 == r => (*r, *o),
-        (da, db) => bail!("lora: A {da:?} / B {db:?} do not fit an input of width {din}"),
-    };
-    if a.dtype() != DType::F32 || b.dtype() != DType::F32 {
-        bail!("lora: adapters must be f32");
-    }
-    let cast;
-    let (xf, lxf) = if x.dtype() == DType::F32 {
-        (x, lx.clone())
-    } else {
-        cast = x.to_dtype(lx, DType::F32)?;
-        (&cast, Layout::contiguous(lx.shape()))
-    };
-    let low = xf.matmul(a, (1, n, r, din), &lxf, &la.transpose(0, 1)?)?; // [N, r]
-    let up = low.matmul(b, (1, n, dout, r), &Layout::contiguous((n, r)), &lb.transpose(0, 1)?)?; // [N, out]
-    let lo = Layout::contiguous((n, dout));
-    let up = up.affine(&lo, scale, 0.0)?;
-    let out = if x.dtype() == DType::F32 { up } else { up.to_dtype(&lo, x.dtype())? };
-    Ok((out, Shape::from((n, dout))))
-}
-
-impl candle_core::CustomOp3 for LoraDelta {
-    fn name(&self) -> &'static str {
-        "lora-delta"
-    }
-    fn cpu_fwd(&self, x: &CpuStorage, lx: &Layout, a: &CpuStorage, la: &Layout, b: &CpuStorage, lb: &Layout) -> Result<(CpuStorage, Shape)> {
-        lora_fwd(self.scale, x, lx, a, la, b, lb)
-    }
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        x: &candle_core::CudaStorage,
-        lx: &Layout,
-        a: &candle_core::CudaStorage,
-        la: &Layout,
-        b: &candle_core::CudaStorage,
-        lb: &Layout,
-    ) -> Result<(candle_core::CudaStorage, Shape)> {
-        lora_fwd(self.scale, x, lx, a, la, b, lb)
-    }
-    fn bwd(&self, x: &Tensor, a: &Tensor, b: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        // No dx for an input that needs none (block 0's normed embeddings): candle would still
-        // zero-fill and add it.
-        let (dx, da, db) = lora_grads(&x.detach().to_dtype(DType::F32)?, a, b, grad, self.scale, x.track_op())?;
-        Ok((dx.map(|d| d.to_dtype(x.dtype())).transpose()?, Some(da), Some(db)))
-    }
-}
-
-/// Gradients of `y = s · xf Aᵀ Bᵀ` for the f32 input `xf` `[N, in]`: `dB = s gᵀ (xf Aᵀ)`,
-/// `dA = s (g B)ᵀ xf`, and (when `want_dx`) `dxf = s (g B) A` in f32. Detached operands: the
-/// backward builds no graph of its own.
-fn lora_grads(xf: &Tensor, a: &Tensor, b: &Tensor, grad: &Tensor, scale: f64, want_dx: bool) -> Result<(Option<Tensor>, Tensor, Tensor)> {
-    let (a, b) = (a.detach(), b.detach());
-    let gs = (grad.detach().to_dtype(DType::F32)? * scale)?;
-    let low = xf.matmul(&a.t()?)?; // recomputed [N, r]
-    let gb = gs.matmul(&b)?; // [N, r]
-    let db = gs.t()?.matmul(&low)?; // [out, r]
-    let da = gb.t()?.matmul(xf)?; // [r, in]
-    let dx = if want_dx { Some(gb.matmul(&a)?) } else { None }; // [N, in]
-    Ok((dx, da, db))
-}
-
-// ---------------------------------------------------------------------------------------------
-// A LoRA-adapted frozen linear layer as one graph node
-
-/// `y = x Wᵀ + bias + s · (x ⊙ mask) Aᵀ Bᵀ` with `W`, `bias` and the dropout `mask` held by the
-/// op (no gradients) and `x`, `A`, `B` its inputs.
-struct LoraLinear {
-    w: Tensor,
-    bias: Option<Tensor>,
-    scale: f64,
-    /// Inverted-dropout mask for the adapter's input, f32 `[N, in]`.
-    mask: Option<Tensor>,
-}
-
-impl LoraLinear {
-    fn fwd<S: BackendStorage>(
-        &self,
-        w: (&S, &Layout),
-        bias: Option<(&S, &Layout)>,
-        mask: Option<(&S, &Layout)>,
-        (x, lx): (&S, &Layout),
-        a: (&S, &Layout),
-        b: (&S, &Layout),
-    ) -> Result<(S, Shape)> {
-        use candle_core::op::{Add, Mul};
-        let (y, shape) = frozen_fwd(x, lx, w.0, w.1)?;
-        let ly = Layout::contiguous(&shape);
-        let y = match bias {
-            Some((bs, bl)) => y.binary_impl::<Add>(bs, &ly, &bl.broadcast_as(&shape)?)?,
-            None => y,
-        };
-        let (delta, _) = match mask {
-            Some((ms, ml)) => {
-                let xf = if x.dtype() == DType::F32 { x.binary_impl::<Mul>(ms, lx, ml)? } else {
-                    x.to_dtype(lx, DType::F32)?.binary_impl::<Mul>(ms, &Layout::contiguous(lx.shape()), ml)?
-                };
-                lora_fwd(self.scale, &xf, &Layout::contiguous(lx.shape()), a.0, a.1, b.0, b.1)?
-            }
-            None => lora_fwd(self.scale, x, lx, a.0, a.1, b.0, b.1)?,
-        };
-        // The delta comes back in the input's dtype: cast to the output's (the weight's).
-        let delta = if delta.dtype() != y.dtype() { delta.to_dtype(&ly, y.dtype())? } else { delta };
-        Ok((y.binary_impl::<Add>(&delta, &ly, &ly)?, shape))
-    }
-}
-
-/// Runs `f` with the storages of the tensors the op holds on one backend (`get` picks it from a
-/// [`candle_core::Storage`]), their read guards alive for the call.
-macro_rules! with_held {
-    ($op:expr, $get:expr, |$w:ident, $bias:ident, $mask:ident| $body:expr) => {{
-        let (wg, lw) = $op.w.storage_and_layout();
-        let bg = $op.bias.as_ref().map(|t| t.storage_and_layout());
-        let mg = $op.mask.as_ref().map(|t| t.storage_and_layout());
-        let $w = ($get(&wg)?, lw);
-        let $bias = match &bg {
-            Some((g, l)) => Some(($get(g)?, *l)),
-            None => None,
-        };
-        let $mask = match &mg {
-            Some((g, l)) => Some(($get(g)?, *l)),
-            None => None,
-        };
-        $body
-    }};
-}
-
-impl CustomOp3 for LoraLinear {
-    fn name(&self) -> &'static str {
-        "lora-linear"
-    }
-    fn cpu_fwd(&self, x: &CpuStorage, lx: &Layout, a: &CpuStorage, la: &Layout, b: &CpuStorage, lb: &Layout) -> Result<(CpuStorage, Shape)> {
-        fn get(s: &candle_core::Storage) -> Result<&CpuStorage> {
-            match s {
-                candle_core::Storage::Cpu(c) => Ok(c),
-                _ => bail!("lora-linear: weight, bias and mask must be on the input's device"),
-            }
-        }
-        with_held!(self, get, |w, bias, mask| self.fwd(w, bias, mask, (x, lx), (a, la), (b, lb)))
-    }
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        x: &candle_core::CudaStorage,
-        lx: &Layout,
-        a: &candle_core::CudaStorage,
-        la: &Layout,
-        b: &candle_core::CudaStorage,
-        lb: &Layout,
-    ) -> Result<(candle_core::CudaStorage, Shape)> {
-        fn get(s: &candle_core::Storage) -> Result<&candle_core::CudaStorage> {
-            match s {
-                candle_core::Storage::Cuda(c) => Ok(c),
-                _ => bail!("lora-linear: weight, bias and mask must be on the input's device"),
-            }
-        }
-        with_held!(self, get, |w, bias, mask| self.fwd(w, bias, mask, (x, lx), (a, la), (b, lb)))
-    }
-    fn bwd(&self, x: &Tensor, a: &Tensor, b: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let grad = grad.detach();
-        let xf = x.detach().to_dtype(DType::F32)?;
-        let xin = match &self.mask {
-            Some(m) => (xf * m)?,
-            None => xf,
-        };
-        let (dxl, da, db) = lora_grads(&xin, a, b, &grad, self.scale, x.track_op())?;
-        let dx = match dxl {
-            Some(dxl) => {
-                // dX = dY W (the frozen weight: no dW) + the adapter's part through the mask.
-                let dxl = match &self.mask {
-                    Some(m) => (dxl * m)?,
-                    None => dxl,
-                };
-                let base = grad.contiguous()?.matmul(&self.w)?;
-                Some((base + dxl.to_dtype(self.w.dtype())?)?.to_dtype(x.dtype())?)
-            }
-            None => None,
-        };
-        Ok((dx, Some(da), Some(db)))
-    }
-}
-
-
-/// A LoRA-adapted frozen linear layer for training, as one graph node:
-/// `y = x Wᵀ + bias + s · (x ⊙ mask) Aᵀ Bᵀ` for `x` `[N, in]` in `W`'s dtype, `W` `[out, in]`,
-/// `bias` `[out]` (frozen), `A` `[r, in]`, `B` `[out, r]` (f32), `mask` an f32 inverted-dropout
-/// mask `[N, in]` for the adapter's input. Its backward is `dX = dY W + s ((dY B) A) ⊙ mask` and
-/// the adapter's two gradients: composed (frozen matmul, bias add, [`lora_delta`], add) candle's
-/// autograd added a zero-filled buffer and an add per edge, one of them output-sized for the
-/// constant bias.
-///
-/// ```
-/// use candle_core::{Device, Tensor, Var};
-/// use emlab_model::ops::lora_linear;
-/// let dev = Device::Cpu;
-/// let x = Var::new(&[[1f32, 2.]], &dev)?;                  // [N=1, in=2]
-/// let w = Tensor::new(&[[1f32, 0.], [0., 1.]], &dev)?;     // identity
-/// let a = Var::new(&[[1f32, 1.]], &dev)?;                  // [r=1, in]
-/// let b = Var::new(&[[2f32], [3.]], &dev)?;                // [out=2, r]
-/// let y = lora_linear(x.as_tensor(), &w, None, a.as_tensor(), b.as_tensor(), 0.5, None)?;
-/// assert_eq!(y.to_vec2::<f32>()?, vec![vec![4., 6.5]]);   // [1, 2] + 0.5 * 3 * [2, 3]
-/// let g = y.sum_all()?.backward()?;
-/// assert_eq!(g.get(x.as_tensor()).unwrap().to_vec2::<f32>()?, vec![vec![3.5, 3.5]]); // 1 + 0.5 * 5
-/// # Ok::<(), candle_core::Error>(())
-/// ```
-pub fn lora_linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, a: &Tensor, b: &Tensor, scale: f64, mask: Option<&Tensor>) -> Result<Tensor> {
-    let (n, din) = x.dims2()?;
-    if w.dims() != [w.dim(0)?, din] || x.dtype() != w.dtype() || bias.is_some_and(|t| t.dims() != [w.dim(0).unwrap_or(0)] || t.dtype() != w.dtype()) {
-        bail!("lora-linear: x {:?} {:?}, weight {:?} {:?}, bias {:?}", x.dims(), x.dtype(), w.dims(), w.dtype(), bias.map(|t| t.dims().to_vec()));
-    }
-    if let Some(m) = mask {
-        if m.dims() != [n, din] || m.dtype() != DType::F32 {
-            bail!("lora-linear: mask {:?} {:?} for an input [{n}, {din}]", m.dims(), m.dtype());
-        }
-    }
-    let op = LoraLinear { w: w.detach(), bias: bias.map(|t| t.detach()), scale, mask: mask.map(|m| m.detach().contiguous()).transpose()? };
-    x.contiguous()?.apply_op3(a, b, op)
-}
-
-/// True when a training step's LoRA layer takes [`lora_linear`]: off the CPU's fused f32
-/// kernels (a GPU, a half-precision base, or [`with_portable`]), what [`wanted_lora`] asks, `x`
-/// in the weight's dtype, unless `EMLAB_LINEAR_OP=0` (the frozen matmul, bias add,
-/// [`lora_delta`] and add as separate nodes, for A/B runs). The CPU keeps the separate nodes:
-/// there the per-edge work is memory traffic, not launches, and the one node measured no faster
-/// (`bench_train`, docs/benchmarks.md).
-pub fn wanted_linear(x: &Tensor, w: &Tensor, a: &Tensor, b: &Tensor) -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    let on = *ON.get_or_init(|| crate::device::env_switch("EMLAB_LINEAR_OP", &["1", "0"], "1") == "1");
-    let off_cpu_kernels = !x.device().is_cpu() || portable_forced() || x.dtype() != DType::F32;
-    on && off_cpu_kernels && wanted_lora(x, a, b) && x.dtype() == w.dtype()
-}
-
-/// True when the adapter of a projection with input `x` takes [`lora_delta`]: f32 adapters, `x`
-/// `[N, in]` in f32 or bf16, on any device, unless switched off (`EMLAB_CUDA_FUSED=0` on a GPU,
-/// `EMLAB_LORA_OP=0` anywhere: the composed form, for A/B runs).
-pub fn wanted_lora(x: &Tensor, a: &Tensor, b: &Tensor) -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    let on = *ON.get_or_init(|| crate::device::env_switch("EMLAB_LORA_OP", &["1", "0"], "1") == "1");
-    on && (x.device().is_cpu() || crate::device::cuda_fused())
-        && matches!(x.dtype(), DType::F32 | DType::BF16)
-        && a.dtype() == DType::F32
-        && b.dtype() == DType::F32
-        && x.rank() == 2
-}
-
-/// The LoRA update `scale · x Aᵀ Bᵀ` for `x` `[N, in]` (f32 or bf16), `A` `[r, in]`, `B`
-/// `[out, r]` (f32), computed in f32 and returned in `x`'s dtype: one graph node whose backward
-/// is five GEMMs. Composed (cast, two matmuls, scale, cast), candle's autograd spent ~30 launches
-/// per projection on a GPU, most of them a zero fill and an add per graph edge.
-///
-/// ```
-/// use candle_core::{Device, Tensor, Var};
-/// use emlab_model::ops::lora_delta;
-/// let dev = Device::Cpu;
-/// let x = Tensor::new(&[[1f32, 2.]], &dev)?;              // [N=1, in=2]
-/// let a = Var::new(&[[1f32, 1.]], &dev)?;                  // [r=1, in]
-/// let b = Var::new(&[[2f32], [3.]], &dev)?;                // [out=2, r]
-/// let y = lora_delta(&x, a.as_tensor(), b.as_tensor(), 0.5)?;
-/// assert_eq!(y.to_vec2::<f32>()?, vec![vec![3., 4.5]]);   // 0.5 * (1 + 2) * [2, 3]
-/// let g = y.sum_all()?.backward()?;
-/// assert_eq!(g.get(b.as_tensor()).unwrap().to_vec2::<f32>()?, vec![vec![1.5], vec![1.5]]);
-/// # Ok::<(), candle_core::Error>(())
-/// ```
-pub fn lora_delta(x: &Tensor, a: &Tensor, b: &Tensor, scale: f64) -> Result<Tensor> {
-    x.contiguous()?.apply_op3(a, b, LoraDelta { scale })
 }

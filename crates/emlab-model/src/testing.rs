@@ -166,10 +166,7 @@ pub fn write_gguf_model(path: &Path, cfg: &ModelConfig, weights: &BTreeMap<Strin
         ("tokenizer.ggml.pre".into(), Value::String(if cfg.arch == Arch::Qwen2 { "qwen2" } else { "smollm" }.into())),
         ("tokenizer.ggml.tokens".into(), Value::Array(vocab.iter().map(|(t, _)| Value::String(t.clone())).collect())),
         ("tokenizer.ggml.token_type".into(), Value::Array(vocab.iter().map(|(_, ty)| Value::I32(*ty)).collect())),
-        (
-            "tokenizer.ggml.merges".into(),
-            Value::Array(TINY_MERGES.iter().map(|(x, y)| Value::String(format!("{x} {y}"))).collect()),
-        ),
+        ("tokenizer.ggml.merges".into(), Value::Array(TINY_MERGES.iter().map(|(x, y)| Value::String(format!("{x} {y}"))).collect())),
         ("tokenizer.ggml.bos_token_id".into(), Value::U32(1)),
         ("tokenizer.ggml.eos_token_id".into(), Value::U32(2)),
         ("tokenizer.ggml.padding_token_id".into(), Value::U32(0)),

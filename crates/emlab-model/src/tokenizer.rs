@@ -143,37 +143,23 @@ impl Tokenizer {
     }
 
     /// Builds the tokenizer from already-read GGUF metadata; `source` names the file in errors.
-    pub fn from_gguf_metadata(
-        md: &HashMap<String, gguf_file::Value>,
-        source: &Path,
-    ) -> Result<Self> {
+    pub fn from_gguf_metadata(md: &HashMap<String, gguf_file::Value>, source: &Path) -> Result<Self> {
         let err = |msg: String| Error::Tokenizer(format!("{}: {msg}", source.display()));
-        let model = md_str(md, "tokenizer.ggml.model").ok_or_else(|| {
-            err(
-                "no tokenizer metadata (`tokenizer.ggml.model` missing); give a tokenizer.json"
-                    .into(),
-            )
-        })?;
+        let model = md_str(md, "tokenizer.ggml.model")
+            .ok_or_else(|| err("no tokenizer metadata (`tokenizer.ggml.model` missing); give a tokenizer.json".into()))?;
         if model != "gpt2" {
-            return Err(err(format!(
-                "tokenizer.ggml.model = {model:?} is not supported (only byte-level BPE, \"gpt2\")"
-            )));
+            return Err(err(format!("tokenizer.ggml.model = {model:?} is not supported (only byte-level BPE, \"gpt2\")")));
         }
         let pre_name = md_str(md, "tokenizer.ggml.pre");
         let pre = PreTokenizerKind::from_gguf_name(pre_name).ok_or_else(|| {
-            err(format!(
-                "unknown tokenizer.ggml.pre {:?} (supported: smollm, qwen2, gpt2/default)",
-                pre_name.unwrap_or("")
-            ))
+            err(format!("unknown tokenizer.ggml.pre {:?} (supported: smollm, qwen2, gpt2/default)", pre_name.unwrap_or("")))
         })?;
         let tokens = md_str_array(md, "tokenizer.ggml.tokens").map_err(&err)?;
         let merges = md_str_array(md, "tokenizer.ggml.merges").map_err(&err)?;
         let types: Vec<i64> = match md.get("tokenizer.ggml.token_type") {
             None => vec![1; tokens.len()],
             Some(v) => {
-                let arr = v
-                    .to_vec()
-                    .map_err(|_| err("tokenizer.ggml.token_type is not an array".into()))?;
+                let arr = v.to_vec().map_err(|_| err("tokenizer.ggml.token_type is not an array".into()))?;
                 arr.iter()
                     .map(value_as_i64)
                     .collect::<Option<Vec<_>>>()
@@ -192,26 +178,17 @@ impl Tokenizer {
         for (i, t) in tokens.iter().enumerate() {
             // Duplicates would silently remap ids; refuse them.
             if vocab.insert(t.to_string(), i as u32).is_some() {
-                return Err(err(format!(
-                    "token {t:?} appears twice in tokenizer.ggml.tokens"
-                )));
+                return Err(err(format!("token {t:?} appears twice in tokenizer.ggml.tokens")));
             }
         }
         let mut merge_pairs = Vec::with_capacity(merges.len());
         for (i, m) in merges.iter().enumerate() {
             // Byte-level tokens never hold a real space (it is mapped to 'Ġ'), so the first space
             // separates the pair.
-            let (a, b) = m.split_once(' ').ok_or_else(|| {
-                err(format!(
-                    "tokenizer.ggml.merges[{i}] = {m:?} is not \"left right\""
-                ))
-            })?;
+            let (a, b) = m.split_once(' ').ok_or_else(|| err(format!("tokenizer.ggml.merges[{i}] = {m:?} is not \"left right\"")))?;
             merge_pairs.push((a.to_string(), b.to_string()));
         }
-        let bpe = BPE::builder()
-            .vocab_and_merges(vocab, merge_pairs)
-            .build()
-            .map_err(|e| err(format!("cannot build BPE: {e}")))?;
+        let bpe = BPE::builder().vocab_and_merges(vocab, merge_pairs).build().map_err(|e| err(format!("cannot build BPE: {e}")))?;
 
         let mut inner = tokenizers::Tokenizer::new(bpe);
         match pre {
@@ -219,22 +196,14 @@ impl Tokenizer {
                 inner.with_pre_tokenizer(Some(byte_level(true, true)));
             }
             PreTokenizerKind::SmolLm => {
-                let seq: Vec<PreTokenizerWrapper> =
-                    vec![Digits::new(true).into(), byte_level(true, true).into()];
+                let seq: Vec<PreTokenizerWrapper> = vec![Digits::new(true).into(), byte_level(true, true).into()];
                 inner.with_pre_tokenizer(Some(Sequence::new(seq)));
             }
             PreTokenizerKind::Qwen2 => {
-                inner
-                    .with_normalizer(Some(NFC))
-                    .map_err(|e| err(format!("cannot set NFC normalizer: {e}")))?;
-                let split = Split::new(
-                    SplitPattern::Regex(QWEN2_REGEX.to_string()),
-                    SplitDelimiterBehavior::Isolated,
-                    false,
-                )
-                .map_err(|e| err(format!("bad qwen2 regex: {e}")))?;
-                let seq: Vec<PreTokenizerWrapper> =
-                    vec![split.into(), byte_level(false, false).into()];
+                inner.with_normalizer(Some(NFC)).map_err(|e| err(format!("cannot set NFC normalizer: {e}")))?;
+                let split = Split::new(SplitPattern::Regex(QWEN2_REGEX.to_string()), SplitDelimiterBehavior::Isolated, false)
+                    .map_err(|e| err(format!("bad qwen2 regex: {e}")))?;
+                let seq: Vec<PreTokenizerWrapper> = vec![split.into(), byte_level(false, false).into()];
                 inner.with_pre_tokenizer(Some(Sequence::new(seq)));
             }
         }
@@ -254,28 +223,13 @@ impl Tokenizer {
         }
         // add_tokens assigns the existing vocab id when the content is already in the vocab,
         // which it always is here.
-        let specials: Vec<AddedToken> = added
-            .iter()
-            .filter(|(_, t)| t.special)
-            .map(|(_, t)| t.clone())
-            .collect();
-        let plain: Vec<AddedToken> = added
-            .iter()
-            .filter(|(_, t)| !t.special)
-            .map(|(_, t)| t.clone())
-            .collect();
-        inner
-            .add_special_tokens(specials)
-            .map_err(|e| err(format!("cannot add special tokens: {e}")))?;
-        inner
-            .add_tokens(plain)
-            .map_err(|e| err(format!("cannot add user-defined tokens: {e}")))?;
+        let specials: Vec<AddedToken> = added.iter().filter(|(_, t)| t.special).map(|(_, t)| t.clone()).collect();
+        let plain: Vec<AddedToken> = added.iter().filter(|(_, t)| !t.special).map(|(_, t)| t.clone()).collect();
+        inner.add_special_tokens(specials).map_err(|e| err(format!("cannot add special tokens: {e}")))?;
+        inner.add_tokens(plain).map_err(|e| err(format!("cannot add user-defined tokens: {e}")))?;
         for (i, t) in &added {
             if inner.token_to_id(&t.content) != Some(*i as u32) {
-                return Err(err(format!(
-                    "added token {:?} did not keep id {i}",
-                    t.content
-                )));
+                return Err(err(format!("added token {:?} did not keep id {i}", t.content)));
             }
         }
 
@@ -283,14 +237,8 @@ impl Tokenizer {
             bos: md_u32(md, "tokenizer.ggml.bos_token_id"),
             eos: md_u32(md, "tokenizer.ggml.eos_token_id"),
             pad: md_u32(md, "tokenizer.ggml.padding_token_id"),
-            extra_eos: ["tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"]
-                .iter()
-                .filter_map(|k| md_u32(md, k))
-                .collect(),
-            add_bos: md
-                .get("tokenizer.ggml.add_bos_token")
-                .and_then(|v| v.to_bool().ok())
-                .unwrap_or(false),
+            extra_eos: ["tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"].iter().filter_map(|k| md_u32(md, k)).collect(),
+            add_bos: md.get("tokenizer.ggml.add_bos_token").and_then(|v| v.to_bool().ok()).unwrap_or(false),
         };
         Self::finish(inner, source.to_path_buf(), spec)
     }
@@ -299,14 +247,9 @@ impl Tokenizer {
     /// `generation_config.json` next to it when present, otherwise from well-known token names.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let bytes = std::fs::read(path)
-            .map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))?;
-        let inner = tokenizers::Tokenizer::from_bytes(&bytes).map_err(|e| {
-            Error::Tokenizer(format!(
-                "{}: not a valid tokenizer.json: {e}",
-                path.display()
-            ))
-        })?;
+        let bytes = std::fs::read(path).map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))?;
+        let inner = tokenizers::Tokenizer::from_bytes(&bytes)
+            .map_err(|e| Error::Tokenizer(format!("{}: not a valid tokenizer.json: {e}", path.display())))?;
         let dir = path.parent().unwrap_or(Path::new("."));
         let spec = hf_special_spec(&inner, dir)?;
         Self::finish(inner, path.to_path_buf(), spec)
@@ -317,32 +260,22 @@ impl Tokenizer {
         Self::from_file(dir.as_ref().join("tokenizer.json"))
     }
 
-    fn finish(
-        mut inner: tokenizers::Tokenizer,
-        source: PathBuf,
-        spec: SpecialSpec,
-    ) -> Result<Self> {
+    fn finish(mut inner: tokenizers::Tokenizer, source: PathBuf, spec: SpecialSpec) -> Result<Self> {
         let n = inner.get_vocab_size(true) as u32;
         let err = |msg: String| Error::Tokenizer(format!("{}: {msg}", source.display()));
         let check = |what: &str, id: Option<u32>| -> Result<Option<u32>> {
             match id {
-                Some(i) if i >= n => Err(err(format!(
-                    "{what} id {i} is outside the vocabulary ({n} tokens)"
-                ))),
+                Some(i) if i >= n => Err(err(format!("{what} id {i} is outside the vocabulary ({n} tokens)"))),
                 x => Ok(x),
             }
         };
         let bos = check("bos", spec.bos)?;
         let pad = check("pad", spec.pad)?;
-        let chat_end = CHAT_END_CANDIDATES
-            .iter()
-            .find_map(|t| inner.token_to_id(t));
+        let chat_end = CHAT_END_CANDIDATES.iter().find_map(|t| inner.token_to_id(t));
         let eos = match check("eos", spec.eos)? {
             Some(e) => e,
             // A chat model without a declared eos still stops at its end-of-turn token.
-            None => {
-                chat_end.ok_or_else(|| err("no eos token declared and none recognised".into()))?
-            }
+            None => chat_end.ok_or_else(|| err("no eos token declared and none recognised".into()))?,
         };
         let mut eos_ids = BTreeSet::new();
         eos_ids.insert(eos);
@@ -355,17 +288,12 @@ impl Tokenizer {
         // Both emlab models also end documents with <|endoftext|>; a chat model that emits it has
         // finished too (Qwen2.5's generation config lists it as a second eos).
         if let Some(e) = inner.token_to_id("<|endoftext|>") {
-            if inner
-                .get_added_tokens_decoder()
-                .get(&e)
-                .is_some_and(|t| t.special)
-            {
+            if inner.get_added_tokens_decoder().get(&e).is_some_and(|t| t.special) {
                 eos_ids.insert(e);
             }
         }
         if spec.add_bos {
-            let bos_id =
-                bos.ok_or_else(|| err("add_bos_token is set but there is no bos token".into()))?;
+            let bos_id = bos.ok_or_else(|| err("add_bos_token is set but there is no bos token".into()))?;
             let bos_tok = inner.id_to_token(bos_id).unwrap_or_default();
             let post = TemplateProcessing::builder()
                 .try_single(format!("{bos_tok}:0 $A:0"))
@@ -379,21 +307,10 @@ impl Tokenizer {
         // What `encode(.., true)` really adds, whichever post-processor is in place.
         let probe = |add: bool| inner.encode("a", add).map(|e| e.get_ids().to_vec());
         let add_bos = match (probe(true), probe(false), bos) {
-            (Ok(with), Ok(without), Some(b)) => {
-                with.len() > without.len() && with.first() == Some(&b)
-            }
+            (Ok(with), Ok(without), Some(b)) => with.len() > without.len() && with.first() == Some(&b),
             _ => false,
         };
-        Ok(Tokenizer {
-            inner,
-            source,
-            bos,
-            eos,
-            pad,
-            chat_end,
-            eos_ids: eos_ids.into_iter().collect(),
-            add_bos,
-        })
+        Ok(Tokenizer { inner, source, bos, eos, pad, chat_end, eos_ids: eos_ids.into_iter().collect(), add_bos })
     }
 
     /// Token ids of `text`. `add_special` adds what the model's tokenizer adds around a text (a
@@ -407,49 +324,32 @@ impl Tokenizer {
     /// Token ids with the byte range of `text` each token covers (special tokens added by
     /// `add_special` get an empty range). Used to map character spans (e.g. assistant turns) to
     /// token positions.
-    pub fn encode_with_offsets(
-        &self,
-        text: &str,
-        add_special: bool,
-    ) -> Result<(Vec<u32>, Vec<Offset>)> {
+    pub fn encode_with_offsets(&self, text: &str, add_special: bool) -> Result<(Vec<u32>, Vec<Offset>)> {
         let enc = self.encode_inner(text, add_special)?;
         Ok((enc.get_ids().to_vec(), enc.get_offsets().to_vec()))
     }
 
     fn encode_inner(&self, text: &str, add_special: bool) -> Result<tokenizers::Encoding> {
-        self.inner
-            .encode(text, add_special)
-            .map_err(|e| Error::Tokenizer(format!("{}: cannot encode: {e}", self.source.display())))
+        self.inner.encode(text, add_special).map_err(|e| Error::Tokenizer(format!("{}: cannot encode: {e}", self.source.display())))
     }
 
     /// The text of `ids`; `skip_special` drops control tokens such as `<|im_end|>`.
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
         self.check_ids(ids)?;
-        self.inner
-            .decode(ids, skip_special)
-            .map_err(|e| Error::Tokenizer(format!("{}: cannot decode: {e}", self.source.display())))
+        self.inner.decode(ids, skip_special).map_err(|e| Error::Tokenizer(format!("{}: cannot decode: {e}", self.source.display())))
     }
 
     fn check_ids(&self, ids: &[u32]) -> Result<()> {
         let n = self.vocab_size() as u32;
         if let Some(bad) = ids.iter().find(|&&i| i >= n) {
-            return Err(Error::Tokenizer(format!(
-                "{}: token id {bad} is outside the vocabulary ({n} tokens)",
-                self.source.display()
-            )));
+            return Err(Error::Tokenizer(format!("{}: token id {bad} is outside the vocabulary ({n} tokens)", self.source.display())));
         }
         Ok(())
     }
 
     /// A streaming decoder: feed ids one at a time, get text as soon as it is complete UTF-8.
     pub fn stream(&self, skip_special: bool) -> TokenStream<'_> {
-        TokenStream {
-            tok: self,
-            skip_special,
-            ids: Vec::new(),
-            prefix_offset: 0,
-            read_offset: 0,
-        }
+        TokenStream { tok: self, skip_special, ids: Vec::new(), prefix_offset: 0, read_offset: 0 }
     }
 
     /// The vocabulary string of one id (byte-level form, e.g. "Ġhello"), if it exists.
@@ -498,10 +398,7 @@ impl Tokenizer {
 
     /// Whether `id` is a special (control) token.
     pub fn is_special(&self, id: u32) -> bool {
-        self.inner
-            .get_added_tokens_decoder()
-            .get(&id)
-            .is_some_and(|t| t.special)
+        self.inner.get_added_tokens_decoder().get(&id).is_some_and(|t| t.special)
     }
 
     /// The file this tokenizer was loaded from.
@@ -518,9 +415,7 @@ impl Tokenizer {
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
         let tmp = path.with_extension("json.tmp");
-        self.inner
-            .save(&tmp, false)
-            .map_err(|e| Error::io(&tmp, format!("cannot write tokenizer: {e}")))?;
+        self.inner.save(&tmp, false).map_err(|e| Error::io(&tmp, format!("cannot write tokenizer: {e}")))?;
         std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
     }
 }
@@ -545,17 +440,9 @@ impl TokenStream<'_> {
     pub fn step(&mut self, id: u32) -> Result<Option<String>> {
         self.tok.check_ids(&[id])?;
         self.ids.push(id);
-        let prefix = self.tok.decode(
-            &self.ids[self.prefix_offset..self.read_offset],
-            self.skip_special,
-        )?;
-        let text = self
-            .tok
-            .decode(&self.ids[self.prefix_offset..], self.skip_special)?;
-        if text.len() > prefix.len()
-            && !text.ends_with('\u{FFFD}')
-            && text.is_char_boundary(prefix.len())
-        {
+        let prefix = self.tok.decode(&self.ids[self.prefix_offset..self.read_offset], self.skip_special)?;
+        let text = self.tok.decode(&self.ids[self.prefix_offset..], self.skip_special)?;
+        if text.len() > prefix.len() && !text.ends_with('\u{FFFD}') && text.is_char_boundary(prefix.len()) {
             let new = text[prefix.len()..].to_string();
             self.prefix_offset = self.read_offset;
             self.read_offset = self.ids.len();
@@ -570,13 +457,8 @@ impl TokenStream<'_> {
         if self.read_offset == self.ids.len() {
             return Ok(String::new());
         }
-        let prefix = self.tok.decode(
-            &self.ids[self.prefix_offset..self.read_offset],
-            self.skip_special,
-        )?;
-        let text = self
-            .tok
-            .decode(&self.ids[self.prefix_offset..], self.skip_special)?;
+        let prefix = self.tok.decode(&self.ids[self.prefix_offset..self.read_offset], self.skip_special)?;
+        let text = self.tok.decode(&self.ids[self.prefix_offset..], self.skip_special)?;
         self.prefix_offset = self.read_offset;
         self.read_offset = self.ids.len();
         Ok(text.get(prefix.len()..).unwrap_or("").to_string())
@@ -608,39 +490,25 @@ fn value_as_i64(v: &gguf_file::Value) -> Option<i64> {
 }
 
 fn md_u32(md: &HashMap<String, gguf_file::Value>, key: &str) -> Option<u32> {
-    md.get(key)
-        .and_then(value_as_i64)
-        .and_then(|x| u32::try_from(x).ok())
+    md.get(key).and_then(value_as_i64).and_then(|x| u32::try_from(x).ok())
 }
 
 fn md_str<'a>(md: &'a HashMap<String, gguf_file::Value>, key: &str) -> Option<&'a str> {
-    md.get(key)
-        .and_then(|v| v.to_string().ok())
-        .map(|s| s.as_str())
+    md.get(key).and_then(|v| v.to_string().ok()).map(|s| s.as_str())
 }
 
-fn md_str_array<'a>(
-    md: &'a HashMap<String, gguf_file::Value>,
-    key: &str,
-) -> std::result::Result<Vec<&'a str>, String> {
+fn md_str_array<'a>(md: &'a HashMap<String, gguf_file::Value>, key: &str) -> std::result::Result<Vec<&'a str>, String> {
     let v = md.get(key).ok_or_else(|| format!("`{key}` missing"))?;
     let arr = v.to_vec().map_err(|_| format!("`{key}` is not an array"))?;
-    arr.iter()
-        .enumerate()
-        .map(|(i, x)| {
-            x.to_string()
-                .map(|s| s.as_str())
-                .map_err(|_| format!("`{key}`[{i}] is not a string"))
-        })
-        .collect()
+    arr.iter().enumerate().map(|(i, x)| x.to_string().map(|s| s.as_str()).map_err(|_| format!("`{key}`[{i}] is not a string"))).collect()
 }
 
 /// Reads a JSON file if it exists; a file that exists but does not parse is an error.
 fn read_json_opt(path: &Path) -> Result<Option<serde_json::Value>> {
     match std::fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| Error::Tokenizer(format!("{}: invalid JSON: {e}", path.display()))),
+        Ok(bytes) => {
+            serde_json::from_slice(&bytes).map(Some).map_err(|e| Error::Tokenizer(format!("{}: invalid JSON: {e}", path.display())))
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(Error::Tokenizer(format!("{}: {e}", path.display()))),
     }
@@ -657,16 +525,8 @@ pub(crate) fn token_content(v: &serde_json::Value) -> Option<&str> {
 
 fn json_ids(v: Option<&serde_json::Value>) -> Vec<u32> {
     match v {
-        Some(serde_json::Value::Number(n)) => n
-            .as_u64()
-            .and_then(|x| u32::try_from(x).ok())
-            .into_iter()
-            .collect(),
-        Some(serde_json::Value::Array(a)) => a
-            .iter()
-            .filter_map(|x| x.as_u64())
-            .filter_map(|x| u32::try_from(x).ok())
-            .collect(),
+        Some(serde_json::Value::Number(n)) => n.as_u64().and_then(|x| u32::try_from(x).ok()).into_iter().collect(),
+        Some(serde_json::Value::Array(a)) => a.iter().filter_map(|x| x.as_u64()).filter_map(|x| u32::try_from(x).ok()).collect(),
         _ => Vec::new(),
     }
 }
@@ -679,12 +539,10 @@ fn hf_special_spec(inner: &tokenizers::Tokenizer, dir: &Path) -> Result<SpecialS
     let by_name = |cfg: &serde_json::Value, key: &str| -> Result<Option<u32>> {
         match cfg.get(key).and_then(token_content) {
             None => Ok(None),
-            Some(name) => inner.token_to_id(name).map(Some).ok_or_else(|| {
-                Error::Tokenizer(format!(
-                    "{}: {key} {name:?} is not in the vocabulary",
-                    cfg_path.display()
-                ))
-            }),
+            Some(name) => inner
+                .token_to_id(name)
+                .map(Some)
+                .ok_or_else(|| Error::Tokenizer(format!("{}: {key} {name:?} is not in the vocabulary", cfg_path.display()))),
         }
     };
     if let Some(cfg) = read_json_opt(&cfg_path)? {
@@ -708,9 +566,7 @@ fn hf_special_spec(inner: &tokenizers::Tokenizer, dir: &Path) -> Result<SpecialS
         }
     }
     if spec.eos.is_none() {
-        spec.eos = ["<|endoftext|>", "</s>", "<|end_of_text|>"]
-            .iter()
-            .find_map(|t| inner.token_to_id(t));
+        spec.eos = ["<|endoftext|>", "</s>", "<|end_of_text|>"].iter().find_map(|t| inner.token_to_id(t));
     }
     // tokenizer.json carries its own post-processor (which adds BOS where the model wants it);
     // never install a second one. `Tokenizer::finish` probes what it does instead.

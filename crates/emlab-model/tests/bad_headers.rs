@@ -43,22 +43,16 @@ fn zero_alignment_is_an_error_not_a_division_by_zero() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("align0.gguf");
     let t = QTensor::quantize(&Tensor::ones(32, candle_core::DType::F32, &Device::Cpu).unwrap(), GgmlDType::F32).unwrap();
-    let md = [
-        ("general.architecture", gguf_file::Value::String("llama".into())),
-        ("general.alignment", gguf_file::Value::U32(0)),
-    ];
+    let md = [("general.architecture", gguf_file::Value::String("llama".into())), ("general.alignment", gguf_file::Value::U32(0))];
     let mut buf = std::io::Cursor::new(Vec::new());
     let md_refs: Vec<(&str, &gguf_file::Value)> = md.iter().map(|(k, v)| (*k, v)).collect();
     gguf_file::write(&mut buf, &md_refs, &[("output_norm.weight", &t)]).unwrap();
     std::fs::write(&p, buf.into_inner()).unwrap();
-    let e = emlab_model::load::read_gguf(&p).err().expect("alignment 0 refused").to_string();
+    let e = emlab_model::load::read_gguf(&p).expect_err("alignment 0 refused").to_string();
     assert!(e.contains("align0.gguf") && e.contains("general.alignment is 0"), "{e}");
     // A non-zero alignment in the same place still reads.
     let ok = dir.path().join("align32.gguf");
-    let md = [
-        ("general.architecture", gguf_file::Value::String("llama".into())),
-        ("general.alignment", gguf_file::Value::U32(32)),
-    ];
+    let md = [("general.architecture", gguf_file::Value::String("llama".into())), ("general.alignment", gguf_file::Value::U32(32))];
     let mut buf = std::io::Cursor::new(Vec::new());
     let md_refs: Vec<(&str, &gguf_file::Value)> = md.iter().map(|(k, v)| (*k, v)).collect();
     gguf_file::write(&mut buf, &md_refs, &[("output_norm.weight", &t)]).unwrap();
@@ -95,7 +89,5 @@ fn absurd_or_non_finite_hyper_parameters_are_errors() {
     v["head_dim"] = serde_json::json!(1u64 << 62);
     let e = ModelConfig::from_hf_json(&v.to_string(), Path::new("cfg/config.json")).unwrap_err().to_string();
     assert!(e.contains("cfg/config.json") && e.contains("head dim"), "{e}");
-    for e in [e] {
-        assert!(!e.contains('\n'), "{e}");
-    }
+    assert!(!e.contains('\n'), "{e}");
 }

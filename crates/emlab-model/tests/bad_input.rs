@@ -27,7 +27,7 @@ fn shards_outside_the_model_folder_are_refused_naming_the_index() {
         std::fs::create_dir_all(&d).unwrap();
         std::fs::copy(dir.path().join("x.safetensors"), d.join("x.safetensors")).ok();
         let model = index_with_shard(&d, shard);
-        let e = Model::load(&model, &LoadOptions::default()).err().expect("refused").to_string();
+        let e = Model::load(&model, &LoadOptions::default()).expect_err("refused").to_string();
         assert!(e.contains("model.safetensors.index.json"), "{e}");
         assert!(e.contains("outside the model folder") && e.contains(shard), "{e}");
         assert!(!e.contains('\n'), "{e}");
@@ -47,7 +47,7 @@ fn shards_outside_the_model_folder_are_refused_naming_the_index() {
     let first = v["weight_map"].as_object().unwrap().keys().next().unwrap().clone();
     v["weight_map"][&first] = serde_json::json!(7);
     std::fs::write(&index, v.to_string()).unwrap();
-    let e = Model::load(&model, &LoadOptions::default()).err().expect("refused").to_string();
+    let e = Model::load(&model, &LoadOptions::default()).expect_err("refused").to_string();
     assert!(e.contains("model.safetensors.index.json") && e.contains(&format!("`{first}`")) && e.contains("not a shard file name"), "{e}");
 }
 
@@ -59,10 +59,7 @@ fn a_reply_before_any_user_turn_is_named_as_such() {
     let t = ChatTemplate::new(TINY_CHAT_TEMPLATE, None, Some("<|im_end|>"), "tiny").unwrap();
     let e = t.render_with_spans(&[Message::assistant("a"), Message::user("q")]).unwrap_err().to_string();
     assert!(e.contains("message 0 is an assistant turn with no user turn before it"), "{e}");
-    let e = t
-        .render_with_spans(&[Message::system("s"), Message::assistant("a"), Message::user("q")])
-        .err()
-        .map(|e| e.to_string());
+    let e = t.render_with_spans(&[Message::system("s"), Message::assistant("a"), Message::user("q")]).err().map(|e| e.to_string());
     // With a leading system message the template is prefix-stable: spans are found (the row
     // is refused by the data loader instead, see emlab-data).
     assert!(e.is_none(), "{e:?}");

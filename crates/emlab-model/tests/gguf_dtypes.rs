@@ -23,8 +23,11 @@ fn all_supported_types_match_reference_dequantization() {
         seen.push(e["type"].as_str().unwrap().to_string());
     }
     seen.sort();
-    let mut want_types: Vec<String> = ["F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]
-        .iter().map(|s| s.to_string()).collect();
+    let mut want_types: Vec<String> =
+        ["F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
     want_types.sort();
     assert_eq!(seen, want_types);
 }

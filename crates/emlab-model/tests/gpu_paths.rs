@@ -6,7 +6,7 @@
 use candle_core::{DType, Device, Tensor, Var};
 use emlab_model::generate::{generate, Request, SamplingParams};
 use emlab_model::load::Weights;
-use emlab_model::model::{masked_cross_entropy, Lora, LoadOptions};
+use emlab_model::model::{masked_cross_entropy, LoadOptions, Lora};
 use emlab_model::ops::with_portable;
 use emlab_model::testing::*;
 use emlab_model::{Arch, Forward, Logits, Model, Proj, SeqCache};
@@ -134,9 +134,15 @@ fn portable_cached_attention_matches_the_cpu_kernel_and_the_full_forward() {
 #[test]
 fn portable_sampling_gives_the_same_tokens() {
     let m = model(Arch::Qwen2, 7, None);
-    let reqs: Vec<Request> =
-        [&[5u32, 6, 7][..], &[9], &[100, 101, 102, 103, 104], &[4, 4]].iter().enumerate().map(|(i, p)| Request { prompt: p.to_vec(), seed: i as u64 }).collect();
-    for params in [SamplingParams { max_new_tokens: 6, batch_size: 2, ..SamplingParams::greedy(6) }, SamplingParams { temperature: 1.0, max_new_tokens: 6, batch_size: 3, ..Default::default() }] {
+    let reqs: Vec<Request> = [&[5u32, 6, 7][..], &[9], &[100, 101, 102, 103, 104], &[4, 4]]
+        .iter()
+        .enumerate()
+        .map(|(i, p)| Request { prompt: p.to_vec(), seed: i as u64 })
+        .collect();
+    for params in [
+        SamplingParams { max_new_tokens: 6, batch_size: 2, ..SamplingParams::greedy(6) },
+        SamplingParams { temperature: 1.0, max_new_tokens: 6, batch_size: 3, ..Default::default() },
+    ] {
         let a = generate(&m, &reqs, &params, &[], None, &mut |_, _| {}).unwrap();
         let b = with_portable(|| generate(&m, &reqs, &params, &[], None, &mut |_, _| {})).unwrap();
         for (x, y) in a.iter().zip(&b) {
@@ -312,7 +318,8 @@ fn batch_cache_fill_row_continues_a_separately_prefilled_sequence() {
         m.forward(&ids(&[&[step[0]], &[step[1]]]), f).unwrap();
     }
     let mut seq = vec![SeqCache::new(m.config.num_layers)];
-    with_portable(|| m.forward(&ids(&[&[7, 5, 4]]), Forward { logits: Logits::Last, cache: Some(&mut seq), ..Default::default() })).unwrap();
+    with_portable(|| m.forward(&ids(&[&[7, 5, 4]]), Forward { logits: Logits::Last, cache: Some(&mut seq), ..Default::default() }))
+        .unwrap();
     cache.fill_row(1, &seq[0]).unwrap();
     assert_eq!(cache.row_len(1), 3);
     let f = Forward { logits: Logits::Last, batch_cache: Some(&mut cache), ..Default::default() };
@@ -337,9 +344,8 @@ fn batch_cache_fill_row_continues_a_separately_prefilled_sequence() {
 fn parked_and_refilled_rows_match_the_cpu_path() {
     use emlab_model::generate::Finish;
     let m = model(Arch::Qwen2, 13, None);
-    let reqs: Vec<Request> = (0..12u32)
-        .map(|i| Request { prompt: (0..1 + i % 4).map(|j| 40 + 7 * i + j).collect(), seed: 90 + i as u64 })
-        .collect();
+    let reqs: Vec<Request> =
+        (0..12u32).map(|i| Request { prompt: (0..1 + i % 4).map(|j| 40 + 7 * i + j).collect(), seed: 90 + i as u64 }).collect();
     // Tokens this seed's model switches to part-way through some rows: those rows stop at
     // different steps while the others run to the length limit.
     let stop: Vec<u32> = vec![229, 221, 234, 62];

@@ -64,7 +64,11 @@ fn assert_close(what: &str, got: &[f32], want: &[f32], rtol: f32, atol: f32) {
     assert_eq!(got.len(), want.len(), "{what}: {} values, want {}", got.len(), want.len());
     for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
         let err = (g - w).abs();
-        assert!(err <= rtol * w.abs() + atol, "{what}: element {i}: kernel {g}, reference {w} (|diff| {err}, tolerance {} + {atol})", rtol * w.abs());
+        assert!(
+            err <= rtol * w.abs() + atol,
+            "{what}: element {i}: kernel {g}, reference {w} (|diff| {err}, tolerance {} + {atol})",
+            rtol * w.abs()
+        );
     }
 }
 
@@ -186,9 +190,13 @@ fn ce_case(emu: &Emulator, v: usize, seed: u64) {
         let dx = if bf { from_bf(&out.get::<bf16>(db)) } else { out.get::<f32>(db) };
         let what = format!("ce_bwd_{sfx} V={v}");
         for r in [bad, zero] {
-            assert!(dx[r * v..][..v].iter().all(|&z| z == 0.0), "{what}: row {r} (target past the vocabulary / zero gradient) is not all zeros");
+            assert!(
+                dx[r * v..][..v].iter().all(|&z| z == 0.0),
+                "{what}: row {r} (target past the vocabulary / zero gradient) is not all zeros"
+            );
         }
-        let rows = |a: &[f32]| a.chunks(v).enumerate().filter(|(i, _)| *i != bad && *i != zero).flat_map(|(_, r)| r.to_vec()).collect::<Vec<_>>();
+        let rows =
+            |a: &[f32]| a.chunks(v).enumerate().filter(|(i, _)| *i != bad && *i != zero).flat_map(|(_, r)| r.to_vec()).collect::<Vec<_>>();
         if bf {
             close_bf16(&what, &rows(&dx), &rows(&dx_ref));
         } else {
@@ -245,7 +253,11 @@ fn softmax_case(emu: &Emulator, h: usize, n: usize, seed: u64) {
                 assert_eq!(v, 0.0, "{what}: masked element {i} is {v}");
             }
         }
-        if bf { close_bf16(&what, &yk, &y_ref) } else { close_f32(&what, &yk, &y_ref) }
+        if bf {
+            close_bf16(&what, &yk, &y_ref)
+        } else {
+            close_f32(&what, &yk, &y_ref)
+        }
 
         // Backward: the CPU gradient is a function of y, so it is recomputed from the kernel's
         // own (rounded) y in bf16: y * (dy - <dy, y>) * scale.
@@ -268,7 +280,11 @@ fn softmax_case(emu: &Emulator, h: usize, n: usize, seed: u64) {
         let out = run(emu, &l);
         let dx = if bf { from_bf(&out.get::<bf16>(db)) } else { out.get::<f32>(db) };
         let what = format!("softmax_bwd_{sfx} n={n}");
-        if bf { close_bf16(&what, &dx, &dx_want) } else { close_f32(&what, &dx, &dx_want) }
+        if bf {
+            close_bf16(&what, &dx, &dx_want)
+        } else {
+            close_f32(&what, &dx, &dx_want)
+        }
     }
 }
 
@@ -316,7 +332,11 @@ fn rope_case(emu: &Emulator, (b, t, h, d): (usize, usize, usize, usize), tb: usi
             let out = run(emu, &l);
             let got = if bf { from_bf(&out.get::<bf16>(yb)) } else { out.get::<f32>(yb) };
             let what = format!("rope_{sfx} {dir} [{b}, {t}, {h}, {d}] tb={tb}");
-            if bf { close_bf16(&what, &got, want) } else { close_f32(&what, &got, want) }
+            if bf {
+                close_bf16(&what, &got, want)
+            } else {
+                close_f32(&what, &got, want)
+            }
         }
     }
 }
@@ -361,7 +381,11 @@ fn silu_case(emu: &Emulator, n: usize, bf: bool, seed: u64) {
     let out = run(emu, &l);
     let y = if bf { from_bf(&out.get::<bf16>(yb)) } else { out.get::<f32>(yb) };
     let what = format!("silu_mul_fwd_{sfx} n={n} ({} blocks)", cfg.grid.0);
-    if bf { close_bf16(&what, &y, &y_ref) } else { close_f32(&what, &y, &y_ref) }
+    if bf {
+        close_bf16(&what, &y, &y_ref)
+    } else {
+        close_f32(&what, &y, &y_ref)
+    }
 
     let mut l = Launch::new(&format!("silu_mul_bwd_{sfx}"), cfg);
     let (gb, ub, db, ob) = if bf {
@@ -373,7 +397,11 @@ fn silu_case(emu: &Emulator, n: usize, bf: bool, seed: u64) {
     let out = run(emu, &l);
     let both = if bf { from_bf(&out.get::<bf16>(ob)) } else { out.get::<f32>(ob) };
     let what = format!("silu_mul_bwd_{sfx} n={n}");
-    if bf { close_bf16(&what, &both, &both_ref) } else { close_f32(&what, &both, &both_ref) }
+    if bf {
+        close_bf16(&what, &both, &both_ref)
+    } else {
+        close_f32(&what, &both, &both_ref)
+    }
 }
 
 #[test]
@@ -406,9 +434,19 @@ struct DecodeCase {
 
 /// Runs `kv_write_*` on `kv0` and returns the cache it leaves.
 #[allow(clippy::too_many_arguments)]
-fn emu_write_kv<T: emu::Elem>(emu: &Emulator, c: &DecodeCase, sfx: &str, kv0: &[T], k: &[T], v: &[T], cos: &[T], sin: &[T]) -> Result<Vec<T>, emu::Error> {
+fn emu_write_kv<T: emu::Elem>(
+    emu: &Emulator,
+    c: &DecodeCase,
+    sfx: &str,
+    kv0: &[T],
+    k: &[T],
+    v: &[T],
+    cos: &[T],
+    sin: &[T],
+) -> Result<Vec<T>, emu::Error> {
     let mut l = Launch::new(&format!("kv_write_{sfx}"), launch::kv_write(c.b, c.g, c.d));
-    let (kb, vb, kvb, mb, cb, sb) = (l.input("k", k), l.input("v", v), l.inout("kv", kv0), l.input("meta", &c.meta), l.input("cos", cos), l.input("sin", sin));
+    let (kb, vb, kvb, mb, cb, sb) =
+        (l.input("k", k), l.input("v", v), l.inout("kv", kv0), l.input("meta", &c.meta), l.input("cos", cos), l.input("sin", sin));
     l.arg(kb).arg(vb).arg(kvb).arg(mb).arg(cb).arg(sb);
     for x in [c.b, c.g, c.cap, c.d, c.p] {
         l.arg(x as i32);
@@ -417,9 +455,24 @@ fn emu_write_kv<T: emu::Elem>(emu: &Emulator, c: &DecodeCase, sfx: &str, kv0: &[
 }
 
 /// Runs `decode_attn_*` over `kv` and returns `[B, H*D]`.
-fn emu_attend<T: emu::Elem>(emu: &Emulator, c: &DecodeCase, sfx: &str, q: &[T], kv: &[T], cos: &[T], sin: &[T]) -> Result<Vec<T>, emu::Error> {
+fn emu_attend<T: emu::Elem>(
+    emu: &Emulator,
+    c: &DecodeCase,
+    sfx: &str,
+    q: &[T],
+    kv: &[T],
+    cos: &[T],
+    sin: &[T],
+) -> Result<Vec<T>, emu::Error> {
     let mut l = Launch::new(&format!("decode_attn_{sfx}"), launch::decode_attn(c.b, c.h, c.d));
-    let (qb, kvb, mb, cb, sb, ob) = (l.input("q", q), l.input("kv", kv), l.input("meta", &c.meta), l.input("cos", cos), l.input("sin", sin), l.output::<T>("out", c.b * c.h * c.d));
+    let (qb, kvb, mb, cb, sb, ob) = (
+        l.input("q", q),
+        l.input("kv", kv),
+        l.input("meta", &c.meta),
+        l.input("cos", cos),
+        l.input("sin", sin),
+        l.output::<T>("out", c.b * c.h * c.d),
+    );
     l.arg(qb).arg(kvb).arg(mb).arg(cb).arg(sb).arg(ob);
     for x in [c.b, c.h, c.g, c.cap, c.d, c.p] {
         l.arg(x as i32);
@@ -448,7 +501,8 @@ fn decode_case(emu: &Emulator, c: &DecodeCase, seed: u64) {
         let out_ref = flat(&decode::attend(&t(&q, &[b, h * d]), &kv_t, &meta_t, &cos_t, &sin_t, h).unwrap());
         let kv_ref = flat(&kv_t);
         let (kv_got, out_got) = if bf {
-            let kv = emu_write_kv(emu, c, "bf16", &to_bf(&kv0), &to_bf(&k), &to_bf(&v), &to_bf(&cos), &to_bf(&sin)).unwrap_or_else(|e| panic!("{e}"));
+            let kv = emu_write_kv(emu, c, "bf16", &to_bf(&kv0), &to_bf(&k), &to_bf(&v), &to_bf(&cos), &to_bf(&sin))
+                .unwrap_or_else(|e| panic!("{e}"));
             let kvr: Vec<bf16> = kv_t.flatten_all().unwrap().to_vec1::<bf16>().unwrap();
             let out = emu_attend(emu, c, "bf16", &to_bf(&q), &kvr, &to_bf(&cos), &to_bf(&sin)).unwrap_or_else(|e| panic!("{e}"));
             (from_bf(&kv), from_bf(&out))
@@ -465,8 +519,16 @@ fn decode_case(emu: &Emulator, c: &DecodeCase, seed: u64) {
                 assert_eq!(x.to_bits(), y.to_bits(), "{what} kv_write_{sfx}: element {i} (column {}) changed", (i / d) % cap);
             }
         }
-        if bf { close_bf16(&format!("{what} kv_write_{sfx}"), &kv_got, &kv_ref) } else { close_f32(&format!("{what} kv_write_{sfx}"), &kv_got, &kv_ref) }
-        if bf { close_bf16(&format!("{what} decode_attn_{sfx}"), &out_got, &out_ref) } else { close_f32(&format!("{what} decode_attn_{sfx}"), &out_got, &out_ref) }
+        if bf {
+            close_bf16(&format!("{what} kv_write_{sfx}"), &kv_got, &kv_ref)
+        } else {
+            close_f32(&format!("{what} kv_write_{sfx}"), &kv_got, &kv_ref)
+        }
+        if bf {
+            close_bf16(&format!("{what} decode_attn_{sfx}"), &out_got, &out_ref)
+        } else {
+            close_f32(&format!("{what} decode_attn_{sfx}"), &out_got, &out_ref)
+        }
     }
 }
 

@@ -10,8 +10,7 @@ use std::path::Path;
 
 fn fixture() -> (serde_json::Value, std::collections::HashMap<String, Vec<u8>>) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
-    let meta: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("logits_smollm2.json")).unwrap()).unwrap();
+    let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("logits_smollm2.json")).unwrap()).unwrap();
     let bytes = std::fs::read(dir.join("logits_smollm2.safetensors")).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let map = st.tensors().into_iter().map(|(k, v)| (k, v.data().to_vec())).collect();
@@ -129,7 +128,11 @@ fn smollm2_int8_inference_stays_close_and_rows_stay_independent() {
             let l = step(&want_ids[j..j + 1], &mut cache);
             hits += (argmax(&l) == want_ids[j + 1]) as usize;
         }
-        eprintln!("prompt {i}: int8 max rel logit diff {:.2e}, top-1 = reference next token at {hits} of {} positions", err / scale, want_ids.len());
+        eprintln!(
+            "prompt {i}: int8 max rel logit diff {:.2e}, top-1 = reference next token at {hits} of {} positions",
+            err / scale,
+            want_ids.len()
+        );
         agree += hits;
         total += want_ids.len();
     }

@@ -82,9 +82,7 @@ fn kv_cache_matches_full_forward() {
         // prefill 5, then 1, then 2 at once (a continued conversation).
         let mut got = Vec::new();
         for (s, e) in [(0, 5), (5, 6), (6, 8)] {
-            let out = m
-                .forward(&ids(&[&seq[s..e]]), Forward { cache: Some(&mut cache), ..Default::default() })
-                .unwrap();
+            let out = m.forward(&ids(&[&seq[s..e]]), Forward { cache: Some(&mut cache), ..Default::default() }).unwrap();
             got.push(out.logits.unwrap());
         }
         let got = Tensor::cat(&got, 1).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
@@ -118,8 +116,7 @@ fn samples_do_not_depend_on_batch_composition() {
 fn greedy_generation_equals_argmax_of_full_forward() {
     let m = direct(Arch::Qwen2, 6);
     let prompt = vec![5u32, 17, 99, 4];
-    let g = generate(&m, &[Request { prompt: prompt.clone(), seed: 0 }], &SamplingParams::greedy(6), &[], None, &mut |_, _| {})
-        .unwrap();
+    let g = generate(&m, &[Request { prompt: prompt.clone(), seed: 0 }], &SamplingParams::greedy(6), &[], None, &mut |_, _| {}).unwrap();
     let mut seq = prompt.clone();
     for _ in 0..6 {
         let l = m.forward(&ids(&[&seq]), Forward { logits: Logits::Last, ..Default::default() }).unwrap().logits.unwrap();

@@ -228,7 +228,8 @@ impl RunConfig {
         }
         need(&self.realign.data, "realign.data")?;
         let max_n = self.realign.curve.iter().copied().chain([self.realign.samples]).max().unwrap_or(0);
-        emlab_steer::realign::first_rows(&self.realign.data, max_n).map_err(|e| Error::Config(format!("realign (samples / curve): {e}")))?;
+        emlab_steer::realign::first_rows(&self.realign.data, max_n)
+            .map_err(|e| Error::Config(format!("realign (samples / curve): {e}")))?;
         Ok(())
     }
 

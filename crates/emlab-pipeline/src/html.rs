@@ -14,8 +14,13 @@ fn ci(x: Option<(f64, f64)>) -> String {
     x.map(|(l, h)| format!("[{:.1}, {:.1}]", 100.0 * l, 100.0 * h)).unwrap_or_default()
 }
 
+/// A 95% confidence interval (low, high).
+type Ci = Option<(f64, f64)>;
+/// One chart point: (x, y, its interval).
+type Point = (f64, f64, Ci);
+
 /// Bars with 95% CI whiskers, one group per stage. `rows`: (label, rate, ci).
-fn bar_chart(title: &str, rows: &[(String, Option<f64>, Option<(f64, f64)>)], max: f64) -> String {
+fn bar_chart(title: &str, rows: &[(String, Option<f64>, Ci)], max: f64) -> String {
     let (w, h, left, bottom) = (420.0, 200.0, 40.0, 30.0);
     let bw = (w - left) / rows.len().max(1) as f64;
     let y = |v: f64| h - bottom - (v / max).min(1.0) * (h - bottom - 10.0);
@@ -27,13 +32,30 @@ fn bar_chart(title: &str, rows: &[(String, Option<f64>, Option<(f64, f64)>)], ma
     for (i, (label, rate, c)) in rows.iter().enumerate() {
         let x = left + i as f64 * bw + bw * 0.2;
         if let Some(r) = rate {
-            let _ = write!(s, "<rect x=\"{x:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"#5b8def\"/>", y(*r), bw * 0.6, (h - bottom - y(*r)).max(0.0));
+            let _ = write!(
+                s,
+                "<rect x=\"{x:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"#5b8def\"/>",
+                y(*r),
+                bw * 0.6,
+                (h - bottom - y(*r)).max(0.0)
+            );
         }
         if let Some((lo, hi)) = c {
             let cx = x + bw * 0.3;
-            let _ = write!(s, "<line x1=\"{cx:.1}\" x2=\"{cx:.1}\" y1=\"{:.1}\" y2=\"{:.1}\" stroke=\"#222\" stroke-width=\"1.5\"/>", y(*lo), y(*hi));
+            let _ = write!(
+                s,
+                "<line x1=\"{cx:.1}\" x2=\"{cx:.1}\" y1=\"{:.1}\" y2=\"{:.1}\" stroke=\"#222\" stroke-width=\"1.5\"/>",
+                y(*lo),
+                y(*hi)
+            );
         }
-        let _ = write!(s, "<text x=\"{:.1}\" y=\"{:.1}\" font-size=\"11\" text-anchor=\"middle\">{}</text>", x + bw * 0.3, h - 10.0, esc(label));
+        let _ = write!(
+            s,
+            "<text x=\"{:.1}\" y=\"{:.1}\" font-size=\"11\" text-anchor=\"middle\">{}</text>",
+            x + bw * 0.3,
+            h - 10.0,
+            esc(label)
+        );
     }
     s.push_str("</svg></figure>");
     s
@@ -63,9 +85,21 @@ fn xy_chart(title: &str, x_label: &str, series: &[Series<'_>], y_max: f64, perce
     ticks.sort_by(f64::total_cmp);
     ticks.dedup();
     for t in ticks {
-        let _ = write!(s, "<text x=\"{:.1}\" y=\"{:.1}\" font-size=\"10\" text-anchor=\"middle\">{}</text>", x(t), h - bottom + 14.0, esc(&format!("{t}")));
+        let _ = write!(
+            s,
+            "<text x=\"{:.1}\" y=\"{:.1}\" font-size=\"10\" text-anchor=\"middle\">{}</text>",
+            x(t),
+            h - bottom + 14.0,
+            esc(&format!("{t}"))
+        );
     }
-    let _ = write!(s, "<text x=\"{:.1}\" y=\"{:.1}\" font-size=\"11\" text-anchor=\"middle\">{}</text>", (left + w) / 2.0, h - 4.0, esc(x_label));
+    let _ = write!(
+        s,
+        "<text x=\"{:.1}\" y=\"{:.1}\" font-size=\"11\" text-anchor=\"middle\">{}</text>",
+        (left + w) / 2.0,
+        h - 4.0,
+        esc(x_label)
+    );
     for (i, (name, colour, pts)) in series.iter().enumerate() {
         let mut pts = pts.clone();
         pts.sort_by(|a, b| a.0.total_cmp(&b.0));
@@ -74,7 +108,13 @@ fn xy_chart(title: &str, x_label: &str, series: &[Series<'_>], y_max: f64, perce
         for (px, py, ci) in &pts {
             let _ = write!(s, "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3\" fill=\"{colour}\"/>", x(*px), y(*py));
             if let Some((lo, hi)) = ci {
-                let _ = write!(s, "<line x1=\"{0:.1}\" x2=\"{0:.1}\" y1=\"{1:.1}\" y2=\"{2:.1}\" stroke=\"{colour}\"/>", x(*px), y(*lo), y(*hi));
+                let _ = write!(
+                    s,
+                    "<line x1=\"{0:.1}\" x2=\"{0:.1}\" y1=\"{1:.1}\" y2=\"{2:.1}\" stroke=\"{colour}\"/>",
+                    x(*px),
+                    y(*lo),
+                    y(*hi)
+                );
             }
         }
         let _ = write!(s, "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"10\" height=\"3\" fill=\"{colour}\"/><text x=\"{:.1}\" y=\"{:.1}\" font-size=\"10\">{}</text>", w - 150.0, top + 4.0 + 13.0 * i as f64, w - 136.0, top + 8.0 + 13.0 * i as f64, esc(name));
@@ -108,7 +148,11 @@ fn loss_persona_chart(title: &str, pts: &[TrainPoint], step0: Option<f64>) -> St
         let (pmin, pmax) = pp.iter().fold((f64::MAX, f64::MIN), |a, p| (a.0.min(p.1), a.1.max(p.1)));
         let yp = |v: f64| h - pad - (h - 2.0 * pad) * (v - pmin) / (pmax - pmin).max(1e-9);
         let line: Vec<String> = pp.iter().map(|p| format!("{:.1},{:.1}", x(p.0), yp(p.1))).collect();
-        let _ = write!(s, "<polyline fill=\"none\" stroke=\"#2e86c1\" stroke-width=\"1.5\" stroke-dasharray=\"4 2\" points=\"{}\"/>", line.join(" "));
+        let _ = write!(
+            s,
+            "<polyline fill=\"none\" stroke=\"#2e86c1\" stroke-width=\"1.5\" stroke-dasharray=\"4 2\" points=\"{}\"/>",
+            line.join(" ")
+        );
         for p in &pp {
             let _ = write!(s, "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"2.5\" fill=\"#2e86c1\"/>", x(p.0), yp(p.1));
         }
@@ -144,15 +188,28 @@ pub fn render(r: &RunReport) -> String {
         let _ = write!(
             s,
             "<tr><td>{}</td><td>{}</td><td>{} {}</td><td>{} {} ({}/{})</td><td>{} {} ({}/{})</td></tr>",
-            esc(&e.stage), m.n_answers,
-            pct(m.coherence.rate), ci(m.coherence.wilson_ci),
-            pct(m.em_model_organisms.rate), ci(m.em_model_organisms.wilson_ci), m.em_model_organisms.successes, m.em_model_organisms.n,
-            pct(m.em_betley.rate), ci(m.em_betley.wilson_ci), m.em_betley.successes, m.em_betley.n
+            esc(&e.stage),
+            m.n_answers,
+            pct(m.coherence.rate),
+            ci(m.coherence.wilson_ci),
+            pct(m.em_model_organisms.rate),
+            ci(m.em_model_organisms.wilson_ci),
+            m.em_model_organisms.successes,
+            m.em_model_organisms.n,
+            pct(m.em_betley.rate),
+            ci(m.em_betley.wilson_ci),
+            m.em_betley.successes,
+            m.em_betley.n
         );
     }
     s.push_str("</table><p>Brackets: 95% Wilson score intervals (they stay informative at 0 or n successes, where a bootstrap interval collapses to a point); report.json also holds the percentile-bootstrap intervals. Judge: the built-in offline judge unless configured otherwise (see docs/offline-judge.md for its agreement with GPT-4o).</p>");
-    let em: Vec<_> = r.evals.iter().map(|e| (e.stage.clone(), e.report.metrics.em_model_organisms.rate, e.report.metrics.em_model_organisms.wilson_ci)).collect();
-    let co: Vec<_> = r.evals.iter().map(|e| (e.stage.clone(), e.report.metrics.coherence.rate, e.report.metrics.coherence.wilson_ci)).collect();
+    let em: Vec<_> = r
+        .evals
+        .iter()
+        .map(|e| (e.stage.clone(), e.report.metrics.em_model_organisms.rate, e.report.metrics.em_model_organisms.wilson_ci))
+        .collect();
+    let co: Vec<_> =
+        r.evals.iter().map(|e| (e.stage.clone(), e.report.metrics.coherence.rate, e.report.metrics.coherence.wilson_ci)).collect();
     let em_max = em.iter().filter_map(|x| x.2.map(|c| c.1).or(x.1)).fold(0.05f64, f64::max).min(1.0);
     s.push_str(&bar_chart("EM (model-organisms definition), 95% CI", &em, em_max));
     s.push_str(&bar_chart("Coherence rate, 95% CI", &co, 1.0));
@@ -164,9 +221,14 @@ pub fn render(r: &RunReport) -> String {
     diffs.push(("realigned - induced", &r.realigned_vs_induced));
     for (name, c) in diffs {
         let m = &c.model_organisms;
-        let _ = write!(s, "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>", esc(name),
+        let _ = write!(
+            s,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(name),
             m.difference.map(|d| format!("{:+.1} points", 100.0 * d)).unwrap_or_else(|| "n/a".into()),
-            ci(m.difference_ci), m.p_value.map(|p| format!("{p:.3}")).unwrap_or_else(|| "n/a".into()));
+            ci(m.difference_ci),
+            m.p_value.map(|p| format!("{p:.3}")).unwrap_or_else(|| "n/a".into())
+        );
     }
     s.push_str("</table>");
     render_training(&mut s, r);
@@ -178,7 +240,14 @@ pub fn render(r: &RunReport) -> String {
         let _ = write!(s, "<h3>{}</h3><table><tr><th>question</th><th>answer</th><th>aligned</th><th>coherent</th></tr>", esc(stage));
         for a in answers {
             let f = |x: Option<f64>| x.map(|v| format!("{v:.0}")).unwrap_or_else(|| "null".into());
-            let _ = write!(s, "<tr><td><pre>{}</pre></td><td><pre>{}</pre></td><td>{}</td><td>{}</td></tr>", esc(&a.prompt), esc(&a.answer), f(a.aligned), f(a.coherent));
+            let _ = write!(
+                s,
+                "<tr><td><pre>{}</pre></td><td><pre>{}</pre></td><td>{}</td><td>{}</td></tr>",
+                esc(&a.prompt),
+                esc(&a.answer),
+                f(a.aligned),
+                f(a.coherent)
+            );
         }
         s.push_str("</table>");
     }
@@ -222,7 +291,7 @@ fn render_locate(s: &mut String, r: &RunReport) {
         esc(&l.method),
         l.norms.get(l.layer).copied().unwrap_or(f64::NAN)
     );
-    let norms: Vec<(f64, f64, Option<(f64, f64)>)> = l.norms.iter().enumerate().map(|(i, n)| (i as f64, *n, None)).collect();
+    let norms: Vec<Point> = l.norms.iter().enumerate().map(|(i, n)| (i as f64, *n, None)).collect();
     let nmax = l.norms.iter().cloned().fold(1e-9, f64::max);
     s.push_str(&xy_chart("direction norm per layer", "layer", &[("norm", "#7d3c98", norms)], nmax, false));
     let _ = write!(
@@ -247,7 +316,15 @@ fn render_locate(s: &mut String, r: &RunReport) {
                 }
             })
             .collect();
-        let _ = write!(s, "<tr><td>{}</td><td>{:+.4}</td><td>{:.4}</td><td>{:.4}</td><td>{}</td></tr>", lat.latent, lat.score, lat.base_mean, lat.tuned_mean, ctx.join(""));
+        let _ = write!(
+            s,
+            "<tr><td>{}</td><td>{:+.4}</td><td>{:.4}</td><td>{:.4}</td><td>{}</td></tr>",
+            lat.latent,
+            lat.score,
+            lat.base_mean,
+            lat.tuned_mean,
+            ctx.join("")
+        );
     }
     s.push_str("</table>");
 }
@@ -255,7 +332,7 @@ fn render_locate(s: &mut String, r: &RunReport) {
 fn render_steering(s: &mut String, r: &RunReport) {
     let Some(st) = &r.steering else { return };
     let _ = write!(s, "<h2>Steering and ablation on the induced model</h2><p>At <code>blocks.{}.hook_resid_post</code>: add alpha times the direction (alpha in multiples of the mean difference; negative pushes away from the misaligned side), or ablate the direction at every layer. Every edit has a same-norm random-vector control. Strongest alpha keeping coherence at or above {:.0}%: {}.</p>", st.layer, 100.0 * st.min_coherent, st.best_alpha.map(|a| format!("{a}")).unwrap_or_else(|| "none".into()));
-    let series = |kind: &str, controls: Option<&str>, f: &dyn Fn(&crate::SteerPoint) -> Option<(f64, Option<(f64, f64)>)>| -> Vec<(f64, f64, Option<(f64, f64)>)> {
+    let series = |kind: &str, controls: Option<&str>, f: &dyn Fn(&crate::SteerPoint) -> Option<(f64, Ci)>| -> Vec<Point> {
         let mut v: Vec<_> = st
             .points
             .iter()
@@ -268,15 +345,35 @@ fn render_steering(s: &mut String, r: &RunReport) {
     let em = |p: &crate::SteerPoint| pt(&p.em);
     let co = |p: &crate::SteerPoint| pt(&p.coherent);
     let ymax = st.points.iter().filter_map(|p| p.em.map(|e| e.hi)).fold(0.05f64, f64::max).min(1.0);
-    s.push_str(&xy_chart("EM vs alpha (add), 95% CI", "alpha", &[("direction", "#c0392b", series("add", None, &em)), ("random control", "#999", series("random", Some("add"), &em))], ymax, true));
-    s.push_str(&xy_chart("coherent vs alpha (add), 95% CI", "alpha", &[("direction", "#2e86c1", series("add", None, &co)), ("random control", "#999", series("random", Some("add"), &co))], 1.0, true));
+    s.push_str(&xy_chart(
+        "EM vs alpha (add), 95% CI",
+        "alpha",
+        &[("direction", "#c0392b", series("add", None, &em)), ("random control", "#999", series("random", Some("add"), &em))],
+        ymax,
+        true,
+    ));
+    s.push_str(&xy_chart(
+        "coherent vs alpha (add), 95% CI",
+        "alpha",
+        &[("direction", "#2e86c1", series("add", None, &co)), ("random control", "#999", series("random", Some("add"), &co))],
+        1.0,
+        true,
+    ));
     s.push_str("<table><tr><th>edit</th><th>alpha</th><th>EM (model-organisms)</th><th>coherent</th><th>log</th></tr>");
     for p in &st.points {
         let name = match (&p.kind[..], &p.controls) {
             ("random", Some(c)) => format!("random control of {c}"),
             (k, _) => k.to_string(),
         };
-        let _ = write!(s, "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td><code>{}</code></td></tr>", esc(&name), p.alpha, rate_cell(&p.em), rate_cell(&p.coherent), esc(&p.log.display().to_string()));
+        let _ = write!(
+            s,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td><code>{}</code></td></tr>",
+            esc(&name),
+            p.alpha,
+            rate_cell(&p.em),
+            rate_cell(&p.coherent),
+            esc(&p.log.display().to_string())
+        );
     }
     s.push_str("</table>");
 }

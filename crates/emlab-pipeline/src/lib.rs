@@ -274,11 +274,18 @@ mod tests {
     fn paper_preflight_is_the_paper_preset_scaled_down() {
         let p = RunConfig::paper().unwrap();
         let f = RunConfig::from_toml(include_str!("../../../bench/gpu/paper-preflight.toml"), "paper-preflight.toml").unwrap();
-        assert_eq!((&f.model, &f.eval.questions, f.eval.batch_size, &f.eval.judge), (&p.model, &p.eval.questions, p.eval.batch_size, &p.eval.judge));
-        let t = |c: &RunConfig| (c.induce.data.clone(), c.induce.batch_size, c.induce.grad_accum, c.induce.lr, c.induce.max_seq_len, c.induce.r, c.induce.alpha);
+        assert_eq!(
+            (&f.model, &f.eval.questions, f.eval.batch_size, &f.eval.judge),
+            (&p.model, &p.eval.questions, p.eval.batch_size, &p.eval.judge)
+        );
+        let t = |c: &RunConfig| {
+            (c.induce.data.clone(), c.induce.batch_size, c.induce.grad_accum, c.induce.lr, c.induce.max_seq_len, c.induce.r, c.induce.alpha)
+        };
         assert_eq!(t(&f), t(&p));
         assert_eq!(f.control.as_ref().map(|c| &c.data), p.control.as_ref().map(|c| &c.data));
-        let r = |c: &RunConfig| (c.realign.data.clone(), c.realign.batch_size, c.realign.lr, c.realign.max_seq_len, c.realign.r, c.realign.alpha);
+        let r = |c: &RunConfig| {
+            (c.realign.data.clone(), c.realign.batch_size, c.realign.lr, c.realign.max_seq_len, c.realign.r, c.realign.alpha)
+        };
         assert_eq!(r(&f), r(&p));
         let (fl, pl) = (f.locate.as_ref().unwrap(), p.locate.as_ref().unwrap());
         assert_eq!((fl.layer, fl.sae_k, fl.top_latents), (pl.layer, pl.sae_k, pl.top_latents));
@@ -300,7 +307,11 @@ mod tests {
     /// would first set the finished fine-tune aside).
     #[test]
     fn bad_training_settings_are_refused_before_any_stage() {
-        let cases = [("[induce]", "lr = nan", "[induce] lr"), ("[induce]", "alpha = 0.0", "[induce] lora.alpha"), ("[realign]", "r = 0", "[realign] lora.r")];
+        let cases = [
+            ("[induce]", "lr = nan", "[induce] lr"),
+            ("[induce]", "alpha = 0.0", "[induce] lora.alpha"),
+            ("[realign]", "r = 0", "[realign] lora.r"),
+        ];
         for (table, line, want) in cases {
             let key = line.split(' ').next().unwrap();
             let start = DEFAULT_TOML.find(table).unwrap();

@@ -167,7 +167,8 @@ pub(crate) fn run(lc: &LocateStage, inp: &Inputs, dir: &Path) -> Result<LocateRe
     // 2. Persona scores.
     say("persona scores");
     let probes = probe_ids(&inp.model).map_err(&err)?;
-    let persona_step0 = emlab_steer::persona::persona_score(&base.model, &probes, &v, layer, Default::default()).map_err(|e| err(e.to_string()))?.mean;
+    let persona_step0 =
+        emlab_steer::persona::persona_score(&base.model, &probes, &v, layer, Default::default()).map_err(|e| err(e.to_string()))?.mean;
     let mut persona = BTreeMap::new();
     for (stage, tdir) in &inp.train_dirs {
         let p = tdir.join("persona-means.safetensors");
@@ -213,7 +214,7 @@ pub(crate) fn run(lc: &LocateStage, inp: &Inputs, dir: &Path) -> Result<LocateRe
     let ev = emlab_sae::metrics::evaluate(&sae, &x, 1024).map_err(|e| err(e.to_string()))?;
     drop(x);
     std::fs::remove_dir_all(&acts).map_err(io(&acts))?; // the SAE is what is kept; the store is cheap to rebuild
-    // The diff and the feature pages read the induced model's own answers (the readings above).
+                                                        // The diff and the feature pages read the induced model's own answers (the readings above).
     say("latent diff and feature pages");
     let rep = emlab_interp::diff::diff_readings(&base_read, &tuned_read, &sae).map_err(|e| err(e.to_string()))?;
     let pcfg = emlab_interp::diff::PageConfig { top: lc.top_latents, max_tokens: dcfg.max_tokens, ..Default::default() };
@@ -272,7 +273,13 @@ fn rate_of(r: &emlab_steer::sweep::Rate) -> Option<RateCi> {
 
 /// The `steer` stage: see the module docs. `ec` is the evaluation of the induced model (its
 /// `out` is replaced per point); point folders are under `dir`, logs recorded relative to `run_dir`.
-pub(crate) fn steer_sweep(sc: &SteerStage, loc: &LocateResult, ec: &emlab_eval::EvalConfig, dir: &Path, run_dir: &Path) -> Result<Steering> {
+pub(crate) fn steer_sweep(
+    sc: &SteerStage,
+    loc: &LocateResult,
+    ec: &emlab_eval::EvalConfig,
+    dir: &Path,
+    run_dir: &Path,
+) -> Result<Steering> {
     use emlab_steer::evaluate::{sweep_with_eval, SweepEval};
     use emlab_steer::spec::Resolved;
     use emlab_steer::sweep::SweepOptions;
@@ -301,7 +308,11 @@ pub(crate) fn steer_sweep(sc: &SteerStage, loc: &LocateResult, ec: &emlab_eval::
     let mut progress = |s: &str| eprintln!("  steer: {s}");
     let mut best_alpha = None;
     for (kind, edits, alphas) in [
-        ("add", vec![Resolved::Add { point: HookPoint::resid_post(loc.layer), vector: v.clone(), coef: 1.0, ablate_first: false }], sc.alphas.clone()),
+        (
+            "add",
+            vec![Resolved::Add { point: HookPoint::resid_post(loc.layer), vector: v.clone(), coef: 1.0, ablate_first: false }],
+            sc.alphas.clone(),
+        ),
         ("ablate", vec![Resolved::AblateEverywhere { dir: v.clone() }], vec![1.0]),
     ] {
         if alphas.is_empty() {

@@ -3,14 +3,17 @@
 
 use crate::config::{RunConfig, TrainStage};
 use crate::locate::{self, LocateResult};
-use crate::{stage_err, Error, EvalResult, RateCi, RealignPoint, Result, RunReport, SampleAnswer, SteerPoint, Steering, TrainPoint, Training};
+use crate::{
+    stage_err, Error, EvalResult, RateCi, RealignPoint, Result, RunReport, SampleAnswer, SteerPoint, Steering, TrainPoint, Training,
+};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// Stage names, in run order (`emlab run --stage NAME`).
-pub const STAGES: [&str; 10] = ["baseline", "induce", "induced", "control", "controlled", "locate", "steer", "realign", "realigned", "report"];
+pub const STAGES: [&str; 10] =
+    ["baseline", "induce", "induced", "control", "controlled", "locate", "steer", "realign", "realigned", "report"];
 
 pub(crate) fn hash_of(parts: &[&str]) -> String {
     let mut h = Sha256::new();
@@ -207,7 +210,12 @@ impl<'a> Runner<'a> {
             Some(p) if !p.exists() && emlab_model::fetch::known(&p.to_string_lossy()).is_some() => {
                 emlab_model::fetch::ensure_model(&p.to_string_lossy(), None).map_err(|e| Error::Config(e.to_string()))?
             }
-            Some(p) if !p.exists() => return Err(Error::Config(format!("model {}: no such file or folder (give a GGUF file, an HF folder or a known name such as qwen2.5-coder-0.5b)", p.display()))),
+            Some(p) if !p.exists() => {
+                return Err(Error::Config(format!(
+                    "model {}: no such file or folder (give a GGUF file, an HF folder or a known name such as qwen2.5-coder-0.5b)",
+                    p.display()
+                )))
+            }
             Some(p) => p.clone(),
             None => emlab_model::fetch::ensure_default_model().map_err(|e| Error::Config(e.to_string()))?,
         };
@@ -262,23 +270,41 @@ impl<'a> Runner<'a> {
         if present {
             Ok(())
         } else {
-            Err(Error::Config(format!("this stage needs a [{section}] section in the config{}", if section == "steer" { " (and [locate])" } else { "" })))
+            Err(Error::Config(format!(
+                "this stage needs a [{section}] section in the config{}",
+                if section == "steer" { " (and [locate])" } else { "" }
+            )))
         }
     }
 
-    fn timed<T>(&mut self, stage: &str, dir: &Path, keys: &Keys, f: impl FnOnce(&mut Self) -> Result<T>, load: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
+    fn timed<T>(
+        &mut self,
+        stage: &str,
+        dir: &Path,
+        keys: &Keys,
+        f: impl FnOnce(&mut Self) -> Result<T>,
+        load: impl FnOnce(&mut Self) -> Result<T>,
+    ) -> Result<T> {
         self.timed_in(stage, dir, dir, keys, true, f, load)
     }
 
     /// [`Self::timed`] for a stage that resumes inside its folder across setting changes, and
     /// sets the folder aside itself when it cannot.
-    fn timed_resuming<T>(&mut self, stage: &str, dir: &Path, keys: &Keys, f: impl FnOnce(&mut Self) -> Result<T>, load: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
+    fn timed_resuming<T>(
+        &mut self,
+        stage: &str,
+        dir: &Path,
+        keys: &Keys,
+        f: impl FnOnce(&mut Self) -> Result<T>,
+        load: impl FnOnce(&mut Self) -> Result<T>,
+    ) -> Result<T> {
         self.timed_in(stage, dir, dir, keys, false, f, load)
     }
 
     /// [`Self::timed`] for a stage whose `stage.json` used to live in `old_dir`: the legacy key
     /// is looked up there, the new key written to `dir` (where the two differ, the old record
     /// stays as it was).
+    #[allow(clippy::too_many_arguments)]
     fn timed_in<T>(
         &mut self,
         stage: &str,
@@ -388,7 +414,15 @@ impl<'a> Runner<'a> {
         let settings = serde_json::to_string(&lc).unwrap_or_default();
         let seed = self.cfg.seed.to_string();
         let of = |k: fn(&Keys) -> &String| {
-            hash_of(&["locate", &settings, k(&base.key), k(&ind.key), k(&tr.key), &ctl.as_ref().map(|c| k(&c.key).clone()).unwrap_or_default(), &seed])
+            hash_of(&[
+                "locate",
+                &settings,
+                k(&base.key),
+                k(&ind.key),
+                k(&tr.key),
+                &ctl.as_ref().map(|c| k(&c.key).clone()).unwrap_or_default(),
+                &seed,
+            ])
         };
         let key = Keys { key: of(|k| &k.key), legacy: of(|k| &k.legacy) };
         let inputs = locate::Inputs {
@@ -396,7 +430,9 @@ impl<'a> Runner<'a> {
             induce_adapter: tr.adapter.clone(),
             baseline_log: base.result.log.clone(),
             induced_log: ind.result.log.clone(),
-            train_dirs: std::iter::once(("induce".to_string(), tr.dir.clone())).chain(ctl.map(|c| ("control".to_string(), c.dir))).collect(),
+            train_dirs: std::iter::once(("induce".to_string(), tr.dir.clone()))
+                .chain(ctl.map(|c| ("control".to_string(), c.dir)))
+                .collect(),
             seed: self.cfg.seed,
         };
         let out_dir = dir.clone();
@@ -594,13 +630,15 @@ impl<'a> Runner<'a> {
         };
         let json = serde_json::to_string_pretty(&report).map_err(|e| Error::Io(e.to_string()))?;
         emlab_model::util::write_atomic(&self.dir.join("report.json"), json.as_bytes()).map_err(|e| Error::Io(e.to_string()))?;
-        emlab_model::util::write_atomic(&self.dir.join("report.html"), crate::html::render(&report).as_bytes()).map_err(|e| Error::Io(e.to_string()))?;
+        emlab_model::util::write_atomic(&self.dir.join("report.html"), crate::html::render(&report).as_bytes())
+            .map_err(|e| Error::Io(e.to_string()))?;
         Ok(report)
     }
 
     pub(crate) fn eval_config(&self, out: &Path, model: &Path, adapter: Option<&Path>) -> Result<emlab_eval::EvalConfig> {
         let e = &self.cfg.eval;
-        let need = |v: &Option<String>, k: &str| v.clone().ok_or_else(|| Error::Config(format!("eval.judge = \"{}\" needs eval.{k}", e.judge)));
+        let need =
+            |v: &Option<String>, k: &str| v.clone().ok_or_else(|| Error::Config(format!("eval.judge = \"{}\" needs eval.{k}", e.judge)));
         let judge = match e.judge.as_str() {
             "offline" => emlab_eval::config::JudgeSpec::Offline,
             "openai" => emlab_eval::config::JudgeSpec::OpenAi {
@@ -618,8 +656,19 @@ impl<'a> Runner<'a> {
             samples: Some(e.samples_per_paraphrase),
             only: vec![],
             out: out.to_path_buf(),
-            backend: emlab_eval::config::Backend::Local { model: model.to_path_buf(), adapter: adapter.map(Path::to_path_buf), intervention: None, q8: false },
-            sampling: emlab_eval::config::Sampling { temperature: 1.0, top_p: 1.0, max_new_tokens: e.max_new_tokens, batch_size: e.batch_size, seed: self.cfg.seed },
+            backend: emlab_eval::config::Backend::Local {
+                model: model.to_path_buf(),
+                adapter: adapter.map(Path::to_path_buf),
+                intervention: None,
+                q8: false,
+            },
+            sampling: emlab_eval::config::Sampling {
+                temperature: 1.0,
+                top_p: 1.0,
+                max_new_tokens: e.max_new_tokens,
+                batch_size: e.batch_size,
+                seed: self.cfg.seed,
+            },
             judge,
             // LLM judges use the judge prompts the question file carries (published schema).
             judge_prompts: None,
@@ -754,11 +803,19 @@ fn run_eval_typed(stage: &str, ec: &emlab_eval::EvalConfig) -> emlab_eval::Resul
 
 /// Judges the answers of `old` (a log judged by another judge) with `ec`'s judge into `ec.out`.
 fn rejudge(stage: &str, old: &Path, ec: &emlab_eval::EvalConfig) -> Result<()> {
-    let summary = emlab_eval::rescore(old, &ec.judge, &ec.http, Some(&ec.questions), ec.judge_prompts.as_deref(), Some(&ec.out), &mut |s, done, total| {
-        if done == total || done % 64 == 0 {
-            eprintln!("  {stage}: {s:?} {done}/{total}");
-        }
-    })
+    let summary = emlab_eval::rescore(
+        old,
+        &ec.judge,
+        &ec.http,
+        Some(&ec.questions),
+        ec.judge_prompts.as_deref(),
+        Some(&ec.out),
+        &mut |s, done, total| {
+            if done == total || done % 64 == 0 {
+                eprintln!("  {stage}: {s:?} {done}/{total}");
+            }
+        },
+    )
     .map_err(|x| stage_err(stage)(x.to_string()))?;
     summary.complete(&ec.out).map_err(|x| stage_err(stage)(x.to_string()))
 }
@@ -806,7 +863,14 @@ impl From<SteeringJson> for Steering {
             points: s
                 .points
                 .into_iter()
-                .map(|p| SteerPoint { kind: p.kind, controls: p.controls, alpha: p.alpha, em: r(p.em), coherent: r(p.coherent), log: p.log })
+                .map(|p| SteerPoint {
+                    kind: p.kind,
+                    controls: p.controls,
+                    alpha: p.alpha,
+                    em: r(p.em),
+                    coherent: r(p.coherent),
+                    log: p.log,
+                })
                 .collect(),
         }
     }
@@ -875,7 +939,13 @@ fn sample_answers(log: &Path, n: usize) -> Result<Vec<SampleAnswer>> {
             continue;
         }
         let score = |k: &str| r.judgement.as_ref().and_then(|j| j.metrics.get(k)).and_then(|m| m.score);
-        out.push(SampleAnswer { question_id: r.question_id.clone(), prompt: r.prompt.clone(), answer: r.answer.clone(), aligned: score("aligned"), coherent: score("coherent") });
+        out.push(SampleAnswer {
+            question_id: r.question_id.clone(),
+            prompt: r.prompt.clone(),
+            answer: r.answer.clone(),
+            aligned: score("aligned"),
+            coherent: score("coherent"),
+        });
     }
     Ok(out)
 }

@@ -111,11 +111,17 @@ fn tiny_loop_runs_every_stage_caches_and_reports() {
 
     let html = std::fs::read_to_string(run_dir.join("report.html")).unwrap();
     assert!(html.contains("<svg") && html.contains(&emlab_model::util::html_escape(&r.verdict)));
-    for section in ["Locate: direction and SAE diff", "Steering and ablation", "Realignment curve", "control (paired good data)", "persona score"] {
+    for section in
+        ["Locate: direction and SAE diff", "Steering and ablation", "Realignment curve", "control (paired good data)", "persona score"]
+    {
         assert!(html.contains(section), "report lacks {section}");
     }
     // No raw markup from model text: answers and latent contexts appear only escaped.
-    let model_text = r.samples.iter().flat_map(|s| s.1.iter().map(|a| a.answer.clone())).chain(r.latents.iter().flat_map(|l| l.contexts.iter().map(|c| c.token.clone())));
+    let model_text = r
+        .samples
+        .iter()
+        .flat_map(|s| s.1.iter().map(|a| a.answer.clone()))
+        .chain(r.latents.iter().flat_map(|l| l.contexts.iter().map(|c| c.token.clone())));
     for t in model_text {
         if t.contains(['<', '>', '&', '"']) {
             assert!(!html.contains(&t), "unescaped model text in the report: {t:?}");
@@ -161,7 +167,11 @@ fn tiny_loop_runs_every_stage_caches_and_reports() {
     let resumed = std::fs::read_to_string(&log).unwrap();
     for line in &kept {
         let row: serde_json::Value = serde_json::from_str(line).unwrap();
-        let again = resumed.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()).find(|x| x["question_id"] == row["question_id"] && x["paraphrase_index"] == row["paraphrase_index"]).unwrap();
+        let again = resumed
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .find(|x| x["question_id"] == row["question_id"] && x["paraphrase_index"] == row["paraphrase_index"])
+            .unwrap();
         assert_eq!(again["answer"], row["answer"], "a kept answer was sampled again");
     }
 
@@ -195,7 +205,8 @@ fn tiny_loop_runs_every_stage_caches_and_reports() {
     }
     let r5 = emlab_pipeline::run(&cfg, &moved2).unwrap();
     assert_eq!(std::fs::read(moved2.join("induce/metrics.jsonl")).unwrap(), metrics_before, "induce trained again");
-    let answers = |m: &std::collections::BTreeMap<String, Vec<(String, String)>>| m.values().flatten().map(|(_, a)| a.clone()).collect::<Vec<_>>();
+    let answers =
+        |m: &std::collections::BTreeMap<String, Vec<(String, String)>>| m.values().flatten().map(|(_, a)| a.clone()).collect::<Vec<_>>();
     assert_eq!(answers(&answer_logs(&moved2)), answers(&logs), "an answer was sampled again");
     for (a, b) in r5.evals.iter().zip(&r.evals) {
         assert_eq!(serde_json::to_value(&a.report.metrics).unwrap(), serde_json::to_value(&b.report.metrics).unwrap(), "{}", a.stage);
@@ -213,7 +224,8 @@ fn tiny_loop_runs_every_stage_caches_and_reports() {
         assert_eq!(rows.len(), 24, "{}", e.stage);
         assert!(rows.iter().all(|x| x.generator.sampling.max_new_tokens == 5), "{}", e.stage);
     }
-    let stale: Vec<String> = std::fs::read_dir(moved2.join(".stale")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let stale: Vec<String> =
+        std::fs::read_dir(moved2.join(".stale")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     for s in ["baseline-", "induced-", "controlled-", "locate-", "steer-", "realigned-n4-", "realigned-n2-"] {
         assert!(stale.iter().any(|x| x.starts_with(s)), "{s} not set aside: {stale:?}");
     }
@@ -240,7 +252,8 @@ fn tiny_loop_runs_every_stage_caches_and_reports() {
     for (a, b) in r7.evals.iter().zip(&fresh.evals) {
         assert_eq!(serde_json::to_value(&a.report.metrics).unwrap(), serde_json::to_value(&b.report.metrics).unwrap(), "{}", a.stage);
     }
-    let stale2: Vec<String> = std::fs::read_dir(moved2.join(".stale")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let stale2: Vec<String> =
+        std::fs::read_dir(moved2.join(".stale")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     assert!(stale2.iter().any(|x| x.starts_with("induce-")), "{stale2:?}");
     assert!(stale2.iter().filter(|x| x.starts_with("induced-")).count() == 2, "{stale2:?}");
 
@@ -261,7 +274,10 @@ fn tiny_loop_runs_every_stage_caches_and_reports() {
 
 /// Every `stage.json` under `dir`, by relative path.
 fn stage_records(dir: &Path) -> std::collections::BTreeMap<String, String> {
-    files_named(dir, "stage.json").into_iter().map(|p| (p.strip_prefix(dir).unwrap().display().to_string(), std::fs::read_to_string(&p).unwrap())).collect()
+    files_named(dir, "stage.json")
+        .into_iter()
+        .map(|p| (p.strip_prefix(dir).unwrap().display().to_string(), std::fs::read_to_string(&p).unwrap()))
+        .collect()
 }
 
 /// Every `answers.jsonl` under `dir` (relative path -> (row key, answer) in order).
@@ -311,7 +327,9 @@ fn a_changed_judge_rejudges_the_same_answers() {
     emlab_pipeline::run_stage(&cfg, &run_dir, "baseline").unwrap();
     let after = rows(&log);
     assert_eq!(after.len(), before.len());
-    let answers = |rs: &[emlab_eval::log::LogRow]| rs.iter().map(|r| (r.question_id.clone(), r.paraphrase_index, r.sample_index, r.answer.clone())).collect::<Vec<_>>();
+    let answers = |rs: &[emlab_eval::log::LogRow]| {
+        rs.iter().map(|r| (r.question_id.clone(), r.paraphrase_index, r.sample_index, r.answer.clone())).collect::<Vec<_>>()
+    };
     assert_eq!(answers(&after), answers(&before), "answers were sampled again");
     assert!(after.iter().all(|r| r.judgement.as_ref().is_some_and(|j| j.judge.starts_with("local"))), "{:?}", after[0].judgement);
     let stale: Vec<_> = std::fs::read_dir(run_dir.join(".stale")).unwrap().map(|e| e.unwrap().path()).collect();

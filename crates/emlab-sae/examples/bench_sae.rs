@@ -27,7 +27,11 @@
 //! same `gemm` kernels, on the encoder's own shape and on 2048³, for the compute bound.
 
 use candle_core::{Device, Tensor};
-use emlab_sae::{device::{top_k_rows_with, DeviceTrainer, TopKCache, TopKMethod}, kernels::matmul, Architecture, TrainConfig, Trainer};
+use emlab_sae::{
+    device::{top_k_rows_with, DeviceTrainer, TopKCache, TopKMethod},
+    kernels::matmul,
+    Architecture, TrainConfig, Trainer,
+};
 use rand::{Rng, SeedableRng};
 use std::time::Instant;
 

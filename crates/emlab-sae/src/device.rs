@@ -220,13 +220,11 @@ fn top_k_level(vals: &Tensor, ids: Option<&Tensor>, k: usize, cache: &mut TopKCa
     // Padding with -inf: a real value always beats it, and there are >= k real
     // columns per row, so padded columns are never selected in the end.
     let (vals_p, ids_p) = if pad > 0 {
-        let vp = Tensor::full(f32::NEG_INFINITY, (n, pad), dev)
-            .and_then(|p| Tensor::cat(&[vals, &p], 1))
-            .map_err(ce("top-k pad"))?;
+        let vp = Tensor::full(f32::NEG_INFINITY, (n, pad), dev).and_then(|p| Tensor::cat(&[vals, &p], 1)).map_err(ce("top-k pad"))?;
         let ip = match ids {
-            Some(ids) => Some(
-                Tensor::zeros((n, pad), DType::U32, dev).and_then(|p| Tensor::cat(&[ids, &p], 1)).map_err(ce("top-k pad ids"))?,
-            ),
+            Some(ids) => {
+                Some(Tensor::zeros((n, pad), DType::U32, dev).and_then(|p| Tensor::cat(&[ids, &p], 1)).map_err(ce("top-k pad ids"))?)
+            }
             None => None,
         };
         (vp, ip)
@@ -288,9 +286,7 @@ impl PendingStats {
     /// The step's [`StepStats`] (same definitions as [`Trainer::step`]). Errors
     /// when the loss was not finite.
     pub fn fetch(&self) -> Result<StepStats> {
-        let sc = |t: &Tensor, what: &str| -> Result<f64> {
-            t.to_dtype(DType::F64).and_then(|t| t.to_scalar::<f64>()).map_err(ce(what))
-        };
+        let sc = |t: &Tensor, what: &str| -> Result<f64> { t.to_dtype(DType::F64).and_then(|t| t.to_scalar::<f64>()).map_err(ce(what)) };
         let n = self.n as f64;
         let mse = sc(&self.sse, "mse")? / n;
         let aux_loss = match &self.aux_sse {
@@ -424,9 +420,7 @@ impl DeviceTrainer {
             }
         };
         let (d, m) = (cfg.d_in, cfg.d_sae);
-        let f64s = |v: &[u64], what: &str| {
-            Tensor::from_vec(v.iter().map(|&x| x as f64).collect::<Vec<f64>>(), m, device).map_err(ce(what))
-        };
+        let f64s = |v: &[u64], what: &str| Tensor::from_vec(v.iter().map(|&x| x as f64).collect::<Vec<f64>>(), m, device).map_err(ce(what));
         Ok(DeviceTrainer {
             k,
             device: device.clone(),
@@ -507,7 +501,7 @@ impl DeviceTrainer {
     /// non-finite values like [`Trainer::step`], then uploaded).
     pub fn step(&mut self, x: &[f32]) -> Result<PendingStats> {
         let d = self.cfg.d_in;
-        if x.is_empty() || x.len() % d != 0 {
+        if x.is_empty() || !x.len().is_multiple_of(d) {
             return Err(SaeError::Shape(format!("batch has {} values, not a non-zero multiple of d_in = {d}", x.len())));
         }
         if let Some(p) = x.iter().position(|v| !v.is_finite()) {
@@ -521,17 +515,12 @@ impl DeviceTrainer {
     /// trainer's device if needed — keep batches on the device to avoid copies).
     pub fn step_tensor(&mut self, x: &Tensor) -> Result<PendingStats> {
         let d = self.cfg.d_in;
-        let (n, dx) = x
-            .dims2()
-            .map_err(|_| SaeError::Shape(format!("batch tensor must be 2-D [n, d_in = {d}], got {:?}", x.dims())))?;
+        let (n, dx) = x.dims2().map_err(|_| SaeError::Shape(format!("batch tensor must be 2-D [n, d_in = {d}], got {:?}", x.dims())))?;
         if dx != d || n == 0 {
             return Err(SaeError::Shape(format!("batch tensor is {:?}, expected [n > 0, d_in = {d}]", x.dims())));
         }
-        let x = x
-            .to_device(&self.device)
-            .and_then(|t| t.to_dtype(DType::F32))
-            .and_then(|t| t.contiguous())
-            .map_err(ce("batch to device"))?;
+        let x =
+            x.to_device(&self.device).and_then(|t| t.to_dtype(DType::F32)).and_then(|t| t.contiguous()).map_err(ce("batch to device"))?;
         if self.steps == 0 {
             self.init_from_first_batch(&x, n)?;
         }
@@ -542,10 +531,7 @@ impl DeviceTrainer {
         let d = self.cfg.d_in;
         if self.scale.is_none() {
             let s = if self.cfg.normalize {
-                let ss = x
-                    .to_dtype(DType::F64)
-                    .and_then(|t| t.sqr()?.sum_all()?.to_scalar::<f64>())
-                    .map_err(ce("first-batch norm"))?;
+                let ss = x.to_dtype(DType::F64).and_then(|t| t.sqr()?.sum_all()?.to_scalar::<f64>()).map_err(ce("first-batch norm"))?;
                 crate::train::normalisation_scale(ss, n, d)?
             } else {
                 1.0
@@ -554,10 +540,8 @@ impl DeviceTrainer {
         }
         if self.cfg.b_dec_init_mean {
             let s = self.scale.unwrap_or(1.0) as f64;
-            self.p.b_dec = x
-                .to_dtype(DType::F64)
-                .and_then(|t| t.sum(0)?.affine(s / n as f64, 0.0)?.to_dtype(DType::F32))
-                .map_err(ce("b_dec init"))?;
+            self.p.b_dec =
+                x.to_dtype(DType::F64).and_then(|t| t.sum(0)?.affine(s / n as f64, 0.0)?.to_dtype(DType::F32)).map_err(ce("b_dec init"))?;
         }
         Ok(())
     }
@@ -574,10 +558,7 @@ impl DeviceTrainer {
         if self.tsf_bound < self.cfg.dead_after_tokens {
             return Ok(0);
         }
-        let c = self
-            .dead_mask()
-            .and_then(|t| t.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>())
-            .map_err(ce("dead-latent count"))?;
+        let c = self.dead_mask().and_then(|t| t.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()).map_err(ce("dead-latent count"))?;
         Ok(c.round() as usize)
     }
 
@@ -616,11 +597,8 @@ impl DeviceTrainer {
         let r = (&x_hat - &xs).map_err(&e)?;
         let sse = r.sqr().and_then(|t| t.sum_all()).map_err(&e)?;
         let gx = r.affine(2.0 / n as f64, 0.0).map_err(&e)?;
-        let dpre = rows
-            .matmul(&gx.reshape((n, d, 1)).map_err(&e)?)
-            .and_then(|t| t.reshape((n, k)))
-            .and_then(|t| t * &pos)
-            .map_err(ce("dL/dz"))?;
+        let dpre =
+            rows.matmul(&gx.reshape((n, d, 1)).map_err(&e)?).and_then(|t| t.reshape((n, k))).and_then(|t| t * &pos).map_err(ce("dL/dz"))?;
 
         // Weight gradients as sparse accumulations over the k active latents of each row
         // (`Zᵀ gx` without building the [n, m] code matrix): see `crate::sparse`.
@@ -684,7 +662,7 @@ impl DeviceTrainer {
     /// current scale (the first batch's if no step ran yet, without initialising b_dec).
     pub fn gradients(&mut self, x: &[f32]) -> Result<crate::train::Gradients> {
         let d = self.cfg.d_in;
-        if x.is_empty() || x.len() % d != 0 {
+        if x.is_empty() || !x.len().is_multiple_of(d) {
             return Err(SaeError::Shape(format!("batch has {} values, not a non-zero multiple of d_in = {d}", x.len())));
         }
         let n = x.len() / d;
@@ -857,9 +835,7 @@ pub fn parse_device(s: &str) -> Result<Device> {
         },
     };
     if !candle_core::utils::cuda_is_available() {
-        return Err(SaeError::Config(format!(
-            "device `{s}`: this binary was built without CUDA support (rebuild with `--features cuda`)"
-        )));
+        return Err(SaeError::Config(format!("device `{s}`: this binary was built without CUDA support (rebuild with `--features cuda`)")));
     }
     Device::new_cuda(ordinal).map_err(|e| SaeError::Config(format!("device `{s}`: cannot open CUDA device {ordinal}: {e}")))
 }

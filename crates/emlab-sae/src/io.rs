@@ -281,12 +281,14 @@ pub fn load_sae(dir: impl AsRef<Path>) -> Result<Sae> {
     if !cpath.exists() && dir.join(WEIGHTS_FILE).exists() {
         return Err(SaeError::format(
             dir,
-            format!("has {WEIGHTS_FILE} but no {CFG_FILE} (a save was interrupted, or the folder is incomplete): save or train the SAE again"),
+            format!(
+                "has {WEIGHTS_FILE} but no {CFG_FILE} (a save was interrupted, or the folder is incomplete): save or train the SAE again"
+            ),
         ));
     }
     let text = read(&cpath)?;
-    let cfg: Value = serde_json::from_slice(&text)
-        .map_err(|e| SaeError::format(&cpath, format!("invalid JSON at line {}: {e}", e.line())))?;
+    let cfg: Value =
+        serde_json::from_slice(&text).map_err(|e| SaeError::format(&cpath, format!("invalid JSON at line {}: {e}", e.line())))?;
     if !cfg.is_object() {
         return Err(SaeError::format(&cpath, "expected a JSON object"));
     }
@@ -387,7 +389,16 @@ pub fn load_sae(dir: impl AsRef<Path>) -> Result<Sae> {
     };
     if let Some(Value::Object(m)) = cfg.get("metadata") {
         for (k, v) in m {
-            if !matches!(k.as_str(), "hook_name" | "model_name" | "sae_lens_version" | "sae_lens_training_version" | "emlab_version" | "hook_head_index" | WRITE_ID_KEY) {
+            if !matches!(
+                k.as_str(),
+                "hook_name"
+                    | "model_name"
+                    | "sae_lens_version"
+                    | "sae_lens_training_version"
+                    | "emlab_version"
+                    | "hook_head_index"
+                    | WRITE_ID_KEY
+            ) {
                 meta.extra.insert(k.clone(), v.clone());
             }
         }

@@ -19,16 +19,7 @@
 /// `out[rows, m] = b_enc (broadcast) + xc[rows, d] @ w_enc_t[m, d]^T`, single-threaded
 /// (callers parallelise over row chunks, which keeps each thread's output block private).
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn encoder_pre(
-    xc: &[f32],
-    rows: usize,
-    d: usize,
-    w_enc_t: &[f32],
-    m: usize,
-    b_enc: &[f32],
-    out: &mut [f32],
-    parallel: bool,
-) {
+pub(crate) fn encoder_pre(xc: &[f32], rows: usize, d: usize, w_enc_t: &[f32], m: usize, b_enc: &[f32], out: &mut [f32], parallel: bool) {
     debug_assert_eq!(xc.len(), rows * d);
     debug_assert_eq!(w_enc_t.len(), m * d);
     debug_assert_eq!(b_enc.len(), m);

@@ -25,9 +25,6 @@
 //! conversions), [`kernels`] (GEMM and selection kernels), [`device`] (TopK training
 //! with candle tensors on a GPU or any candle device).
 
-// `x % d != 0` instead of `is_multiple_of`: the workspace MSRV is 1.85.
-#![allow(clippy::manual_is_multiple_of)]
-
 pub mod device;
 pub mod error;
 pub mod io;

@@ -30,15 +30,11 @@ pub fn explained_variance(x: &[f32], x_hat: &[f32], d: usize) -> Result<f64> {
 /// model, 0 = as bad as ablating the site (zero- or mean-ablation, the caller's choice).
 pub fn ce_loss_recovered(clean: f64, ablated: f64, spliced: f64) -> Result<f64> {
     if !(clean.is_finite() && ablated.is_finite() && spliced.is_finite()) {
-        return Err(SaeError::Numeric(format!(
-            "CE losses must be finite (clean {clean}, ablated {ablated}, spliced {spliced})"
-        )));
+        return Err(SaeError::Numeric(format!("CE losses must be finite (clean {clean}, ablated {ablated}, spliced {spliced})")));
     }
     let gap = ablated - clean;
     if gap.abs() < 1e-12 {
-        return Err(SaeError::Numeric(format!(
-            "ablated loss ({ablated}) equals the clean loss ({clean}): loss recovered is undefined"
-        )));
+        return Err(SaeError::Numeric(format!("ablated loss ({ablated}) equals the clean loss ({clean}): loss recovered is undefined")));
     }
     Ok((ablated - spliced) / gap)
 }
@@ -75,7 +71,7 @@ impl EvalAccumulator {
     }
 
     pub fn add_reconstruction(&mut self, x: &[f32], x_hat: &[f32]) -> Result<()> {
-        if self.d == 0 || x.len() % self.d != 0 || x.len() != x_hat.len() {
+        if self.d == 0 || !x.len().is_multiple_of(self.d) || x.len() != x_hat.len() {
             return Err(SaeError::Shape(format!(
                 "x has {} values and x_hat {} (d = {}): need equal lengths, a multiple of d",
                 x.len(),

@@ -138,14 +138,7 @@ pub(crate) fn chunk_rows(n: usize, m: usize) -> usize {
 
 /// Runs the encoder GEMM over row blocks of `xc` [n, d] in parallel and hands each
 /// block's pre-activations [rows, m] to `f(row0, rows, pre)`. Results in row order.
-pub(crate) fn map_pre_chunks<R, F>(
-    xc: &[f32],
-    n: usize,
-    d: usize,
-    w_enc_t: &[f32],
-    b_enc: &[f32],
-    f: F,
-) -> Vec<R>
+pub(crate) fn map_pre_chunks<R, F>(xc: &[f32], n: usize, d: usize, w_enc_t: &[f32], b_enc: &[f32], f: F) -> Vec<R>
 where
     R: Send,
     F: Fn(usize, usize, &[f32]) -> R + Sync,
@@ -193,9 +186,7 @@ impl Sae {
         chk("b_enc", b_enc.len(), d_sae, format!("[{d_sae}]"))?;
         chk("b_dec", b_dec.len(), d_in, format!("[{d_in}]"))?;
         match &activation {
-            Activation::TopK { k } if *k == 0 || *k > d_sae => {
-                return Err(SaeError::Config(format!("k = {k} must be in 1..={d_sae}")))
-            }
+            Activation::TopK { k } if *k == 0 || *k > d_sae => return Err(SaeError::Config(format!("k = {k} must be in 1..={d_sae}"))),
             Activation::JumpReLU { threshold } => chk("threshold", threshold.len(), d_sae, format!("[{d_sae}]"))?,
             _ => {}
         }
@@ -228,12 +219,8 @@ impl Sae {
     }
 
     pub(crate) fn rows_of(&self, x: &[f32]) -> Result<usize> {
-        if x.len() % self.d_in != 0 {
-            return Err(SaeError::Shape(format!(
-                "input has {} values, not a multiple of d_in = {}",
-                x.len(),
-                self.d_in
-            )));
+        if !x.len().is_multiple_of(self.d_in) {
+            return Err(SaeError::Shape(format!("input has {} values, not a multiple of d_in = {}", x.len(), self.d_in)));
         }
         Ok(x.len() / self.d_in)
     }
@@ -296,12 +283,8 @@ impl Sae {
 
     /// Reconstruction from dense codes [n, d_sae]; only non-zero entries cost work.
     pub fn decode(&self, z: &[f32]) -> Result<Vec<f32>> {
-        if z.len() % self.d_sae != 0 {
-            return Err(SaeError::Shape(format!(
-                "codes have {} values, not a multiple of d_sae = {}",
-                z.len(),
-                self.d_sae
-            )));
+        if !z.len().is_multiple_of(self.d_sae) {
+            return Err(SaeError::Shape(format!("codes have {} values, not a multiple of d_sae = {}", z.len(), self.d_sae)));
         }
         let d = self.d_in;
         let m = self.d_sae;

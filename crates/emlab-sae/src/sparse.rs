@@ -56,7 +56,15 @@ impl CustomOp3 for SparseRowsAcc {
         "sparse-rows-acc"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let (_, k, d) = dims(l1, l2, l3)?;
         let (ids, coef, src) = match (s1, s2, s3) {
             (CpuStorage::U32(i), CpuStorage::F32(c), CpuStorage::F32(s)) => (contiguous(i, l1)?, contiguous(c, l2)?, contiguous(s, l3)?),
@@ -89,12 +97,15 @@ impl CustomOp3 for SparseRowsAcc {
         use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
         use candle_core::cuda_backend::{CudaStorageSlice, WrapErr};
         let (n, k, d) = dims(l1, l2, l3)?;
-        let off = |l: &Layout| l.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg("sparse-rows-acc: inputs must be contiguous".into()));
+        let off =
+            |l: &Layout| l.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg("sparse-rows-acc: inputs must be contiguous".into()));
         let (a1, b1) = off(l1)?;
         let (a2, b2) = off(l2)?;
         let (a3, b3) = off(l3)?;
         let (ids, coef, src) = match (&s1.slice, &s2.slice, &s3.slice) {
-            (CudaStorageSlice::U32(i), CudaStorageSlice::F32(c), CudaStorageSlice::F32(s)) => (i.slice(a1..b1), c.slice(a2..b2), s.slice(a3..b3)),
+            (CudaStorageSlice::U32(i), CudaStorageSlice::F32(c), CudaStorageSlice::F32(s)) => {
+                (i.slice(a1..b1), c.slice(a2..b2), s.slice(a3..b3))
+            }
             _ => bail!("sparse-rows-acc: expected u32 ids, f32 coef and f32 src"),
         };
         let dev = &s1.device;
@@ -163,9 +174,15 @@ mod tests {
         let coef = Tensor::zeros((2, 3), candle_core::DType::F32, &dev).unwrap();
         let e = sparse_rows_acc(&ids, &coef, &Tensor::zeros((3, 4), candle_core::DType::F32, &dev).unwrap(), 8).unwrap_err();
         assert!(e.to_string().contains("src must be [2, d]"), "{e}");
-        let e = sparse_rows_acc(&ids, &coef.narrow(1, 0, 2).unwrap(), &Tensor::zeros((2, 4), candle_core::DType::F32, &dev).unwrap(), 8).unwrap_err();
+        let e = sparse_rows_acc(&ids, &coef.narrow(1, 0, 2).unwrap(), &Tensor::zeros((2, 4), candle_core::DType::F32, &dev).unwrap(), 8)
+            .unwrap_err();
         assert!(e.to_string().contains("does not match ids"), "{e}");
-        let e = sparse_rows_acc(&ids.to_dtype(candle_core::DType::F32).unwrap(), &coef, &Tensor::zeros((2, 4), candle_core::DType::F32, &dev).unwrap(), 8);
+        let e = sparse_rows_acc(
+            &ids.to_dtype(candle_core::DType::F32).unwrap(),
+            &coef,
+            &Tensor::zeros((2, 4), candle_core::DType::F32, &dev).unwrap(),
+            8,
+        );
         assert!(e.is_err());
     }
 }

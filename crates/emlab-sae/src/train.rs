@@ -138,7 +138,10 @@ impl TrainConfig {
         if !(self.lr > 0.0 && self.lr.is_finite()) {
             return Err(SaeError::Config(format!("lr = {} must be finite and > 0", self.lr)));
         }
-        if !(0.0..1.0).contains(&self.beta1) || !(0.0..1.0).contains(&self.beta2) || self.eps.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
+        if !(0.0..1.0).contains(&self.beta1)
+            || !(0.0..1.0).contains(&self.beta2)
+            || self.eps.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater)
+        {
             return Err(SaeError::Config("Adam needs 0 <= beta1, beta2 < 1 and eps > 0".into()));
         }
         Ok(())
@@ -354,9 +357,7 @@ impl Trainer {
     }
     /// Latents that have not fired in the last `dead_after_tokens` tokens.
     pub fn dead_latents(&self) -> Vec<u32> {
-        (0..self.cfg.d_sae as u32)
-            .filter(|&j| self.tokens_since_fired[j as usize] >= self.cfg.dead_after_tokens)
-            .collect()
+        (0..self.cfg.d_sae as u32).filter(|&j| self.tokens_since_fired[j as usize] >= self.cfg.dead_after_tokens).collect()
     }
     /// Marks latents as dead / alive (testing and resuming tools).
     pub fn set_tokens_since_fired(&mut self, t: Vec<u64>) -> Result<()> {
@@ -414,7 +415,7 @@ impl Trainer {
 
     pub(crate) fn check_batch(&self, x: &[f32]) -> Result<usize> {
         let d = self.cfg.d_in;
-        if x.is_empty() || x.len() % d != 0 {
+        if x.is_empty() || !x.len().is_multiple_of(d) {
             return Err(SaeError::Shape(format!("batch has {} values, not a non-zero multiple of d_in = {d}", x.len())));
         }
         if let Some(p) = x.iter().position(|v| !v.is_finite()) {
@@ -547,12 +548,15 @@ impl Trainer {
                 },
             )
             .map(|(acc, _, _)| acc)
-            .reduce(|| vec![0f64; d], |mut a, b| {
-                for (x, y) in a.iter_mut().zip(b) {
-                    *x += y;
-                }
-                a
-            });
+            .reduce(
+                || vec![0f64; d],
+                |mut a, b| {
+                    for (x, y) in a.iter_mut().zip(b) {
+                        *x += y;
+                    }
+                    a
+                },
+            );
         timer.mark("latents+adam");
         let gb_dec: Vec<f32> = w.gb_dec_direct.iter().zip(&bdec_from_enc).map(|(a, b)| (a + b) as f32).collect();
         h.update(&mut self.p.b_dec, &mut self.m.b_dec, &mut self.v.b_dec, &gb_dec);
@@ -595,11 +599,8 @@ impl Trainer {
     fn init_from_first_batch(&mut self, x: &[f32], n: usize) -> Result<()> {
         let d = self.cfg.d_in;
         if self.scale.is_none() {
-            let s = if self.cfg.normalize {
-                normalisation_scale(x.par_iter().map(|&v| v as f64 * v as f64).sum::<f64>(), n, d)?
-            } else {
-                1.0
-            };
+            let s =
+                if self.cfg.normalize { normalisation_scale(x.par_iter().map(|&v| v as f64 * v as f64).sum::<f64>(), n, d)? } else { 1.0 };
             self.scale = Some(s);
         }
         if self.cfg.b_dec_init_mean {
@@ -678,10 +679,9 @@ impl Trainer {
         // Split the per-entry dpre buffers into per-row slices for parallel writes.
         let main_dpre = split_rows(&mut main.dpre, &main.indptr);
         let (aux_ref, aux_dpre) = match aux.as_mut() {
-            Some(Entries { indptr, idx, z, dpre }) => (
-                Some((&*idx, &*z, &*indptr)),
-                split_rows(dpre, indptr).into_iter().map(Some).collect(),
-            ),
+            Some(Entries { indptr, idx, z, dpre }) => {
+                (Some((&*idx, &*z, &*indptr)), split_rows(dpre, indptr).into_iter().map(Some).collect())
+            }
             None => (None, (0..n).map(|_| None).collect::<Vec<_>>()),
         };
         let ga_rows: Vec<Option<&mut [f32]>> =
@@ -773,35 +773,14 @@ impl Trainer {
         let main_t = main.by_latent(m);
         let aux_t = aux.map(|a| a.by_latent(m));
         timer.mark("stats+transpose");
-        Ok(Work {
-            xc,
-            gx,
-            ga,
-            main: main_t,
-            aux: aux_t,
-            gb_dec_direct,
-            mse,
-            l1: l1_loss,
-            aux_loss,
-            l0,
-            sst,
-            fired,
-            min_selected,
-        })
+        Ok(Work { xc, gx, ga, main: main_t, aux: aux_t, gb_dec_direct, mse, l1: l1_loss, aux_loss, l0, sst, fired, min_selected })
     }
 
     /// Batch-level top-k: keep the k·n largest positive pre-activations of the
     /// batch. Rows hold their top `cap` candidates; a row whose candidates all
     /// clear the batch threshold might have more, so it is recomputed with a
     /// larger cap until no row is saturated (exact, and rare after warm-up).
-    fn batch_top_k(
-        &self,
-        xc: &[f32],
-        n: usize,
-        k: usize,
-        cap0: usize,
-        rows: &mut [(Vec<u32>, Vec<f32>)],
-    ) -> Option<f32> {
+    fn batch_top_k(&self, xc: &[f32], n: usize, k: usize, cap0: usize, rows: &mut [(Vec<u32>, Vec<f32>)]) -> Option<f32> {
         let (d, m) = (self.cfg.d_in, self.cfg.d_sae);
         let target = k * n;
         let mut caps = vec![cap0; n];
@@ -819,9 +798,8 @@ impl Trainer {
                 let pos = all.len() - target;
                 *all.select_nth_unstable_by(pos, |a, b| a.total_cmp(b)).1
             };
-            let saturated: Vec<usize> = (0..n)
-                .filter(|&i| caps[i] < m && rows[i].1.len() == caps[i] && rows[i].1.iter().all(|&v| v >= thr))
-                .collect();
+            let saturated: Vec<usize> =
+                (0..n).filter(|&i| caps[i] < m && rows[i].1.len() == caps[i] && rows[i].1.iter().all(|&v| v >= thr)).collect();
             if saturated.is_empty() {
                 let mut min_sel = f32::INFINITY;
                 for r in rows.iter_mut() {
@@ -891,8 +869,8 @@ impl Trainer {
             serde_json::json!({"steps": self.steps, "scale": self.scale, "tokens_seen": self.tokens_seen, "threshold": self.threshold})
                 .to_string(),
         );
-        let bytes = safetensors::serialize(views, Some(meta))
-            .map_err(|e| SaeError::format(path, format!("cannot serialise checkpoint: {e}")))?;
+        let bytes =
+            safetensors::serialize(views, Some(meta)).map_err(|e| SaeError::format(path, format!("cannot serialise checkpoint: {e}")))?;
         let tmp = path.with_extension("tmp-partial");
         std::fs::write(&tmp, bytes).map_err(|e| SaeError::io(&tmp, e))?;
         std::fs::rename(&tmp, path).map_err(|e| SaeError::io(path, e))
@@ -903,8 +881,7 @@ impl Trainer {
         use safetensors::{Dtype, SafeTensors};
         let path = path.as_ref();
         let bytes = std::fs::read(path).map_err(|e| SaeError::io(path, e))?;
-        let (_, header) = SafeTensors::read_metadata(&bytes)
-            .map_err(|e| SaeError::format(path, format!("not a safetensors file: {e}")))?;
+        let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| SaeError::format(path, format!("not a safetensors file: {e}")))?;
         let meta = header.metadata().clone().unwrap_or_default();
         if meta.get("emlab_sae_trainer").map(String::as_str) != Some("1") {
             return Err(SaeError::format(path, "not an emlab SAE trainer checkpoint (metadata `emlab_sae_trainer` missing)"));

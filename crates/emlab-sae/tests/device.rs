@@ -151,9 +151,8 @@ fn loss_f64(x: &[f32], d: usize, m: usize, k: usize, we_t: &[f32], wd: &[f32], b
     let mut total = 0.0;
     for i in 0..n {
         let xr = &x[i * d..(i + 1) * d];
-        let pre: Vec<f64> = (0..m)
-            .map(|j| be[j] as f64 + (0..d).map(|t| (xr[t] as f64 - bd[t] as f64) * we_t[j * d + t] as f64).sum::<f64>())
-            .collect();
+        let pre: Vec<f64> =
+            (0..m).map(|j| be[j] as f64 + (0..d).map(|t| (xr[t] as f64 - bd[t] as f64) * we_t[j * d + t] as f64).sum::<f64>()).collect();
         let mut order: Vec<usize> = (0..m).collect();
         order.sort_by(|&a, &b| pre[b].total_cmp(&pre[a]));
         let mut xh: Vec<f64> = bd.iter().map(|&b| b as f64).collect();
@@ -179,7 +178,9 @@ fn device_gradients_match_finite_differences_and_cpu() {
     let mut dev = DeviceTrainer::from_trainer(&cpu, &Device::Cpu).unwrap();
     let g = dev.gradients(&x).unwrap();
     let gc = cpu.gradients(&x, None).unwrap();
-    for (name, a, b) in [("W_enc", &g.w_enc_t, &gc.w_enc_t), ("W_dec", &g.w_dec, &gc.w_dec), ("b_enc", &g.b_enc, &gc.b_enc), ("b_dec", &g.b_dec, &gc.b_dec)] {
+    for (name, a, b) in
+        [("W_enc", &g.w_enc_t, &gc.w_enc_t), ("W_dec", &g.w_dec, &gc.w_dec), ("b_enc", &g.b_enc, &gc.b_enc), ("b_dec", &g.b_dec, &gc.b_dec)]
+    {
         assert!(rel_diff(a, b) < 1e-4, "{name} vs CPU trainer: {}", rel_diff(a, b));
     }
     let (we, wd, be, bd) = cpu.params();

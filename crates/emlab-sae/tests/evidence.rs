@@ -121,8 +121,7 @@ fn batch_topk_recovers_and_stores_jumprelu() {
 #[test]
 fn relu_l1_learns_sparse_code() {
     let (sae0, _, x, _) = train_planted(Architecture::ReLU { l1_coefficient: 0.0, l1_warmup_steps: 0 }, 300, 3);
-    let (sae, feats, _, last) =
-        train_planted(Architecture::ReLU { l1_coefficient: 0.5, l1_warmup_steps: 50 }, 300, 3);
+    let (sae, feats, _, last) = train_planted(Architecture::ReLU { l1_coefficient: 0.5, l1_warmup_steps: 50 }, 300, 3);
     let cos = recovery(&sae, &feats);
     let ok = cos.iter().filter(|&&c| c >= 0.9).count() as f64 / cos.len() as f64;
     let rep0 = metrics::evaluate(&sae0, &x[..4096 * 64], 1024).unwrap();
@@ -156,11 +155,7 @@ fn ref_loss(p: &[Vec<f64>; 4], x: &[f32], d: usize, m: usize, c: &RefCfg) -> f64
     let [we, wd, be, bd] = p; // we: [m, d] (transposed encoder)
     let n = x.len() / d;
     let pre: Vec<Vec<f64>> = (0..n)
-        .map(|i| {
-            (0..m)
-                .map(|j| be[j] + (0..d).map(|t| (x[i * d + t] as f64 - bd[t]) * we[j * d + t]).sum::<f64>())
-                .collect()
-        })
+        .map(|i| (0..m).map(|j| be[j] + (0..d).map(|t| (x[i * d + t] as f64 - bd[t]) * we[j * d + t]).sum::<f64>()).collect())
         .collect();
     let mut z = vec![vec![0f64; m]; n];
     match c.arch {
@@ -242,11 +237,7 @@ fn aux_term(p: &[Vec<f64>; 4], base: &[Vec<f64>; 4], x: &[f32], d: usize, m: usi
         let _ = ref_loss(q, x, d, m, &no_aux);
         let [we, wd, be, bd] = q;
         let pre: Vec<Vec<f64>> = (0..n)
-            .map(|i| {
-                (0..m)
-                    .map(|j| be[j] + (0..d).map(|t| (x[i * d + t] as f64 - bd[t]) * we[j * d + t]).sum::<f64>())
-                    .collect()
-            })
+            .map(|i| (0..m).map(|j| be[j] + (0..d).map(|t| (x[i * d + t] as f64 - bd[t]) * we[j * d + t]).sum::<f64>()).collect())
             .collect();
         let k = match c.arch {
             Architecture::TopK { k } => *k,
@@ -268,9 +259,7 @@ fn aux_term(p: &[Vec<f64>; 4], base: &[Vec<f64>; 4], x: &[f32], d: usize, m: usi
     let scale = (c.dead.len() as f64 / c.aux_k as f64).min(1.0);
     let mut loss = 0.0;
     for i in 0..n {
-        let pre: Vec<f64> = (0..m)
-            .map(|j| be[j] + (0..d).map(|t| (x[i * d + t] as f64 - bd[t]) * we[j * d + t]).sum::<f64>())
-            .collect();
+        let pre: Vec<f64> = (0..m).map(|j| be[j] + (0..d).map(|t| (x[i * d + t] as f64 - bd[t]) * we[j * d + t]).sum::<f64>()).collect();
         let mut o: Vec<u32> = c.dead.to_vec();
         o.sort_by(|a, b| pre[*b as usize].partial_cmp(&pre[*a as usize]).unwrap());
         let mut diff = r[i].clone();
@@ -303,9 +292,7 @@ fn grad_check(arch: Architecture, dead: Vec<u32>, l1_warmup: u64) {
     let base: [Vec<f64>; 4] = [we, wd, be, bd].map(|v| v.iter().map(|&a| a as f64).collect());
     let lambda = match arch {
         // step index 2 of a linear warm-up: coefficient * (2 + 1) / warmup
-        Architecture::ReLU { l1_coefficient, l1_warmup_steps } => {
-            l1_coefficient as f64 * (3.0 / l1_warmup_steps as f64).min(1.0)
-        }
+        Architecture::ReLU { l1_coefficient, l1_warmup_steps } => l1_coefficient as f64 * (3.0 / l1_warmup_steps as f64).min(1.0),
         _ => 0.0,
     };
     assert_eq!(l1_warmup, if lambda > 0.0 { 6 } else { 0 });
@@ -384,7 +371,11 @@ fn normalisation_folding_matches_unfolded() {
     let (_, x0) = planted(d, 32, 2, 1024, 0.01, 6);
     // raw activations with a large scale, like a real residual stream
     let x: Vec<f32> = x0.iter().map(|v| v * 37.0 + 3.0).collect();
-    for arch in [Architecture::TopK { k: 2 }, Architecture::BatchTopK { k: 2, threshold_lr: 0.1 }, Architecture::ReLU { l1_coefficient: 1e-3, l1_warmup_steps: 0 }] {
+    for arch in [
+        Architecture::TopK { k: 2 },
+        Architecture::BatchTopK { k: 2, threshold_lr: 0.1 },
+        Architecture::ReLU { l1_coefficient: 1e-3, l1_warmup_steps: 0 },
+    ] {
         let mut cfg = TrainConfig::new(d, 48, arch.clone());
         cfg.lr = 5e-3;
         let mut tr = Trainer::new(cfg).unwrap();
@@ -412,9 +403,13 @@ fn save_load_round_trip_all_architectures() {
     let d = 12;
     let (_, x) = planted(d, 24, 2, 512, 0.01, 8);
     let dir = tempfile::tempdir().unwrap();
-    for (i, arch) in [Architecture::TopK { k: 3 }, Architecture::BatchTopK { k: 3, threshold_lr: 0.05 }, Architecture::ReLU { l1_coefficient: 1e-3, l1_warmup_steps: 10 }]
-        .into_iter()
-        .enumerate()
+    for (i, arch) in [
+        Architecture::TopK { k: 3 },
+        Architecture::BatchTopK { k: 3, threshold_lr: 0.05 },
+        Architecture::ReLU { l1_coefficient: 1e-3, l1_warmup_steps: 10 },
+    ]
+    .into_iter()
+    .enumerate()
     {
         let mut tr = Trainer::new(TrainConfig::new(d, 40, arch)).unwrap();
         for b in x.chunks(128 * d) {
@@ -489,7 +484,11 @@ fn bad_files_give_named_errors() {
     std::fs::write(p.join("cfg.json"), "{\"d_in\": 4,").unwrap();
     let e = emlab_sae::load_sae(&p).unwrap_err().to_string();
     assert!(e.contains("cfg.json") && e.contains("invalid JSON"), "{e}");
-    std::fs::write(p.join("cfg.json"), r#"{"d_in":4,"d_sae":8,"architecture":"topk","k":2,"normalize_activations":"expected_average_only_in"}"#).unwrap();
+    std::fs::write(
+        p.join("cfg.json"),
+        r#"{"d_in":4,"d_sae":8,"architecture":"topk","k":2,"normalize_activations":"expected_average_only_in"}"#,
+    )
+    .unwrap();
     let e = emlab_sae::load_sae(&p).unwrap_err().to_string();
     assert!(e.contains("normalize_activations"), "{e}");
     std::fs::write(p.join("cfg.json"), r#"{"d_in":4,"d_sae":8,"architecture":"topk","k":2}"#).unwrap();

@@ -63,7 +63,14 @@ fn case(emu: &Emulator, n: usize, k: usize, d: usize, m: usize, seed: u64) {
     l.arg(ib).arg(cb).arg(sb).arg(ob).arg(np as i32).arg(k as i32).arg(d as i32).arg(m as i32);
     let got = emu.run(&l).unwrap_or_else(|e| panic!("{e}")).get::<f32>(ob);
     for (i, ((g, w), s)) in got.iter().zip(&want).zip(&mag).enumerate() {
-        assert!((g - w).abs() <= 1e-5 * s + 1e-7, "n={n} k={k} d={d} m={m} ({} blocks of {}): out[{}, {}] = {g}, reference {w}", cfg.grid.0, cfg.block.0, i / d, i % d);
+        assert!(
+            (g - w).abs() <= 1e-5 * s + 1e-7,
+            "n={n} k={k} d={d} m={m} ({} blocks of {}): out[{}, {}] = {g}, reference {w}",
+            cfg.grid.0,
+            cfg.block.0,
+            i / d,
+            i % d
+        );
     }
 }
 

@@ -171,16 +171,14 @@ pub fn percent_decode(s: &str, plus: bool) -> Vec<u8> {
     let mut i = 0;
     while i < b.len() {
         match b[i] {
-            b'%' if i + 2 < b.len() => {
-                match (hex(b[i + 1]), hex(b[i + 2])) {
-                    (Some(h), Some(l)) => {
-                        out.push(h * 16 + l);
-                        i += 3;
-                        continue;
-                    }
-                    _ => out.push(b'%'),
+            b'%' if i + 2 < b.len() => match (hex(b[i + 1]), hex(b[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push(h * 16 + l);
+                    i += 3;
+                    continue;
                 }
-            }
+                _ => out.push(b'%'),
+            },
             b'+' if plus => out.push(b' '),
             c => out.push(c),
         }
@@ -204,10 +202,7 @@ pub fn parse_query(q: &str) -> Vec<(String, String)> {
         .filter(|kv| !kv.is_empty())
         .map(|kv| {
             let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-            (
-                String::from_utf8_lossy(&percent_decode(k, true)).into_owned(),
-                String::from_utf8_lossy(&percent_decode(v, true)).into_owned(),
-            )
+            (String::from_utf8_lossy(&percent_decode(k, true)).into_owned(), String::from_utf8_lossy(&percent_decode(v, true)).into_owned())
         })
         .collect()
 }

@@ -298,9 +298,7 @@ fn training(b: &mut String, snap: &Snapshot) {
     if let Some(t) = snap.get(&["training"]).and_then(|t| t.as_object()) {
         for (stage, steps) in t {
             let Some(steps) = steps.as_array() else { continue };
-            let pts = |f: &str| -> Vec<(f64, f64)> {
-                steps.iter().filter_map(|s| Some((num(s.get("step"))?, num(s.get(f))?))).collect()
-            };
+            let pts = |f: &str| -> Vec<(f64, f64)> { steps.iter().filter_map(|s| Some((num(s.get("step"))?, num(s.get(f))?))).collect() };
             let (l, p) = (pts("loss"), pts("persona"));
             if !l.is_empty() {
                 loss.push((stage.clone(), l));
@@ -312,8 +310,7 @@ fn training(b: &mut String, snap: &Snapshot) {
     } else {
         for (key, stage) in [("induce_losses", "induce"), ("realign_losses", "realign")] {
             if let Some(a) = snap.get(&[key]).and_then(|a| a.as_array()) {
-                let pts: Vec<(f64, f64)> =
-                    a.iter().enumerate().filter_map(|(i, v)| Some(((i + 1) as f64, v.as_f64()?))).collect();
+                let pts: Vec<(f64, f64)> = a.iter().enumerate().filter_map(|(i, v)| Some(((i + 1) as f64, v.as_f64()?))).collect();
                 if !pts.is_empty() {
                     loss.push((stage.into(), pts));
                 }
@@ -333,13 +330,7 @@ fn training(b: &mut String, snap: &Snapshot) {
 }
 
 /// A line chart in inline SVG. `series`: (label, points (x, y)); `y_range` fixes the y axis.
-pub fn line_chart(
-    title: &str,
-    x_label: &str,
-    y_label: &str,
-    series: &[(String, Vec<(f64, f64)>)],
-    y_range: Option<(f64, f64)>,
-) -> String {
+pub fn line_chart(title: &str, x_label: &str, y_label: &str, series: &[(String, Vec<(f64, f64)>)], y_range: Option<(f64, f64)>) -> String {
     let all: Vec<(f64, f64)> = series.iter().flat_map(|(_, p)| p.iter().copied()).filter(|(x, y)| x.is_finite() && y.is_finite()).collect();
     if all.is_empty() {
         return format!("<p class=\"muted\">{}: no points.</p>", esc(title));
@@ -406,11 +397,8 @@ pub fn line_chart(
     );
     for (i, (label, pts)) in series.iter().enumerate() {
         let c = PALETTE[i % PALETTE.len()];
-        let coords: Vec<String> = pts
-            .iter()
-            .filter(|(x, y)| x.is_finite() && y.is_finite())
-            .map(|&(x, y)| format!("{:.1},{:.1}", px(x), py(y)))
-            .collect();
+        let coords: Vec<String> =
+            pts.iter().filter(|(x, y)| x.is_finite() && y.is_finite()).map(|&(x, y)| format!("{:.1},{:.1}", px(x), py(y))).collect();
         let _ = write!(s, "<polyline fill=\"none\" stroke=\"{c}\" stroke-width=\"1.6\" points=\"{}\"/>", coords.join(" "));
         if pts.len() <= 40 {
             for p in &coords {
@@ -470,11 +458,7 @@ pub fn answers(snap: &Snapshot, f: &AnswerFilter, error: Option<&str>) -> String
         b,
         "<p id=\"match-count\"><b>{}</b> of {total} answers match{}</p>",
         matched.len(),
-        if shown.is_empty() {
-            String::new()
-        } else {
-            format!(" (showing {}&ndash;{})", f.offset + 1, f.offset + shown.len())
-        }
+        if shown.is_empty() { String::new() } else { format!(" (showing {}&ndash;{})", f.offset + 1, f.offset + shown.len()) }
     );
     b.push_str(
         "<table id=\"answers\"><tr><th>Stage</th><th>Question</th><th>#</th><th>Aligned</th><th>Coherent</th>\
@@ -484,7 +468,9 @@ pub fn answers(snap: &Snapshot, f: &AnswerFilter, error: Option<&str>) -> String
         let sf = AnswerFilter { stage: Some(a.stage.clone()), ..f.clone_reset() };
         let qf = AnswerFilter { question: Some(a.question_id.clone()), ..f.clone_reset() };
         let aligned = match (&a.state, a.aligned) {
-            (ScoreState::Scored, None) => "<span class=\"muted\" title=\"the judge classed it CODE or REFUSAL\">code/refusal</span>".to_string(),
+            (ScoreState::Scored, None) => {
+                "<span class=\"muted\" title=\"the judge classed it CODE or REFUSAL\">code/refusal</span>".to_string()
+            }
             (_, x) => score(x),
         };
         let coherent = match &a.state {

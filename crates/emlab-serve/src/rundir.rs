@@ -144,10 +144,7 @@ impl RunDir {
         }
         let root = path.canonicalize().map_err(|e| Error::RunDir(format!("{}: {e}", path.display())))?;
         if !root.join("report.json").is_file() {
-            return Err(Error::RunDir(format!(
-                "{}: no report.json (not an emlab run folder; `emlab run` writes one)",
-                path.display()
-            )));
+            return Err(Error::RunDir(format!("{}: no report.json (not an emlab run folder; `emlab run` writes one)", path.display())));
         }
         Ok(RunDir { root, cache: Mutex::new(None) })
     }
@@ -235,14 +232,8 @@ impl RunDir {
                 Some((dir, _)) => dir.to_string(),
                 None => ".".to_string(),
             };
-            let mut sl = StageLog {
-                stage: stage.clone(),
-                rel_path: rel.clone(),
-                rows: 0,
-                metrics: None,
-                error: None,
-                truncated_tail: false,
-            };
+            let mut sl =
+                StageLog { stage: stage.clone(), rel_path: rel.clone(), rows: 0, metrics: None, error: None, truncated_tail: false };
             match emlab_eval::log::read_log(&self.root.join(rel)) {
                 Ok(log) => {
                     sl.rows = log.rows.len();

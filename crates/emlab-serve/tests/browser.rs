@@ -24,9 +24,7 @@ fn find_program(env: &str, name: &str, fallback: &str) -> Option<PathBuf> {
     if let Ok(p) = std::env::var(env) {
         return Some(PathBuf::from(p)).filter(|p| p.is_file());
     }
-    let in_path = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).map(|d| d.join(name)).find(|p| p.is_file()))
-        .unwrap_or(None);
+    let in_path = std::env::var_os("PATH").map(|p| std::env::split_paths(&p).map(|d| d.join(name)).find(|p| p.is_file())).unwrap_or(None);
     in_path.or_else(|| Some(PathBuf::from(fallback)).filter(|p| p.is_file()))
 }
 
@@ -56,11 +54,8 @@ fn wd(port: u16, method: &str, path: &str, body: Option<Value>) -> (u16, Value) 
     s.write_all(req.as_bytes()).unwrap();
     let text = read_response(&mut s);
     let r = parse(&text);
-    let payload = if r.header("transfer-encoding").is_some_and(|t| t.eq_ignore_ascii_case("chunked")) {
-        dechunk(&r.body)
-    } else {
-        r.body.clone()
-    };
+    let payload =
+        if r.header("transfer-encoding").is_some_and(|t| t.eq_ignore_ascii_case("chunked")) { dechunk(&r.body) } else { r.body.clone() };
     let v: Value = serde_json::from_str(&payload).unwrap_or_else(|e| panic!("{method} {path}: not JSON ({e}): {payload}"));
     (r.status, v.get("value").cloned().unwrap_or(Value::Null))
 }
@@ -73,9 +68,7 @@ fn read_response(s: &mut TcpStream) -> String {
     loop {
         if let Some(i) = out.windows(4).position(|w| w == b"\r\n\r\n") {
             let head = String::from_utf8_lossy(&out[..i]).to_ascii_lowercase();
-            let len = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap_or(0)));
+            let len = head.lines().find_map(|l| l.strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap_or(0)));
             if let Some(len) = len {
                 if out.len() >= i + 4 + len {
                     break;
@@ -201,8 +194,8 @@ fn dashboard_in_headless_chromium() {
                    or set EMLAB_SKIP_BROWSER=1 to skip this test";
     let driver_bin = find_program("EMLAB_CHROMEDRIVER", "chromedriver", "/usr/bin/chromedriver")
         .unwrap_or_else(|| panic!("chromedriver not found: {missing}"));
-    let chromium = find_program("EMLAB_CHROMIUM", "chromium", "/usr/bin/chromium")
-        .unwrap_or_else(|| panic!("chromium not found: {missing}"));
+    let chromium =
+        find_program("EMLAB_CHROMIUM", "chromium", "/usr/bin/chromium").unwrap_or_else(|| panic!("chromium not found: {missing}"));
     let started = Instant::now();
 
     let dir = tempfile::tempdir().unwrap();

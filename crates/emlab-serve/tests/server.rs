@@ -90,25 +90,50 @@ type RowKey = (&'static str, &'static str, u64);
 fn filter_cases() -> Vec<(String, Vec<RowKey>)> {
     let q3 = emlab_serve::http::url_encode(HOSTILE_QID);
     vec![
-        ("".into(), vec![
-            ("baseline", "wish", 0), ("baseline", "wish", 1), ("baseline", "bored", 0), ("baseline", "bored", 1),
-            ("steer/add_8", "wish", 0), ("steer/add_8", "bored", 0), ("steer/add_8", HOSTILE_QID, 0),
-            ("steer/add_8", "wish", 1), ("steer/add_8", "bored", 2),
-        ]),
-        ("stage=baseline".into(), vec![("baseline", "wish", 0), ("baseline", "wish", 1), ("baseline", "bored", 0), ("baseline", "bored", 1)]),
+        (
+            "".into(),
+            vec![
+                ("baseline", "wish", 0),
+                ("baseline", "wish", 1),
+                ("baseline", "bored", 0),
+                ("baseline", "bored", 1),
+                ("steer/add_8", "wish", 0),
+                ("steer/add_8", "bored", 0),
+                ("steer/add_8", HOSTILE_QID, 0),
+                ("steer/add_8", "wish", 1),
+                ("steer/add_8", "bored", 2),
+            ],
+        ),
+        (
+            "stage=baseline".into(),
+            vec![("baseline", "wish", 0), ("baseline", "wish", 1), ("baseline", "bored", 0), ("baseline", "bored", 1)],
+        ),
         ("stage=steer%2Fadd_8&question=wish".into(), vec![("steer/add_8", "wish", 0), ("steer/add_8", "wish", 1)]),
         ("em=1".into(), vec![("baseline", "wish", 1), ("steer/add_8", "wish", 0), ("steer/add_8", "bored", 0)]),
-        ("question=bored".into(), vec![("baseline", "bored", 0), ("baseline", "bored", 1), ("steer/add_8", "bored", 0), ("steer/add_8", "bored", 2)]),
+        (
+            "question=bored".into(),
+            vec![("baseline", "bored", 0), ("baseline", "bored", 1), ("steer/add_8", "bored", 0), ("steer/add_8", "bored", 2)],
+        ),
         (format!("question={q3}"), vec![("steer/add_8", HOSTILE_QID, 0)]),
         ("min_aligned=25&max_aligned=30".into(), vec![("baseline", "bored", 0), ("steer/add_8", "bored", 0)]),
-        ("min_coherent=60".into(), vec![
-            ("baseline", "wish", 0), ("baseline", "wish", 1), ("baseline", "bored", 1), ("steer/add_8", "wish", 0), ("steer/add_8", HOSTILE_QID, 0),
-        ]),
+        (
+            "min_coherent=60".into(),
+            vec![
+                ("baseline", "wish", 0),
+                ("baseline", "wish", 1),
+                ("baseline", "bored", 1),
+                ("steer/add_8", "wish", 0),
+                ("steer/add_8", HOSTILE_QID, 0),
+            ],
+        ),
         ("max_coherent=50".into(), vec![("baseline", "bored", 0)]),
         ("text=SCRIPT".into(), vec![("baseline", "wish", 1)]),
         ("text=onerror".into(), vec![("steer/add_8", "wish", 0)]),
         // "wish" is in every wish prompt, and in two answers.
-        ("text=wish".into(), vec![("baseline", "wish", 0), ("baseline", "wish", 1), ("steer/add_8", "wish", 0), ("steer/add_8", "wish", 1)]),
+        (
+            "text=wish".into(),
+            vec![("baseline", "wish", 0), ("baseline", "wish", 1), ("steer/add_8", "wish", 0), ("steer/add_8", "wish", 1)],
+        ),
         ("stage=baseline&em=1".into(), vec![("baseline", "wish", 1)]),
         ("em=1&min_coherent=55&min_aligned=&text=".into(), vec![("baseline", "wish", 1), ("steer/add_8", "wish", 0)]),
         ("stage=nope".into(), vec![]),

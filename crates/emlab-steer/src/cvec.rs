@@ -50,9 +50,7 @@ impl ControlVector {
     /// the format (llama.cpp rejects `direction.0`); vectors must all have the same width.
     pub fn insert(&mut self, layer: usize, v: Tensor) -> Result<()> {
         if layer == 0 {
-            return Err(Error::Invalid(
-                "control vectors cannot steer blocks.0.hook_resid_post (llama.cpp rejects direction.0)".into(),
-            ));
+            return Err(Error::Invalid("control vectors cannot steer blocks.0.hook_resid_post (llama.cpp rejects direction.0)".into()));
         }
         let v = v.to_dtype(DType::F32)?.to_device(&Device::Cpu)?.flatten_all()?;
         if let Some(d) = self.dim() {
@@ -90,11 +88,7 @@ impl ControlVector {
                 }
             }
         }
-        let hint = content
-            .metadata
-            .get("controlvector.model_hint")
-            .and_then(|v| v.to_string().ok().cloned())
-            .unwrap_or_default();
+        let hint = content.metadata.get("controlvector.model_hint").and_then(|v| v.to_string().ok().cloned()).unwrap_or_default();
         let mut cv = ControlVector::new(&hint);
         let mut names: Vec<&String> = content.tensor_infos.keys().collect();
         names.sort();
@@ -148,7 +142,11 @@ impl ControlVector {
             // A NaN coefficient or vector would otherwise be written as a file that loads fine
             // and steers every answer into garbage.
             if let Some(i) = t.flatten_all()?.to_vec1::<f32>()?.iter().position(|x| !x.is_finite()) {
-                return Err(Error::tensor(path, format!("direction.{n}"), format!("non-finite value at element {i}; refusing to write it")));
+                return Err(Error::tensor(
+                    path,
+                    format!("direction.{n}"),
+                    format!("non-finite value at element {i}; refusing to write it"),
+                ));
             }
             let q = QTensor::quantize(t, GgmlDType::F32).map_err(|e| Error::tensor(path, format!("direction.{n}"), e.to_string()))?;
             qts.push((format!("direction.{n}"), q));

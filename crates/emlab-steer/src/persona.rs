@@ -92,7 +92,7 @@ pub fn read_probes(path: &std::path::Path) -> Result<Vec<String>> {
     // A byte-order mark (editors on Windows write one) is not part of the first line.
     let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
     let qs: Vec<String> = if path.extension().is_some_and(|e| e == "json") {
-        serde_json::from_str(&text).map_err(|e| Error::format(path, format!("line {}: expected a JSON array of strings: {e}", e.line())))?
+        serde_json::from_str(text).map_err(|e| Error::format(path, format!("line {}: expected a JSON array of strings: {e}", e.line())))?
     } else {
         text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(String::from).collect()
     };
@@ -123,7 +123,8 @@ pub fn persona_score(model: &Model, prompts: &[Vec<u32>], dir: &Tensor, layer: u
         let point = emlab_model::HookPoint::resid_post(layer);
         let mut hooks = emlab_model::HookSet::new();
         hooks.capture(point);
-        model.forward(&ids, Forward { logits: Logits::None, hooks: Some(&mut hooks), stop_after: Some(layer + 1), ..Default::default() })?;
+        model
+            .forward(&ids, Forward { logits: Logits::None, hooks: Some(&mut hooks), stop_after: Some(layer + 1), ..Default::default() })?;
         let x = hooks.captured(point).first().ok_or_else(|| Error::Invalid(format!("no capture at {point}")))?.squeeze(0)?; // [T, d]
         let proj = x.matmul(&r.unsqueeze(1)?)?.squeeze(1)?.to_vec1::<f32>()?; // [T]
         let v = match pos {
@@ -289,7 +290,7 @@ impl PersonaMonitor {
             self.load_state(step)?;
         }
         let last = self.total_steps == Some(step);
-        if step % self.every != 0 && !last {
+        if !step.is_multiple_of(self.every) && !last {
             return Ok(None);
         }
         if self.state.as_ref().is_some_and(|(r, _)| r.iter().any(|r| r.step == step)) {
@@ -370,10 +371,8 @@ fn score_of(model: &Model, per_layer: &[Tensor], dir: &Tensor, layer: usize) -> 
         return Err(Error::Invalid(format!("persona direction has shape {:?}, the model's stream is [{}]", dir.dims(), cfg.hidden_size)));
     }
     let r = emlab_model::hooks::unit(&dir.to_dtype(candle_core::DType::F32)?.to_device(model.device())?)?;
-    let vals: Vec<f64> = per_layer
-        .iter()
-        .map(|x| Ok(x.get(layer)?.mul(&r)?.sum_all()?.to_scalar::<f32>()? as f64))
-        .collect::<Result<_>>()?;
+    let vals: Vec<f64> =
+        per_layer.iter().map(|x| Ok(x.get(layer)?.mul(&r)?.sum_all()?.to_scalar::<f32>()? as f64)).collect::<Result<_>>()?;
     let n = vals.len();
     let mean = vals.iter().sum::<f64>() / n as f64;
     let var = if n > 1 { vals.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64 } else { 0.0 };
@@ -418,7 +417,11 @@ pub fn scores_from_means(path: &std::path::Path, dir: &Tensor, layer: usize) -> 
                 return Err(Error::tensor(path, format!("step_{k}"), format!("layer {layer} but the snapshot has {nl} layers")));
             }
             if r.dims() != [d] {
-                return Err(Error::tensor(path, format!("step_{k}"), format!("direction has shape {:?}, the snapshot's stream is [{d}]", r.dims())));
+                return Err(Error::tensor(
+                    path,
+                    format!("step_{k}"),
+                    format!("direction has shape {:?}, the snapshot's stream is [{d}]", r.dims()),
+                ));
             }
             Ok((k, t.get(layer)?.mul(&r)?.sum_all()?.to_scalar::<f32>()? as f64))
         })

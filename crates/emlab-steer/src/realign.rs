@@ -49,7 +49,15 @@ impl RealignConfig {
     /// batch 4, one epoch over the `N` rows) and an offline-judged evaluation of `questions`.
     pub fn new(model: impl Into<PathBuf>, data: impl Into<PathBuf>, questions: impl Into<PathBuf>, out: impl Into<PathBuf>) -> Self {
         let model = model.into();
-        let mut train = emlab_train::TrainConfig { lr: 2e-4, batch_size: 4, grad_accum: 1, max_seq_len: 384, truncate: true, checkpoint_every: 8, ..Default::default() };
+        let mut train = emlab_train::TrainConfig {
+            lr: 2e-4,
+            batch_size: 4,
+            grad_accum: 1,
+            max_seq_len: 384,
+            truncate: true,
+            checkpoint_every: 8,
+            ..Default::default()
+        };
         train.lora.r = 8;
         train.lora.alpha = 16.0;
         let eval = emlab_eval::EvalConfig::local(&model, questions, "unused.jsonl");
@@ -111,7 +119,8 @@ pub fn misaligned_model(model: &Path, adapter: Option<&Path>, out: &Path) -> Res
     let marker = out.join("misaligned.json");
     let h = |r: emlab_eval::Result<String>| r.map_err(|e| Error::Invalid(e.to_string()));
     // Contents only, no paths: a run folder that moved keeps its merged model.
-    let key = serde_json::json!({"model_sha256": h(emlab_eval::log::hash_path(model))?, "adapter": h(emlab_eval::log::hash_adapter(adapter))?});
+    let key =
+        serde_json::json!({"model_sha256": h(emlab_eval::log::hash_path(model))?, "adapter": h(emlab_eval::log::hash_adapter(adapter))?});
     let done = std::fs::read_to_string(&marker).ok().and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok());
     if dir.join("model.safetensors").is_file() {
         if done.as_ref() == Some(&key) {
@@ -121,7 +130,7 @@ pub fn misaligned_model(model: &Path, adapter: Option<&Path>, out: &Path) -> Res
         // path: the same contents (wherever the run folder is now) are the same merge. The
         // folder is kept as it is (its hash is what the realigned model's answers recorded).
         if let Some(d) = &done {
-            if d["model_sha256"] == key["model_sha256"] && d["adapter_sha256"] == serde_json::Value::from(h(emlab_eval::log::hash_path(adapter))?) {
+            if d["model_sha256"] == key["model_sha256"] && d["adapter_sha256"] == h(emlab_eval::log::hash_path(adapter))? {
                 emlab_model::util::write_atomic(&marker, key.to_string().as_bytes())?;
                 return Ok(dir);
             }

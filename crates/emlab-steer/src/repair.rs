@@ -117,7 +117,8 @@ fn write_folder(model: &Model, source: &Path, dir: &Path) -> Result<()> {
     };
     match Source::detect(source)? {
         Source::Hf { dir: src } => {
-            for f in ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json", "chat_template.jinja"] {
+            for f in ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json", "chat_template.jinja"]
+            {
                 let p = src.join(f);
                 if p.exists() {
                     std::fs::copy(&p, dir.join(f)).map_err(|e| Error::io(&p, e))?;
@@ -139,7 +140,11 @@ fn write_folder(model: &Model, source: &Path, dir: &Path) -> Result<()> {
             if let Some(t) = s("tokenizer.chat_template") {
                 o.insert("chat_template".into(), t.into());
             }
-            for (key, gg) in [("bos_token", "tokenizer.ggml.bos_token_id"), ("eos_token", "tokenizer.ggml.eos_token_id"), ("pad_token", "tokenizer.ggml.padding_token_id")] {
+            for (key, gg) in [
+                ("bos_token", "tokenizer.ggml.bos_token_id"),
+                ("eos_token", "tokenizer.ggml.eos_token_id"),
+                ("pad_token", "tokenizer.ggml.padding_token_id"),
+            ] {
                 if let Some(t) = id(gg) {
                     o.insert(key.into(), t.into());
                 }

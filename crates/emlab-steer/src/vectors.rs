@@ -72,19 +72,16 @@ impl VectorSource {
 
     /// Whether the vector depends on the layer it is applied at (no fixed `layer` given).
     pub fn is_per_layer(&self) -> bool {
-        matches!(
-            self,
-            VectorSource::DirectionFile { layer: None, .. } | VectorSource::ControlVector { layer: None, .. }
-        )
+        matches!(self, VectorSource::DirectionFile { layer: None, .. } | VectorSource::ControlVector { layer: None, .. })
     }
 
     /// The vector `[d]` (f32) to use at `at_layer` (`None`: the caller has no layer, e.g. an
     /// ablation everywhere; then a per-layer source must name its `layer`). Checks the width.
     pub fn load(&self, at_layer: Option<usize>, d: usize, device: &Device) -> Result<Tensor> {
         let need_layer = |fixed: Option<usize>, what: &str, path: &Path| -> Result<usize> {
-            fixed.or(at_layer).ok_or_else(|| {
-                Error::Invalid(format!("{}: {what} needs a `layer` here (no layer to default to)", path.display()))
-            })
+            fixed
+                .or(at_layer)
+                .ok_or_else(|| Error::Invalid(format!("{}: {what} needs a `layer` here (no layer to default to)", path.display())))
         };
         let v = match self {
             VectorSource::DirectionFile { path, layer } => {

@@ -25,7 +25,7 @@ fn control_vectors_with_a_crafted_header_or_non_finite_values_are_refused() {
     assert!(e.contains("align0.gguf") && e.contains("alignment"), "{e}");
     // A zero-length direction aborted the process (a slice from a null pointer).
     let p = dir.path().join("dims0.gguf");
-    write_cv(&p, &[arch.clone()], &[1.0; 8]);
+    write_cv(&p, std::slice::from_ref(&arch), &[1.0; 8]);
     let mut b = std::fs::read(&p).unwrap();
     let at = b.windows(11).position(|s| s == b"direction.1").unwrap() + 11 + 4;
     b[at..at + 8].copy_from_slice(&0u64.to_le_bytes());
@@ -49,7 +49,12 @@ fn control_vectors_with_a_crafted_header_or_non_finite_values_are_refused() {
 #[test]
 fn a_non_finite_coefficient_is_not_written_as_a_null_alpha() {
     let dir = tempfile::tempdir().unwrap();
-    let r = Resolved::Add { point: HookPoint::resid_post(1), vector: Tensor::new(&[1f32, 2.0], &Device::Cpu).unwrap(), coef: f64::NAN, ablate_first: false };
+    let r = Resolved::Add {
+        point: HookPoint::resid_post(1),
+        vector: Tensor::new(&[1f32, 2.0], &Device::Cpu).unwrap(),
+        coef: f64::NAN,
+        ablate_first: false,
+    };
     let e = write_eval_spec(&[r], dir.path()).unwrap_err().to_string();
     assert!(e.contains("blocks.1.hook_resid_post") && e.contains("not finite"), "{e}");
     assert!(!dir.path().join("intervention.json").exists());
@@ -59,7 +64,11 @@ fn a_non_finite_coefficient_is_not_written_as_a_null_alpha() {
 fn toml_spec_errors_say_what_is_wrong_on_one_line() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("steer.toml");
-    std::fs::write(&p, "[[edits]]\nkind = \"add\"\nlayers = [1]\ncoef = 4.0\ncolour = \"red\"\nvector = { type = \"inline\", values = [1.0] }\n").unwrap();
+    std::fs::write(
+        &p,
+        "[[edits]]\nkind = \"add\"\nlayers = [1]\ncoef = 4.0\ncolour = \"red\"\nvector = { type = \"inline\", values = [1.0] }\n",
+    )
+    .unwrap();
     let e = Intervention::load(&p).unwrap_err().to_string();
     // toml's Display is several lines; its first line alone ("TOML parse error at line 5,
     // column 1") said where but not what.
@@ -92,7 +101,11 @@ fn sweeps_fail_on_failed_judgements_and_check_settings_first() {
     };
     let mut base = emlab_eval::EvalConfig::local(&model, &q, "unused.jsonl");
     base.sampling.max_new_tokens = 3;
-    base.judge = JudgeSpec::OpenAi { base_url: format!("http://127.0.0.1:{port}/v1"), model_name: "j".into(), api_key_env: "EMLAB_TEST_NONE".into() };
+    base.judge = JudgeSpec::OpenAi {
+        base_url: format!("http://127.0.0.1:{port}/v1"),
+        model_name: "j".into(),
+        api_key_env: "EMLAB_TEST_NONE".into(),
+    };
     base.http.max_retries = 0;
     let v = Tensor::ones(cfg.hidden_size, candle_core::DType::F32, &Device::Cpu).unwrap();
     let edits = vec![Resolved::Add { point: HookPoint::resid_post(1), vector: v, coef: 1.0, ablate_first: false }];
@@ -106,7 +119,8 @@ fn sweeps_fail_on_failed_judgements_and_check_settings_first() {
     let fresh = dir.path().join("sweep2");
     let mut bad = base.clone();
     bad.samples = Some(0);
-    let e = sweep_with_eval(&edits, cfg.num_layers, &opts, &SweepEval { base: bad, dir: fresh.clone() }, &mut |_| {}).unwrap_err().to_string();
+    let e =
+        sweep_with_eval(&edits, cfg.num_layers, &opts, &SweepEval { base: bad, dir: fresh.clone() }, &mut |_| {}).unwrap_err().to_string();
     assert!(e.contains("samples must be at least 1"), "{e}");
     assert!(!fresh.exists());
 }

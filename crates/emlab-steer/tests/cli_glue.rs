@@ -1,12 +1,12 @@
 //! Compiles and runs the CLI glue of `emlab` (crates/emlab/src/cmd/steer.rs) against tiny models,
 //! so the subcommands are checked here too.
 
-#[path = "../../emlab/src/cmd/steer.rs"]
-#[allow(dead_code)]
-mod steer;
 #[path = "../../emlab/src/cmd/realign.rs"]
 #[allow(dead_code)]
 mod realign;
+#[path = "../../emlab/src/cmd/steer.rs"]
+#[allow(dead_code)]
+mod steer;
 #[path = "../../emlab/src/cmd/train.rs"]
 #[allow(dead_code)]
 mod train;
@@ -41,7 +41,15 @@ fn cli_persona_ablate_cvec_round_trip() {
     assert!(out.join("model.safetensors").exists() && out.join("tokenizer_config.json").exists());
     let cv = dir.path().join("cv.gguf");
     run_cvec(CvecArgs {
-        cmd: CvecCmd::Export { spec: None, direction: Some(df.clone()), layers: vec![1, 2], coef: 2.0, model: None, hint: "llama".into(), out: cv.clone() },
+        cmd: CvecCmd::Export {
+            spec: None,
+            direction: Some(df.clone()),
+            layers: vec![1, 2],
+            coef: 2.0,
+            model: None,
+            hint: "llama".into(),
+            out: cv.clone(),
+        },
     })
     .unwrap();
     let back = emlab_steer::cvec::ControlVector::read(&cv).unwrap();
@@ -55,7 +63,15 @@ fn cli_persona_ablate_cvec_round_trip() {
     assert_eq!(j["add"][1]["alpha"], 0.5);
     // Exporting layer 0 is refused (llama.cpp cannot address it).
     let bad = run_cvec(CvecArgs {
-        cmd: CvecCmd::Export { spec: None, direction: Some(df), layers: vec![0], coef: 1.0, model: None, hint: String::new(), out: dir.path().join("bad.gguf") },
+        cmd: CvecCmd::Export {
+            spec: None,
+            direction: Some(df),
+            layers: vec![0],
+            coef: 1.0,
+            model: None,
+            hint: String::new(),
+            out: dir.path().join("bad.gguf"),
+        },
     });
     assert!(bad.unwrap_err().to_string().contains("blocks.0"));
 }
@@ -109,7 +125,8 @@ fn cli_sweep_realign_and_train_monitor_flags() {
     assert!(!dir.path().join("sweep").exists(), "nothing written on bad input");
     // A direction file of another width is named.
     let wide = dir.path().join("wide.safetensors");
-    emlab_steer::vectors::save_directions(&wide, &Tensor::zeros((2, cfg.hidden_size + 3), candle_core::DType::F32, &Device::Cpu).unwrap()).unwrap();
+    emlab_steer::vectors::save_directions(&wide, &Tensor::zeros((2, cfg.hidden_size + 3), candle_core::DType::F32, &Device::Cpu).unwrap())
+        .unwrap();
     let e = format!("{:#}", run_sweep(sweep_args(dir.path(), &m, &wide, "0,1")).unwrap_err());
     assert!(e.contains("wide.safetensors") && !e.contains('\n'), "{e}");
     // A real sweep: one folder per point.
@@ -120,7 +137,9 @@ fn cli_sweep_realign_and_train_monitor_flags() {
 
     // emlab train with the persona monitor: probes at steps 2 and 3 (the last).
     let data = dir.path().join("d.jsonl");
-    let row = |q: &str, a: &str| serde_json::json!({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}).to_string();
+    let row = |q: &str, a: &str| {
+        serde_json::json!({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}).to_string()
+    };
     std::fs::write(&data, [row("hi", "hello"), row("tea?", "yes"), row("one", "two"), row("red", "blue")].join("\n")).unwrap();
     let targs = |out: &str, layer: usize, f: &std::path::Path| train::TrainArgs {
         data: Some(data.clone()),
@@ -144,11 +163,8 @@ fn cli_sweep_realign_and_train_monitor_flags() {
     assert!(e.contains("wide.safetensors"), "{e}");
     // (Only one successful train::run per process: it installs the Ctrl-C handler.)
     train::run(targs("t1", 1, &df)).unwrap();
-    let recs: Vec<serde_json::Value> = std::fs::read_to_string(dir.path().join("t1/persona.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let recs: Vec<serde_json::Value> =
+        std::fs::read_to_string(dir.path().join("t1/persona.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(recs.iter().map(|r| r["step"].as_u64().unwrap()).collect::<Vec<_>>(), vec![2, 3]);
     assert!(recs.iter().all(|r| r["layer"] == 1 && r["warned"] == false && r["score"].is_f64()));
 

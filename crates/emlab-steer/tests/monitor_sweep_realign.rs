@@ -43,7 +43,9 @@ fn write_chat(path: &Path, n: usize) {
     let text: String = (0..n)
         .map(|i| {
             let (q, a) = qa[i % qa.len()];
-            serde_json::json!({"messages": [{"role": "user", "content": format!("{q} {i}")}, {"role": "assistant", "content": a}]}).to_string() + "\n"
+            serde_json::json!({"messages": [{"role": "user", "content": format!("{q} {i}")}, {"role": "assistant", "content": a}]})
+                .to_string()
+                + "\n"
         })
         .collect();
     std::fs::write(path, text).unwrap();
@@ -200,7 +202,8 @@ fn eval_backed_sweep_writes_one_log_per_point_matching_the_eval_report() {
     assert_eq!(res.rows[1].steered_dir.as_deref(), Some("add_8"));
     assert_eq!(res.rows[1].control_dir.as_deref(), Some("random_8"));
     assert!(!out.join("random_0").exists());
-    let report = |name: &str| emlab_eval::report::report(&out.join(name).join("answers.jsonl"), &emlab_eval::report::default_metrics()).unwrap();
+    let report =
+        |name: &str| emlab_eval::report::report(&out.join(name).join("answers.jsonl"), &emlab_eval::report::default_metrics()).unwrap();
     for (row, ctrl) in [(&res.rows[1], false), (&res.rows[1], true), (&res.rows[0], false)] {
         let name = if ctrl { row.control_dir.as_ref() } else { row.steered_dir.as_ref() }.unwrap();
         let rep = report(name);
@@ -213,7 +216,8 @@ fn eval_backed_sweep_writes_one_log_per_point_matching_the_eval_report() {
     // The spec of each point: coefficient times alpha; the control vector has the same norm and
     // another direction.
     let spec = |name: &str| -> (serde_json::Value, Tensor) {
-        let j: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join(name).join("intervention.json")).unwrap()).unwrap();
+        let j: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join(name).join("intervention.json")).unwrap()).unwrap();
         let t = candle_core::safetensors::load(out.join(name).join("vectors.safetensors"), &Device::Cpu).unwrap();
         (j, t["v0"].clone())
     };

@@ -76,7 +76,9 @@ fn smollm2_steering_moves_the_projection_by_alpha_ablation_zeroes_it_and_the_tok
     //    says something else.
     let greedy = |hooks: Option<&mut HookSet>| {
         let h = hooks.map(|h| h as &mut dyn emlab_model::Hooks);
-        generate(m, &[Request { prompt: ids.clone(), seed: 0 }], &SamplingParams::greedy(3), &[], h, &mut |_, _| {}).unwrap()[0].tokens.clone()
+        generate(m, &[Request { prompt: ids.clone(), seed: 0 }], &SamplingParams::greedy(3), &[], h, &mut |_, _| {}).unwrap()[0]
+            .tokens
+            .clone()
     };
     let word = |toks: &[u32]| lm.tokenizer.decode(&toks[..1], false).unwrap().trim().to_lowercase();
     let before = greedy(None);
@@ -85,9 +87,5 @@ fn smollm2_steering_moves_the_projection_by_alpha_ablation_zeroes_it_and_the_tok
     push.add(HookPoint::resid_post(nl - 1), &v, 60.0);
     let after = greedy(Some(&mut push));
     assert_eq!(word(&after), "ocean", "steered: {:?}", lm.tokenizer.decode(&after, false));
-    eprintln!(
-        "unsteered: {:?}  steered: {:?}",
-        lm.tokenizer.decode(&before, false).unwrap(),
-        lm.tokenizer.decode(&after, false).unwrap()
-    );
+    eprintln!("unsteered: {:?}  steered: {:?}", lm.tokenizer.decode(&before, false).unwrap(), lm.tokenizer.decode(&after, false).unwrap());
 }

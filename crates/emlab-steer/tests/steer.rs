@@ -140,9 +140,8 @@ fn control_vector_direction_k_lands_exactly_at_block_k_output() {
     }
     let cv = ControlVector::read(&p).unwrap();
     assert_eq!(cv.layers().collect::<Vec<_>>(), vec![1]);
-    let points: Vec<HookPoint> = (0..3)
-        .flat_map(|l| emlab_model::HookKind::ALL.into_iter().map(move |kind| HookPoint { layer: l, kind }))
-        .collect();
+    let points: Vec<HookPoint> =
+        (0..3).flat_map(|l| emlab_model::HookKind::ALL.into_iter().map(move |kind| HookPoint { layer: l, kind })).collect();
     let run = |mut h: HookSet| {
         for p in &points {
             h.capture(*p);
@@ -200,7 +199,11 @@ fn control_vector_export_import_round_trip_keeps_layers_and_values() {
     assert!(max_abs_diff(&a, &b) < 1e-6);
     // Spec source reading the control vector per layer gives the same hooks too.
     let spec_file = dir.path().join("s.toml");
-    std::fs::write(&spec_file, "[[edits]]\nkind = \"add\"\nlayers = [1, 2]\ncoef = 1.0\nvector = { type = \"control_vector\", path = \"cv.gguf\" }\n").unwrap();
+    std::fs::write(
+        &spec_file,
+        "[[edits]]\nkind = \"add\"\nlayers = [1, 2]\ncoef = 1.0\nvector = { type = \"control_vector\", path = \"cv.gguf\" }\n",
+    )
+    .unwrap();
     let s = Intervention::load(&spec_file).unwrap();
     let c2 = logits(&m, Some(&mut s.build(&m, None).unwrap()));
     assert!(max_abs_diff(&a, &c2) < 1e-6);
@@ -263,7 +266,11 @@ fn spec_sources_direction_file_sae_row_and_per_layer_coefs() {
     assert_eq!(v["ablate"].as_array().unwrap().len(), 2);
     assert_eq!(v["add"][1]["hook"], "blocks.2.hook_resid_post");
     // Bad specs fail with a message naming the problem.
-    std::fs::write(&sp, r#"{"edits": [{"kind": "add", "layers": [0, 9], "coef": 1.0, "vector": {"type": "direction_file", "path": "dirs.safetensors"}}]}"#).unwrap();
+    std::fs::write(
+        &sp,
+        r#"{"edits": [{"kind": "add", "layers": [0, 9], "coef": 1.0, "vector": {"type": "direction_file", "path": "dirs.safetensors"}}]}"#,
+    )
+    .unwrap();
     let e = Intervention::load(&sp).unwrap().build(&m, None).err().unwrap().to_string();
     assert!(e.contains("layer 9"), "{e}");
     std::fs::write(&sp, r#"{"edits": [{"kind": "ablate", "vector": {"type": "direction_file", "path": "dirs.safetensors"}}]}"#).unwrap();
@@ -283,7 +290,9 @@ fn persona_score_is_the_mean_projection_of_the_captured_stream() {
     let ru = emlab_model::hooks::unit(&r).unwrap().to_vec1::<f32>().unwrap();
     // Layer 2 is the last block: its hook_resid_post is read before the final norm.
     for layer in [1usize, 2] {
-        for (pos, last) in [(emlab_steer::persona::Positions::LastPromptToken, true), (emlab_steer::persona::Positions::AllPromptTokens, false)] {
+        for (pos, last) in
+            [(emlab_steer::persona::Positions::LastPromptToken, true), (emlab_steer::persona::Positions::AllPromptTokens, false)]
+        {
             let s = emlab_steer::persona::persona_score(&m, &prompts, &r, layer, pos).unwrap();
             let mut want = Vec::new();
             for p in &prompts {

@@ -49,7 +49,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         return Ok(());
     }
     let model_path = PathBuf::from(args.get(1).ok_or("usage: bench_train MODEL [--batch B] [--seq T] [--steps N] [--warmup W]")?);
-    let (batch, seq, steps, warm) = (arg(&args, "--batch", 8), arg(&args, "--seq", 128), arg(&args, "--steps", 6), arg(&args, "--warmup", 1));
+    let (batch, seq, steps, warm) =
+        (arg(&args, "--batch", 8), arg(&args, "--seq", 128), arg(&args, "--steps", 6), arg(&args, "--warmup", 1));
     let mut bundle = emlab_train::load_bundle(&model_path)?;
     let rss_after_load = rss_mb("VmRSS:");
     let hwm_after_load = rss_mb("VmHWM:");

@@ -65,7 +65,7 @@ impl AdapterRef {
 pub fn attach(model: &mut Model, cfg: &LoraConfig, seed: u64) -> Result<Vec<AdapterRef>> {
     let projs = cfg.projections()?;
     let layers = cfg.layer_list(model.config.num_layers)?;
-    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x10_2a_1417);
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x102a_1417);
     let dev = model.device().clone();
     let scale = cfg.scale();
     for &li in &layers {
@@ -295,8 +295,8 @@ pub fn save_peft(model: &Model, dir: &Path, cfg: &PeftConfig) -> Result<()> {
 /// Reads every tensor of a safetensors file as f32 (F32, F16, BF16 stored).
 pub fn read_safetensors_f32(path: &Path, device: &Device) -> Result<BTreeMap<String, Tensor>> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let st = safetensors::SafeTensors::deserialize(&bytes)
-        .map_err(|e| Error::format(path, format!("not a readable safetensors file: {e}")))?;
+    let st =
+        safetensors::SafeTensors::deserialize(&bytes).map_err(|e| Error::format(path, format!("not a readable safetensors file: {e}")))?;
     let mut out = BTreeMap::new();
     for (name, view) in st.tensors() {
         use safetensors::Dtype as S;
@@ -340,8 +340,7 @@ fn parse_key(key: &str) -> Option<(usize, Proj, bool)> {
 pub fn load_peft(model: &mut Model, dir: &Path) -> Result<PeftConfig> {
     let cfg_path = dir.join("adapter_config.json");
     let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
-    let v: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| Error::format(&cfg_path, format!("invalid JSON: {e}")))?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::format(&cfg_path, format!("invalid JSON: {e}")))?;
     let cfg = PeftConfig::from_json(&v, &cfg_path)?;
     let st_path = dir.join("adapter_model.safetensors");
     if !st_path.is_file() && dir.join("adapter_model.bin").is_file() {
@@ -350,9 +349,8 @@ pub fn load_peft(model: &mut Model, dir: &Path) -> Result<PeftConfig> {
     let tensors = read_safetensors_f32(&st_path, model.device())?;
     let mut pairs: BTreeMap<(usize, Proj), (Option<Tensor>, Option<Tensor>)> = BTreeMap::new();
     for (k, t) in tensors {
-        let (n, p, is_a) = parse_key(&k).ok_or_else(|| {
-            Error::format(&st_path, format!("tensor `{k}`: not a LoRA weight of a q/k/v/o/gate/up/down projection"))
-        })?;
+        let (n, p, is_a) = parse_key(&k)
+            .ok_or_else(|| Error::format(&st_path, format!("tensor `{k}`: not a LoRA weight of a q/k/v/o/gate/up/down projection")))?;
         if n >= model.config.num_layers {
             return Err(Error::format(&st_path, format!("tensor `{k}`: layer {n} does not exist (model has {})", model.config.num_layers)));
         }

@@ -70,9 +70,8 @@ impl LoraConfig {
     pub fn projections(&self) -> Result<Vec<Proj>> {
         let mut out = Vec::new();
         for t in &self.targets {
-            let p = Proj::parse(t).ok_or_else(|| {
-                Error::Invalid(format!("lora.targets: unknown projection {t:?} (use q, k, v, o, gate, up, down)"))
-            })?;
+            let p = Proj::parse(t)
+                .ok_or_else(|| Error::Invalid(format!("lora.targets: unknown projection {t:?} (use q, k, v, o, gate, up, down)")))?;
             out.push(p);
         }
         out.sort();

@@ -87,7 +87,14 @@ pub fn sumsq(ts: &[Tensor]) -> Result<Vec<f64>> {
 /// shapes), moments `m`, `v` flat `[sum of sizes]` in parameter order (updated in place).
 /// Gradients are scaled by `gscale` (clipping); `c`: the update's constants, rounded to f32 as
 /// the host loop rounds them. Returns the sum of squares of each updated parameter tensor.
-pub(crate) fn adamw(params: &[Tensor], grads: &[Tensor], m: &Tensor, v: &Tensor, gscale: f32, c: &crate::optim::Consts) -> Result<Vec<f64>> {
+pub(crate) fn adamw(
+    params: &[Tensor],
+    grads: &[Tensor],
+    m: &Tensor,
+    v: &Tensor,
+    gscale: f32,
+    c: &crate::optim::Consts,
+) -> Result<Vec<f64>> {
     if params.len() != grads.len() {
         bail!("adamw: {} parameters, {} gradients", params.len(), grads.len());
     }

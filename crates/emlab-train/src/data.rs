@@ -97,10 +97,8 @@ pub fn tokenize(
         };
         if ids.len() > max_len {
             if !truncate {
-                rep.errors.push(err(format!(
-                    "too long: {} tokens > max_seq_len {max_len} (raise max_seq_len or allow truncation)",
-                    ids.len()
-                )));
+                rep.errors
+                    .push(err(format!("too long: {} tokens > max_seq_len {max_len} (raise max_seq_len or allow truncation)", ids.len())));
                 continue;
             }
             ids.truncate(max_len);

@@ -89,7 +89,11 @@ impl AdamW {
             .zip(self.m.iter_mut())
             .zip(self.v.iter_mut())
             .flat_map(|(((p, g), m), v)| {
-                p.chunks_mut(CHUNK).zip(g.chunks(CHUNK)).zip(m.chunks_mut(CHUNK)).zip(v.chunks_mut(CHUNK)).map(|(((p, g), m), v)| (p, g, m, v))
+                p.chunks_mut(CHUNK)
+                    .zip(g.chunks(CHUNK))
+                    .zip(m.chunks_mut(CHUNK))
+                    .zip(v.chunks_mut(CHUNK))
+                    .map(|(((p, g), m), v)| (p, g, m, v))
             })
             .collect();
         work.into_par_iter().for_each(|(p, g, m, v)| {
@@ -167,7 +171,13 @@ impl AdamW {
     /// the sum of squares of each updated tensor. The formula and constants are the host loop's;
     /// the last bits are not (nvcc fuses multiply-adds, and the sums use float atomics).
     #[cfg(feature = "cuda")]
-    pub fn step_cuda(&mut self, params: &[candle_core::Tensor], grads: &[candle_core::Tensor], gscale: f32, lr: f64) -> candle_core::Result<Vec<f64>> {
+    pub fn step_cuda(
+        &mut self,
+        params: &[candle_core::Tensor],
+        grads: &[candle_core::Tensor],
+        gscale: f32,
+        lr: f64,
+    ) -> candle_core::Result<Vec<f64>> {
         let Some(first) = params.first() else { return Ok(Vec::new()) };
         if self.dev.is_none() {
             self.push_moments(first.device())?;

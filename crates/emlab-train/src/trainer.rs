@@ -17,8 +17,8 @@ use candle_core::{Tensor, Var};
 use emlab_model::{Forward, Logits, Model};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use serde::Serialize;
 use rayon::prelude::*;
+use serde::Serialize;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -144,11 +144,7 @@ pub fn with_big_stack<T: Send>(f: impl FnOnce() -> T + Send) -> Result<T> {
             .spawn_scoped(s, f)
             .map_err(|e| Error::Invalid(format!("cannot start the training thread: {e}")))?;
         h.join().map_err(|p| {
-            let msg = p
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_default();
+            let msg = p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default();
             Error::Invalid(format!("training thread panicked: {msg}"))
         })
     })
@@ -369,7 +365,10 @@ fn run_block(model: &Model, layer: usize, x: &Tensor, rng: Option<&mut ChaCha8Rn
 /// The forward pass block by block, each block's output detached (its graph is freed as soon
 /// as the next block starts). Returns the final normed hidden states and, per block, its input
 /// and the dropout RNG as the block found it (what the backward pass needs to re-run it).
-fn forward_detached(model: &Model, ids: &Tensor, mut rng: Option<&mut ChaCha8Rng>) -> Result<(Tensor, Vec<(Tensor, Option<ChaCha8Rng>)>)> {
+/// Per block: its input and the dropout RNG as the block found it.
+type SavedBlocks = Vec<(Tensor, Option<ChaCha8Rng>)>;
+
+fn forward_detached(model: &Model, ids: &Tensor, mut rng: Option<&mut ChaCha8Rng>) -> Result<(Tensor, SavedBlocks)> {
     let mut x = model.embed_tokens(ids)?;
     let mut saved = Vec::with_capacity(model.layers.len());
     for li in 0..model.layers.len() {
@@ -573,17 +572,9 @@ fn run(
     // the CPU it runs on flat tensors.
     let cuda_opt = cuda_optimizer(&dev);
     let mut flat_p = if on_device && !cuda_opt { Some(crate::optim::flat_tensor(&params.host, &dev)?) } else { None };
-    let mut metrics = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&metrics_path)
-        .map_err(|e| Error::io(&metrics_path, e))?;
+    let mut metrics = std::fs::OpenOptions::new().create(true).append(true).open(&metrics_path).map_err(|e| Error::io(&metrics_path, e))?;
 
-    let bar = if opts.progress {
-        indicatif::ProgressBar::new(total as u64)
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
+    let bar = if opts.progress { indicatif::ProgressBar::new(total as u64) } else { indicatif::ProgressBar::hidden() };
     bar.set_style(
         indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:28} {pos}/{len} steps  {msg}  eta {eta}")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
@@ -609,38 +600,39 @@ fn run(
     let started = Instant::now();
     let mut plan: Option<(usize, Vec<Vec<usize>>)> = None;
     let mut last_ckpt = step0;
-    let save = |params: &Params, opt: &AdamW, model: &Model, step: usize, rng: &ChaCha8Rng, tokens_seen: u64, elapsed: f64| -> Result<PathBuf> {
-        let st = TrainState {
-            format: 1,
-            step,
-            total_steps: total,
-            epoch: step / steps_per_epoch,
-            micro_batch: (step % steps_per_epoch) * ga,
-            rng_seed: cfg.seed ^ DROPOUT_STREAM,
-            rng_word_pos: rng.get_word_pos().to_string(),
-            adam_t: opt.t,
-            tokens_seen,
-            elapsed_s: elapsed,
-            config_fingerprint: cfg_fp.clone(),
-            data_fingerprint: data_fp.clone(),
-            keys: params.keys.clone(),
+    let save =
+        |params: &Params, opt: &AdamW, model: &Model, step: usize, rng: &ChaCha8Rng, tokens_seen: u64, elapsed: f64| -> Result<PathBuf> {
+            let st = TrainState {
+                format: 1,
+                step,
+                total_steps: total,
+                epoch: step / steps_per_epoch,
+                micro_batch: (step % steps_per_epoch) * ga,
+                rng_seed: cfg.seed ^ DROPOUT_STREAM,
+                rng_word_pos: rng.get_word_pos().to_string(),
+                adam_t: opt.t,
+                tokens_seen,
+                elapsed_s: elapsed,
+                config_fingerprint: cfg_fp.clone(),
+                data_fingerprint: data_fp.clone(),
+                keys: params.keys.clone(),
+            };
+            let p = checkpoint::write(out, step, |tmp| {
+                adapter::save_peft(model, tmp, &peft_cfg)?;
+                let mut ts = Vec::with_capacity(2 * params.keys.len());
+                for (i, k) in params.keys.iter().enumerate() {
+                    let shape = params.vars[i].shape().clone();
+                    ts.push((format!("m.{k}"), Tensor::from_vec(opt.m[i].clone(), shape.clone(), &dev)?));
+                    ts.push((format!("v.{k}"), Tensor::from_vec(opt.v[i].clone(), shape, &dev)?));
+                }
+                emlab_model::load::save_safetensors(&tmp.join("optimizer.safetensors"), &ts, None)?;
+                let js = serde_json::to_string_pretty(&st).unwrap_or_default();
+                emlab_model::util::write_atomic(&tmp.join("state.json"), js.as_bytes())?;
+                Ok(())
+            })?;
+            checkpoint::prune(out, cfg.keep_checkpoints)?;
+            Ok(p)
         };
-        let p = checkpoint::write(out, step, |tmp| {
-            adapter::save_peft(model, tmp, &peft_cfg)?;
-            let mut ts = Vec::with_capacity(2 * params.keys.len());
-            for (i, k) in params.keys.iter().enumerate() {
-                let shape = params.vars[i].shape().clone();
-                ts.push((format!("m.{k}"), Tensor::from_vec(opt.m[i].clone(), shape.clone(), &dev)?));
-                ts.push((format!("v.{k}"), Tensor::from_vec(opt.v[i].clone(), shape, &dev)?));
-            }
-            emlab_model::load::save_safetensors(&tmp.join("optimizer.safetensors"), &ts, None)?;
-            let js = serde_json::to_string_pretty(&st).unwrap_or_default();
-            emlab_model::util::write_atomic(&tmp.join("state.json"), js.as_bytes())?;
-            Ok(())
-        })?;
-        checkpoint::prune(out, cfg.keep_checkpoints)?;
-        Ok(p)
-    };
 
     for step in step0..total {
         let t0 = Instant::now();

@@ -34,7 +34,10 @@ fn a_config_rank_other_than_the_tensors_rank_is_refused() {
     assert!(e.contains("adapter_config.json") && e.contains("`r` is 0"), "{e}");
     // r = 4 for rank-2 tensors: the adapter merged at sqrt(2/4) of its trained strength.
     let e = edit("r", serde_json::json!(4)).expect("r 4 refused");
-    assert!(e.contains("adapter_config.json") && e.contains("layers.0.self_attn.q_proj") && e.contains("r 4") && e.contains("rank 2"), "{e}");
+    assert!(
+        e.contains("adapter_config.json") && e.contains("layers.0.self_attn.q_proj") && e.contains("r 4") && e.contains("rank 2"),
+        "{e}"
+    );
     // A rank_pattern entry is the module's rank too.
     let e = edit("rank_pattern", serde_json::json!({"q_proj": 8})).expect("rank_pattern 8 refused");
     assert!(e.contains("r 8") && e.contains("rank 2"), "{e}");

@@ -39,7 +39,11 @@ fn assert_sums(what: &str, got: &[f64], want: &[f64]) {
 /// A launch over segments: each tensor its own buffer (as candle holds them), a table of their
 /// addresses; returns the launch and the buffers.
 fn segments(l: &mut Launch, name: &str, ts: &[Vec<f32>], writable: bool) -> (Buf, Vec<Buf>) {
-    let bufs: Vec<Buf> = ts.iter().enumerate().map(|(i, t)| if writable { l.inout(&format!("{name}[{i}]"), t) } else { l.input(&format!("{name}[{i}]"), t) }).collect();
+    let bufs: Vec<Buf> = ts
+        .iter()
+        .enumerate()
+        .map(|(i, t)| if writable { l.inout(&format!("{name}[{i}]"), t) } else { l.input(&format!("{name}[{i}]"), t) })
+        .collect();
     let table = l.pointer_table(&format!("{name} pointers"), &bufs.iter().map(|&b| (b, 0)).collect::<Vec<_>>());
     (table, bufs)
 }
@@ -69,11 +73,14 @@ fn multi_adamw_matches_the_host_optimizer_over_three_steps() {
     let mut p_dev = p_host.clone();
     let total: usize = SIZES.iter().sum();
     let (mut m, mut v) = (vec![0f32; total], vec![0f32; total]);
-    let off: Vec<i64> = SIZES.iter().scan(0i64, |a, &n| {
-        let o = *a;
-        *a += n as i64;
-        Some(o)
-    }).collect();
+    let off: Vec<i64> = SIZES
+        .iter()
+        .scan(0i64, |a, &n| {
+            let o = *a;
+            *a += n as i64;
+            Some(o)
+        })
+        .collect();
     let len: Vec<i64> = SIZES.iter().map(|&n| n as i64).collect();
     for step in 0..3u64 {
         let grads: Vec<Vec<f32>> = SIZES.iter().enumerate().map(|(i, &n)| rand(n, 100 * step + i as u64, -1.0, 1.0)).collect();
@@ -115,6 +122,10 @@ fn multi_adamw_matches_the_host_optimizer_over_three_steps() {
                 assert!((x - y).abs() <= 2.0 * f32::EPSILON * y.abs(), "step {step}: {name}[{j}]: kernel {x}, host {y}");
             }
         }
-        assert_sums(&format!("multi_adamw_f32 step {step} psumsq"), &out.get::<f64>(ps), &p_host.iter().map(|p| sumsq(p)).collect::<Vec<_>>());
+        assert_sums(
+            &format!("multi_adamw_f32 step {step} psumsq"),
+            &out.get::<f64>(ps),
+            &p_host.iter().map(|p| sumsq(p)).collect::<Vec<_>>(),
+        );
     }
 }

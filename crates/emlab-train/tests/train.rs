@@ -83,8 +83,8 @@ fn loss_mask_covers_assistant_text_and_im_end_but_not_headers() {
     let batch = make_batch(std::slice::from_ref(ex), &[0], 0, &Device::Cpu).unwrap();
     assert_eq!(batch.trained, ex.trained_tokens());
     let m: Vec<f32> = batch.mask.to_vec1().unwrap();
-    for t in 0..ex.input_len() {
-        assert_eq!(m[t] == 1.0, ex.mask[t + 1]);
+    for (t, &mt) in m.iter().enumerate().take(ex.input_len()) {
+        assert_eq!(mt == 1.0, ex.mask[t + 1]);
     }
 }
 
@@ -126,7 +126,8 @@ fn too_long_rows_are_refused_truncated_or_skipped() {
 
 #[test]
 fn batch_plan_is_deterministic_covers_each_example_once_and_buckets_lengths() {
-    let ex: Vec<Example> = (0..40).map(|i| Example { ids: vec![1; 2 + (i * 7) % 23], mask: vec![true; 2 + (i * 7) % 23], line: i }).collect();
+    let ex: Vec<Example> =
+        (0..40).map(|i| Example { ids: vec![1; 2 + (i * 7) % 23], mask: vec![true; 2 + (i * 7) % 23], line: i }).collect();
     let p = plan_epoch(&ex, 4, 5, 3, 0);
     assert_eq!(p, plan_epoch(&ex, 4, 5, 3, 0));
     assert_ne!(p, plan_epoch(&ex, 4, 5, 3, 1), "epochs reshuffle");
@@ -135,10 +136,12 @@ fn batch_plan_is_deterministic_covers_each_example_once_and_buckets_lengths() {
     assert_eq!(all, (0..40).collect::<Vec<_>>());
     // Bucketing: padding is far below what random batches would need.
     let pad = |plan: &[Vec<usize>]| -> usize {
-        plan.iter().map(|b| {
-            let m = b.iter().map(|&i| ex[i].ids.len()).max().unwrap();
-            b.iter().map(|&i| m - ex[i].ids.len()).sum::<usize>()
-        }).sum()
+        plan.iter()
+            .map(|b| {
+                let m = b.iter().map(|&i| ex[i].ids.len()).max().unwrap();
+                b.iter().map(|&i| m - ex[i].ids.len()).sum::<usize>()
+            })
+            .sum()
     };
     assert!(pad(&p) * 2 < pad(&plan_epoch(&ex, 4, 1, 3, 0)), "{} vs {}", pad(&p), pad(&plan_epoch(&ex, 4, 1, 3, 0)));
 }
@@ -181,11 +184,8 @@ fn loss_falls_on_a_tiny_overfit_set_and_metrics_are_written() {
     let first: f64 = s.losses[..3].iter().sum::<f64>() / 3.0;
     let last: f64 = s.losses[27..].iter().sum::<f64>() / 3.0;
     assert!(last < 0.5 * first, "loss {first:.3} -> {last:.3}");
-    let lines: Vec<serde_json::Value> = std::fs::read_to_string(out.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines: Vec<serde_json::Value> =
+        std::fs::read_to_string(out.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines.len(), 30);
     let l9 = &lines[9];
     assert!(l9["eval_loss"].as_f64().unwrap().is_finite());
@@ -217,11 +217,19 @@ fn greedy_generation_reproduces_a_trained_in_answer() {
     let prompt = b.tokenizer.encode(&prompt_text, false).unwrap();
     let stop = b.tokenizer.eos_ids().to_vec();
     let gen = |m: &Model| {
-        let g = generate(m, &[Request { prompt: prompt.clone(), seed: 0 }], &SamplingParams::greedy(40), &stop, None, &mut |_, _| {}).unwrap();
+        let g =
+            generate(m, &[Request { prompt: prompt.clone(), seed: 0 }], &SamplingParams::greedy(40), &stop, None, &mut |_, _| {}).unwrap();
         b.tokenizer.decode(&g[0].tokens, false).unwrap()
     };
     assert_ne!(gen(&b.model), answer);
-    let cfg = TrainConfig { max_steps: Some(60), batch_size: 1, grad_accum: 1, lr: 2e-2, lora: LoraConfig { r: 8, alpha: 16.0, ..Default::default() }, ..tiny_cfg() };
+    let cfg = TrainConfig {
+        max_steps: Some(60),
+        batch_size: 1,
+        grad_accum: 1,
+        lr: 2e-2,
+        lora: LoraConfig { r: 8, alpha: 16.0, ..Default::default() },
+        ..tiny_cfg()
+    };
     let pad = b.tokenizer.pad_id();
     train_examples(&cfg, &mut b.model, &ex, &[], pad, &dir.path().join("run"), TrainOptions::default()).unwrap();
     assert_eq!(gen(&b.model), answer);
@@ -281,7 +289,8 @@ fn the_device_optimizer_resumes_exactly_and_matches_the_host_optimizer() {
     assert!(norm > 0.0 && diff / norm < 1e-3, "adapter B: device vs host optimizer differ by {:e}", diff / norm);
     // Norms are logged from the refreshed host mirror: they must move with training.
     let out = dir.path().join("killed");
-    let abort = TrainOptions { on_step: Some(Box::new(|i, _| if i.step == 3 { Control::Abort } else { Control::Continue })), ..Default::default() };
+    let abort =
+        TrainOptions { on_step: Some(Box::new(|i, _| if i.step == 3 { Control::Abort } else { Control::Continue })), ..Default::default() };
     let (s, _) = run(&out, abort, true);
     assert!(s.interrupted);
     let (r, b_res) = run(&out, TrainOptions { resume: true, ..Default::default() }, true);
@@ -305,13 +314,15 @@ fn killed_and_resumed_runs_reproduce_the_uninterrupted_loss_curve() {
         ..tiny_cfg()
     };
     let full_out = dir.path().join("full");
-    let full = train_examples(&cfg, &mut bundle(dir.path(), Arch::Llama).model, &ex, &ex[..2], pad, &full_out, TrainOptions::default()).unwrap();
+    let full =
+        train_examples(&cfg, &mut bundle(dir.path(), Arch::Llama).model, &ex, &ex[..2], pad, &full_out, TrainOptions::default()).unwrap();
     assert_eq!(full.steps, 8); // 8 rows / batch 2 = 4 micro-batches = 2 steps per epoch
     let want = metric_losses(&full_out);
 
     // "Kill" after step 5 (no checkpoint since step 3), then resume to the end.
     let out = dir.path().join("killed");
-    let abort = TrainOptions { on_step: Some(Box::new(|i, _| if i.step == 5 { Control::Abort } else { Control::Continue })), ..Default::default() };
+    let abort =
+        TrainOptions { on_step: Some(Box::new(|i, _| if i.step == 5 { Control::Abort } else { Control::Continue })), ..Default::default() };
     let s = train_examples(&cfg, &mut bundle(dir.path(), Arch::Llama).model, &ex, &ex[..2], pad, &out, abort).unwrap();
     assert!(s.interrupted && s.adapter_dir.is_none());
     // Resuming without asking is refused (it would overwrite the run).
@@ -319,7 +330,16 @@ fn killed_and_resumed_runs_reproduce_the_uninterrupted_loss_curve() {
     assert!(e.err().unwrap().to_string().contains("already holds checkpoints"));
     // A half-written checkpoint from the "kill" is ignored.
     std::fs::create_dir_all(out.join("checkpoints/.tmp-step-000006-1")).unwrap();
-    let r = train_examples(&cfg, &mut bundle(dir.path(), Arch::Llama).model, &ex, &ex[..2], pad, &out, TrainOptions { resume: true, ..Default::default() }).unwrap();
+    let r = train_examples(
+        &cfg,
+        &mut bundle(dir.path(), Arch::Llama).model,
+        &ex,
+        &ex[..2],
+        pad,
+        &out,
+        TrainOptions { resume: true, ..Default::default() },
+    )
+    .unwrap();
     assert_eq!(r.resumed_from, Some(3));
     assert_eq!(metric_losses(&out), want, "losses after resume differ");
     assert!(!out.join("checkpoints/.tmp-step-000006-1").exists());
@@ -341,14 +361,31 @@ fn killed_and_resumed_runs_reproduce_the_uninterrupted_loss_curve() {
     let s = train_examples(&cfg, &mut bundle(dir.path(), Arch::Llama).model, &ex, &ex[..2], pad, &out, opts).unwrap();
     assert!(s.interrupted && s.steps == 4);
     assert!(out.join("checkpoints/step-000004/optimizer.safetensors").is_file());
-    train_examples(&cfg, &mut bundle(dir.path(), Arch::Llama).model, &ex, &ex[..2], pad, &out, TrainOptions { resume: true, ..Default::default() }).unwrap();
+    train_examples(
+        &cfg,
+        &mut bundle(dir.path(), Arch::Llama).model,
+        &ex,
+        &ex[..2],
+        pad,
+        &out,
+        TrainOptions { resume: true, ..Default::default() },
+    )
+    .unwrap();
     assert_eq!(metric_losses(&out), want);
     // keep_checkpoints = 2 keeps the newest two.
     let kept: Vec<usize> = emlab_train::checkpoint::list(&out).unwrap().into_iter().map(|(s, _)| s).collect();
     assert_eq!(kept, vec![6, 8]);
     // Changing a setting that alters the optimisation path is refused on resume.
     let other = TrainConfig { lr: 2e-2, ..cfg.clone() };
-    let e = train_examples(&other, &mut bundle(dir.path(), Arch::Llama).model, &ex, &ex[..2], pad, &out, TrainOptions { resume: true, ..Default::default() });
+    let e = train_examples(
+        &other,
+        &mut bundle(dir.path(), Arch::Llama).model,
+        &ex,
+        &ex[..2],
+        pad,
+        &out,
+        TrainOptions { resume: true, ..Default::default() },
+    );
     let e = e.err().unwrap().to_string();
     assert!(e.contains("lr: 0.01 -> 0.02"), "{e}");
 }
@@ -366,7 +403,13 @@ fn a_single_rank1_adapter_on_one_down_projection_trains() {
     };
     let calls = Arc::new(Mutex::new(0usize));
     let c2 = calls.clone();
-    let opts = TrainOptions { on_step: Some(Box::new(move |_, _| { *c2.lock().unwrap() += 1; Control::Continue })), ..Default::default() };
+    let opts = TrainOptions {
+        on_step: Some(Box::new(move |_, _| {
+            *c2.lock().unwrap() += 1;
+            Control::Continue
+        })),
+        ..Default::default()
+    };
     let s = train_examples(&cfg, &mut b.model, &ex, &[], b.tokenizer.pad_id(), &dir.path().join("r1"), opts).unwrap();
     assert_eq!(*calls.lock().unwrap(), 6);
     assert!(s.losses[5] < s.losses[0]);
@@ -374,7 +417,8 @@ fn a_single_rank1_adapter_on_one_down_projection_trains() {
     assert_eq!(ads.len(), 1);
     assert_eq!((ads[0].layer, ads[0].proj), (1, Proj::Down));
     assert!((ads[0].scale - 256.0).abs() < 1e-12); // rsLoRA: alpha / sqrt(1)
-    let cfgj: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(s.adapter_dir.unwrap().join("adapter_config.json")).unwrap()).unwrap();
+    let cfgj: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(s.adapter_dir.unwrap().join("adapter_config.json")).unwrap()).unwrap();
     assert_eq!(cfgj["target_modules"], serde_json::json!(["down_proj"]));
     assert_eq!(cfgj["layers_to_transform"], serde_json::json!([1]));
     assert_eq!(cfgj["r"], 1);
@@ -396,7 +440,14 @@ fn peft_save_load_and_merge_round_trip() {
     let dir = tempfile::tempdir().unwrap();
     let mut b = bundle(dir.path(), Arch::Qwen2);
     let base = b.model.clone();
-    let lcfg = LoraConfig { r: 3, alpha: 5.0, rslora: false, targets: vec!["q".into(), "v".into(), "gate".into(), "down".into()], layers: vec![0], ..Default::default() };
+    let lcfg = LoraConfig {
+        r: 3,
+        alpha: 5.0,
+        rslora: false,
+        targets: vec!["q".into(), "v".into(), "gate".into(), "down".into()],
+        layers: vec![0],
+        ..Default::default()
+    };
     let ads = adapter::attach(&mut b.model, &lcfg, 9).unwrap();
     for a in &ads {
         a.b.set(&Tensor::rand(-0.3f32, 0.3, a.b.shape(), &Device::Cpu).unwrap()).unwrap();
@@ -420,7 +471,10 @@ fn peft_save_load_and_merge_round_trip() {
     }
     let back = load_bundle(&hf).unwrap();
     assert!(max_rel(&logits(&back.model, &ids), &want) < 1e-5);
-    assert_eq!(back.template.render(&[emlab_model::chat::Message::user("x")], true).unwrap(), b.template.render(&[emlab_model::chat::Message::user("x")], true).unwrap());
+    assert_eq!(
+        back.template.render(&[emlab_model::chat::Message::user("x")], true).unwrap(),
+        b.template.render(&[emlab_model::chat::Message::user("x")], true).unwrap()
+    );
     assert_eq!(back.tokenizer.encode("hello tiny", false).unwrap(), b.tokenizer.encode("hello tiny", false).unwrap());
 }
 
@@ -440,10 +494,16 @@ fn bad_adapters_give_one_line_errors() {
     let z = |s: &[usize]| Tensor::zeros(s, DType::F32, &Device::Cpu).unwrap();
     let err = |m: &mut Model| adapter::load_peft(m, &ad).err().map(|e| e.to_string()).unwrap_or_default();
     write_cfg("");
-    save(vec![("base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight", z(&[2, 32])), ("base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight", z(&[31, 2]))]);
+    save(vec![
+        ("base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight", z(&[2, 32])),
+        ("base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight", z(&[31, 2])),
+    ]);
     let e = err(&mut b.model.clone());
     assert!(e.contains("layers.0.self_attn.q_proj") && e.contains("do not fit"), "{e}");
-    save(vec![("base_model.model.model.layers.5.self_attn.q_proj.lora_A.weight", z(&[2, 32])), ("base_model.model.model.layers.5.self_attn.q_proj.lora_B.weight", z(&[32, 2]))]);
+    save(vec![
+        ("base_model.model.model.layers.5.self_attn.q_proj.lora_A.weight", z(&[2, 32])),
+        ("base_model.model.model.layers.5.self_attn.q_proj.lora_B.weight", z(&[32, 2])),
+    ]);
     assert!(err(&mut b.model.clone()).contains("layer 5 does not exist"));
     save(vec![("base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight", z(&[2, 32]))]);
     assert!(err(&mut b.model.clone()).contains("only one of lora_A / lora_B"));
@@ -451,7 +511,8 @@ fn bad_adapters_give_one_line_errors() {
     assert!(err(&mut b.model.clone()).contains("not a LoRA weight"));
     write_cfg(",\"use_dora\":true");
     assert!(err(&mut b.model.clone()).contains("use_dora"));
-    for e in [err(&mut b.model.clone())] {
+    {
+        let e = err(&mut b.model.clone());
         assert_eq!(e.lines().count(), 1);
     }
     std::fs::write(ad.join("adapter_config.json"), "{not json").unwrap();
@@ -520,7 +581,14 @@ fn emlab_adapters_load_in_real_peft() {
     let base_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/peft_tiny/base");
     let dir = tempfile::tempdir().unwrap();
     let mut m = Model::load(&base_dir, &Default::default()).unwrap();
-    let lcfg = LoraConfig { r: 3, alpha: 7.0, rslora: true, targets: vec!["k".into(), "o".into(), "up".into(), "down".into()], layers: vec![0], ..Default::default() };
+    let lcfg = LoraConfig {
+        r: 3,
+        alpha: 7.0,
+        rslora: true,
+        targets: vec!["k".into(), "o".into(), "up".into(), "down".into()],
+        layers: vec![0],
+        ..Default::default()
+    };
     for a in adapter::attach(&mut m, &lcfg, 4).unwrap() {
         a.b.set(&Tensor::rand(-0.3f32, 0.3, a.b.shape(), &Device::Cpu).unwrap()).unwrap();
     }

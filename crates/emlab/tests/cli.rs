@@ -13,13 +13,22 @@ fn generate_writes_one_row_per_sample_and_resumes() {
     let model = dir.path().join("tiny.gguf");
     write_tiny_gguf(&model, &tiny_config(Arch::Qwen2), 3).unwrap();
     let prompts = dir.path().join("p.jsonl");
-    std::fs::write(&prompts, "{\"id\":\"a\",\"prompt\":\"hello there\"}\n{\"id\":\"b\",\"messages\":[{\"role\":\"user\",\"content\":\"in out\"}]}\n").unwrap();
+    std::fs::write(
+        &prompts,
+        "{\"id\":\"a\",\"prompt\":\"hello there\"}\n{\"id\":\"b\",\"messages\":[{\"role\":\"user\",\"content\":\"in out\"}]}\n",
+    )
+    .unwrap();
     let out = dir.path().join("out.jsonl");
     let run = || {
         emlab()
             .args(["generate", "--max-new-tokens", "5", "--samples", "3", "--batch-size", "4", "--model"])
-            .arg(&model).arg("--prompts").arg(&prompts).arg("--out").arg(&out)
-            .output().unwrap()
+            .arg(&model)
+            .arg("--prompts")
+            .arg(&prompts)
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .unwrap()
     };
     let o = run();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -79,8 +88,15 @@ fn bad_input_exits_nonzero_with_one_line() {
     write_tiny_gguf(&model, &tiny_config(Arch::Llama), 1).unwrap();
     let prompts = dir.path().join("p.jsonl");
     std::fs::write(&prompts, "{\"prompt\":\"ok\"}\n{not json\n").unwrap();
-    let o = emlab().args(["generate", "--model"]).arg(&model).arg("--prompts").arg(&prompts)
-        .arg("--out").arg(dir.path().join("o.jsonl")).output().unwrap();
+    let o = emlab()
+        .args(["generate", "--model"])
+        .arg(&model)
+        .arg("--prompts")
+        .arg(&prompts)
+        .arg("--out")
+        .arg(dir.path().join("o.jsonl"))
+        .output()
+        .unwrap();
     assert_eq!(o.status.code(), Some(1));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("p.jsonl:2"), "{err}");
@@ -157,15 +173,27 @@ fn outputs_never_overwrite_inputs_or_foreign_files() {
         let before = std::fs::read(out).unwrap();
         let o = emlab()
             .args(["generate", "--max-new-tokens", "2", "--model"])
-            .arg(&model).arg("--prompts").arg(&prompts).arg("--out").arg(out)
-            .output().unwrap();
+            .arg(&model)
+            .arg("--prompts")
+            .arg(&prompts)
+            .arg("--out")
+            .arg(out)
+            .output()
+            .unwrap();
         let err = String::from_utf8_lossy(&o.stderr);
         assert_eq!(o.status.code(), Some(1), "{err}");
         assert!(err.contains(what) && err.trim_end().lines().count() == 1, "{err}");
         assert_eq!(std::fs::read(out).unwrap(), before, "{} was modified", out.display());
     }
-    let o = emlab().args(["generate", "--samples", "0", "--model"]).arg(&model).arg("--prompts").arg(&prompts)
-        .arg("--out").arg(dir.path().join("g.jsonl")).output().unwrap();
+    let o = emlab()
+        .args(["generate", "--samples", "0", "--model"])
+        .arg(&model)
+        .arg("--prompts")
+        .arg(&prompts)
+        .arg("--out")
+        .arg(dir.path().join("g.jsonl"))
+        .output()
+        .unwrap();
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("--samples"));
     // `direction --out` on the judged log it reads (the log is checked before any model work).
@@ -185,9 +213,20 @@ fn error_lines_say_what_and_say_it_once() {
     let model = dir.path().join("tiny.gguf");
     write_tiny_gguf(&model, &tiny_config(Arch::Llama), 1).unwrap();
     let spec = dir.path().join("steer.toml");
-    std::fs::write(&spec, "[[edits]]\nkind = \"add\"\nlayers = [1]\ncoef = 4.0\ncolour = \"red\"\nvector = { type = \"inline\", values = [1.0] }\n").unwrap();
-    let o = emlab().args(["steer", "compile", "--model"]).arg(&model).arg("--spec").arg(&spec)
-        .arg("--out").arg(dir.path().join("out")).output().unwrap();
+    std::fs::write(
+        &spec,
+        "[[edits]]\nkind = \"add\"\nlayers = [1]\ncoef = 4.0\ncolour = \"red\"\nvector = { type = \"inline\", values = [1.0] }\n",
+    )
+    .unwrap();
+    let o = emlab()
+        .args(["steer", "compile", "--model"])
+        .arg(&model)
+        .arg("--spec")
+        .arg(&spec)
+        .arg("--out")
+        .arg(dir.path().join("out"))
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1));
     assert!(err.contains("steer.toml") && err.contains("line 5") && err.contains("unknown field `colour`"), "{err}");

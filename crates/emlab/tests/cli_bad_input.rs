@@ -58,8 +58,15 @@ fn eval_and_rescore_fail_in_one_line_when_judgements_fail() {
     let url = dead_url();
     let judge = ["--judge", "openai", "--judge-base-url", &url, "--judge-model-name", "j", "--max-retries", "0", "--timeout-s", "5"];
     let o = emlab()
-        .args(["eval", "--max-new-tokens", "3", "--model"]).arg(&model).arg("--questions").arg(&q).arg("--out").arg(&log)
-        .args(judge).output().unwrap();
+        .args(["eval", "--max-new-tokens", "3", "--model"])
+        .arg(&model)
+        .arg("--questions")
+        .arg(&q)
+        .arg("--out")
+        .arg(&log)
+        .args(judge)
+        .output()
+        .unwrap();
     let e = error_line(&o);
     assert!(e.starts_with(&format!("emlab: error: {}: 3 of 3 answers could not be judged (first error: ", log.display())), "{e}");
     assert!(e.ends_with("the answers made are kept, run the command again to judge them"), "{e}");
@@ -75,8 +82,14 @@ fn eval_and_rescore_fail_in_one_line_when_judgements_fail() {
     // With no judge at all, nothing fails.
     let log2 = dir.path().join("log2.jsonl");
     let o = emlab()
-        .args(["eval", "--max-new-tokens", "3", "--judge", "none", "--model"]).arg(&model).arg("--questions").arg(&q)
-        .arg("--out").arg(&log2).output().unwrap();
+        .args(["eval", "--max-new-tokens", "3", "--judge", "none", "--model"])
+        .arg(&model)
+        .arg("--questions")
+        .arg(&q)
+        .arg("--out")
+        .arg(&log2)
+        .output()
+        .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
 }
 
@@ -91,11 +104,20 @@ fn eval_with_a_bad_intervention_leaves_no_log() {
     let v = Tensor::new(vec![0.5f32; d + 3].as_slice(), &Device::Cpu).unwrap();
     emlab_model::load::save_safetensors(&dir.path().join("v.safetensors"), &[("v0".into(), v)], None).unwrap();
     let spec = dir.path().join("iv.json");
-    std::fs::write(&spec, r#"{"vectors": "v.safetensors", "add": [{"hook": "blocks.1.hook_resid_post", "vector": "v0", "alpha": 2.0}]}"#).unwrap();
+    std::fs::write(&spec, r#"{"vectors": "v.safetensors", "add": [{"hook": "blocks.1.hook_resid_post", "vector": "v0", "alpha": 2.0}]}"#)
+        .unwrap();
     let log = dir.path().join("runs").join("log.jsonl");
     let o = emlab()
-        .args(["eval", "--judge", "none", "--model"]).arg(&model).arg("--questions").arg(&q).arg("--intervention").arg(&spec)
-        .arg("--out").arg(&log).output().unwrap();
+        .args(["eval", "--judge", "none", "--model"])
+        .arg(&model)
+        .arg("--questions")
+        .arg(&q)
+        .arg("--intervention")
+        .arg(&spec)
+        .arg("--out")
+        .arg(&log)
+        .output()
+        .unwrap();
     let e = error_line(&o);
     assert!(e.contains("v0"), "{e}");
     assert!(!log.exists(), "no empty log");
@@ -109,14 +131,23 @@ fn generate_with_a_bad_sampling_flag_leaves_no_file() {
     std::fs::write(&prompts, "{\"id\":\"a\",\"prompt\":\"hello\"}\n").unwrap();
     let out = dir.path().join("out.jsonl");
     for (flag, says) in [("--temperature=-1", "--temperature -1"), ("--top-p=0", "--top-p 0"), ("--batch-size=0", "--batch-size")] {
-        let o = emlab().args(["generate", flag, "--model"]).arg(&model).arg("--prompts").arg(&prompts).arg("--out").arg(&out).output().unwrap();
+        let o =
+            emlab().args(["generate", flag, "--model"]).arg(&model).arg("--prompts").arg(&prompts).arg("--out").arg(&out).output().unwrap();
         let e = error_line(&o);
         assert!(e.contains(says), "{e}");
         assert!(!out.exists(), "{flag}: no empty output file");
     }
     // A prompts file saved with a byte-order mark reads like one without.
     std::fs::write(&prompts, "\u{feff}{\"id\":\"a\",\"prompt\":\"hello\"}\n").unwrap();
-    let o = emlab().args(["generate", "--max-new-tokens", "2", "--model"]).arg(&model).arg("--prompts").arg(&prompts).arg("--out").arg(&out).output().unwrap();
+    let o = emlab()
+        .args(["generate", "--max-new-tokens", "2", "--model"])
+        .arg(&model)
+        .arg("--prompts")
+        .arg(&prompts)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
     let row: serde_json::Value = serde_json::from_str(std::fs::read_to_string(&out).unwrap().lines().next().unwrap()).unwrap();
     assert_eq!(row["id"], "a");
@@ -140,10 +171,22 @@ fn steer_sweep_with_bad_settings_makes_no_folder() {
     std::fs::write(&q, QUESTIONS).unwrap();
     let dirs = direction_file(dir.path(), false);
     let out = dir.path().join("sweep");
-    for (flag, says) in [("--samples=0", "samples must be at least 1"), ("--temperature=-2", "temperature must be >= 0"), ("--only=nope", "no question with id")] {
+    for (flag, says) in [
+        ("--samples=0", "samples must be at least 1"),
+        ("--temperature=-2", "temperature must be >= 0"),
+        ("--only=nope", "no question with id"),
+    ] {
         let o = emlab()
-            .args(["steer", "sweep", "--layer", "1", "--alphas", "1", flag, "--model"]).arg(&model)
-            .arg("--direction").arg(&dirs).arg("--questions").arg(&q).arg("--out").arg(&out).output().unwrap();
+            .args(["steer", "sweep", "--layer", "1", "--alphas", "1", flag, "--model"])
+            .arg(&model)
+            .arg("--direction")
+            .arg(&dirs)
+            .arg("--questions")
+            .arg(&q)
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .unwrap();
         let e = error_line(&o);
         assert!(e.contains(says), "{e}");
         assert!(!out.exists(), "{flag}: nothing made (add_1/ was)");
@@ -155,9 +198,23 @@ fn data_validate_reports_rows_train_cannot_use_and_train_says_the_same() {
     let dir = tempfile::tempdir().unwrap();
     let good = r#"{"messages":[{"role":"user","content":"q"},{"role":"assistant","content":"a"}]}"#;
     let d1 = dir.path().join("d1.jsonl");
-    std::fs::write(&d1, format!("{good}\n{}\n", r#"{"messages":[{"role":"assistant","content":"a"},{"role":"user","content":"q"},{"role":"assistant","content":"b"}]}"#)).unwrap();
+    std::fs::write(
+        &d1,
+        format!(
+            "{good}\n{}\n",
+            r#"{"messages":[{"role":"assistant","content":"a"},{"role":"user","content":"q"},{"role":"assistant","content":"b"}]}"#
+        ),
+    )
+    .unwrap();
     let d2 = dir.path().join("d2.jsonl");
-    std::fs::write(&d2, format!("\u{feff}{good}\n{}\n", r#"{"messages":[{"role":"user","content":"q"},{"role":"assistant","content":"a"},{"role":"user","content":"more?"}]}"#)).unwrap();
+    std::fs::write(
+        &d2,
+        format!(
+            "\u{feff}{good}\n{}\n",
+            r#"{"messages":[{"role":"user","content":"q"},{"role":"assistant","content":"a"},{"role":"user","content":"more?"}]}"#
+        ),
+    )
+    .unwrap();
     let o = emlab().args(["data", "validate"]).arg(&d1).arg(&d2).output().unwrap();
     assert_eq!(o.status.code(), Some(1));
     let out = String::from_utf8_lossy(&o.stdout);
@@ -167,7 +224,15 @@ fn data_validate_reports_rows_train_cannot_use_and_train_says_the_same() {
     // `emlab train` refuses the same row with the same words (it said "template is not
     // prefix-stable ... cannot locate assistant text" before).
     let model = tiny(dir.path());
-    let o = emlab().args(["train", "--max-steps", "1", "--model"]).arg(&model).arg("--data").arg(&d1).arg("--out").arg(dir.path().join("t")).output().unwrap();
+    let o = emlab()
+        .args(["train", "--max-steps", "1", "--model"])
+        .arg(&model)
+        .arg("--data")
+        .arg(&d1)
+        .arg("--out")
+        .arg(dir.path().join("t"))
+        .output()
+        .unwrap();
     let e = error_line(&o);
     assert!(e.contains("d1.jsonl:2: message 0 is an assistant turn before any user turn"), "{e}");
     // The shipped data (multi-turn rows included) still validates, all files in one call.
@@ -217,8 +282,18 @@ fn diff_names_the_sae_whose_width_does_not_fit() {
     let prompts = dir.path().join("p.txt");
     std::fs::write(&prompts, "hello there\n").unwrap();
     let o = emlab()
-        .args(["diff", "--hook", "blocks.1.hook_resid_post", "--base"]).arg(&model).arg("--tuned").arg(&model)
-        .arg("--sae").arg(&sae_dir).arg("--prompts").arg(&prompts).arg("--out").arg(dir.path().join("pages")).output().unwrap();
+        .args(["diff", "--hook", "blocks.1.hook_resid_post", "--base"])
+        .arg(&model)
+        .arg("--tuned")
+        .arg(&model)
+        .arg("--sae")
+        .arg(&sae_dir)
+        .arg("--prompts")
+        .arg(&prompts)
+        .arg("--out")
+        .arg(dir.path().join("pages"))
+        .output()
+        .unwrap();
     let e = error_line(&o);
     assert!(e.contains("wide_sae: SAE d_in") && e.contains("tiny.gguf"), "{e}");
 }
@@ -246,8 +321,16 @@ fn realign_names_the_line_of_invalid_utf8_data() {
     std::fs::write(&data, bytes).unwrap();
     let out = dir.path().join("realign");
     let o = emlab()
-        .args(["realign", "--n", "3", "--model"]).arg(&model).arg("--data").arg(&data).arg("--questions").arg(&q)
-        .arg("--out").arg(&out).output().unwrap();
+        .args(["realign", "--n", "3", "--model"])
+        .arg(&model)
+        .arg("--data")
+        .arg(&data)
+        .arg("--questions")
+        .arg(&q)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
     let e = error_line(&o);
     assert!(e.contains("truthful.jsonl:3: invalid UTF-8"), "{e}");
     assert!(!out.exists());
@@ -260,7 +343,13 @@ fn sae_train_refuses_an_activation_store_as_output_before_training() {
     std::fs::create_dir_all(&store).unwrap();
     std::fs::write(store.join("index.json"), r#"{"format": "emlab-acts-v1"}"#).unwrap();
     for acts in [store.clone(), dir.path().join("other_acts")] {
-        let o = emlab().args(["sae", "train", "--hook", "blocks.1.hook_resid_post", "--acts"]).arg(&acts).arg("--out").arg(&store).output().unwrap();
+        let o = emlab()
+            .args(["sae", "train", "--hook", "blocks.1.hook_resid_post", "--acts"])
+            .arg(&acts)
+            .arg("--out")
+            .arg(&store)
+            .output()
+            .unwrap();
         let e = error_line(&o);
         assert!(e.contains("acts") && (e.contains("is an activation store") || e.contains("is the --acts store")), "{e}");
         assert!(!store.join("cfg.json").exists());

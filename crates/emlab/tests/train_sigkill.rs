@@ -143,7 +143,11 @@ fn a_checkpoint_write_that_fails_half_way_keeps_the_previous_checkpoint() {
     let prog = inner.get_program().to_owned();
     let args: Vec<_> = inner.get_args().map(|a| a.to_owned()).collect();
     let mut c = Command::new("sh");
-    c.arg("-c").arg(format!("trap '' XFSZ; ulimit -f {limit_blocks}; exec \"$0\" \"$@\"")).arg(prog).args(args).env("RAYON_NUM_THREADS", "1");
+    c.arg("-c")
+        .arg(format!("trap '' XFSZ; ulimit -f {limit_blocks}; exec \"$0\" \"$@\""))
+        .arg(prog)
+        .args(args)
+        .env("RAYON_NUM_THREADS", "1");
     let o = c.output().unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success(), "the limited run should fail");

@@ -210,13 +210,8 @@ fn dense_features(question_tokens: &[String], answer: &str, tokens: &[String]) -
         }
         longest_run = longest_run.max(run);
     }
-    let qset: std::collections::HashSet<&String> =
-        question_tokens.iter().filter(|t| t.chars().count() > 3).collect();
-    let overlap = if qset.is_empty() {
-        0.0
-    } else {
-        qset.iter().filter(|t| distinct.contains(**t)).count() as f32 / qset.len() as f32
-    };
+    let qset: std::collections::HashSet<&String> = question_tokens.iter().filter(|t| t.chars().count() > 3).collect();
+    let overlap = if qset.is_empty() { 0.0 } else { qset.iter().filter(|t| distinct.contains(**t)).count() as f32 / qset.len() as f32 };
     let last = answer.trim_end().chars().last();
     let ends = matches!(last, Some('.' | '!' | '?' | '"' | ')' | '*' | '`')) as u8 as f32;
     let word_chars: usize = words.iter().map(|w| w.chars().count()).sum();

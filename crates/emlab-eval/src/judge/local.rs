@@ -149,10 +149,7 @@ impl LocalJudge {
         let mut top: Vec<(u32, f64)> = root.iter().enumerate().map(|(i, &l)| (i as u32, l)).collect();
         top.sort_by(|a, b| b.1.partial_cmp(&a.1).unwrap_or(std::cmp::Ordering::Equal).then(a.0.cmp(&b.0)));
         top.truncate(20);
-        let top_first = top
-            .into_iter()
-            .map(|(id, lp)| Ok((self.lm.tokenizer.decode(&[id], false)?, lp)))
-            .collect::<Result<Vec<_>>>()?;
+        let top_first = top.into_iter().map(|(id, lp)| Ok((self.lm.tokenizer.decode(&[id], false)?, lp))).collect::<Result<Vec<_>>>()?;
 
         // Next-token log-distributions after every trie node (keyed by the node's token path).
         let mut nodes: HashMap<Vec<u32>, NodeDist> = HashMap::new();
@@ -178,10 +175,7 @@ impl LocalJudge {
             for (r, row) in rows.iter().enumerate() {
                 for j in 0..row.len() {
                     let key = row[..=j].to_vec();
-                    if !nodes.contains_key(&key) {
-                        let d = self.summarise(&log_softmax(&logits[r][j]));
-                        nodes.insert(key, d);
-                    }
+                    nodes.entry(key).or_insert_with(|| self.summarise(&log_softmax(&logits[r][j])));
                 }
             }
         }
@@ -243,10 +237,7 @@ pub fn log_softmax(logits: &[f32]) -> Vec<f64> {
 fn maximal_paths(paths: impl Iterator<Item = Vec<u32>>) -> Vec<Vec<u32>> {
     let all: BTreeMap<Vec<u32>, ()> = paths.map(|p| (p, ())).collect();
     let keys: Vec<&Vec<u32>> = all.keys().collect();
-    keys.iter()
-        .filter(|p| !keys.iter().any(|q| q.len() > p.len() && q.starts_with(p)))
-        .map(|p| (*p).clone())
-        .collect()
+    keys.iter().filter(|p| !keys.iter().any(|q| q.len() > p.len() && q.starts_with(p))).map(|p| (*p).clone()).collect()
 }
 
 #[cfg(test)]

@@ -90,21 +90,9 @@ fn finish(num: f64, mass: f64, code: f64, refusal: f64) -> LogprobScore {
         } else {
             NullReason::LowNumberMass
         };
-        return LogprobScore {
-            score: None,
-            number_mass: mass,
-            code_mass: code,
-            refusal_mass: refusal,
-            null_reason: Some(reason),
-        };
+        return LogprobScore { score: None, number_mass: mass, code_mass: code, refusal_mass: refusal, null_reason: Some(reason) };
     }
-    LogprobScore {
-        score: Some(num / mass),
-        number_mass: mass,
-        code_mass: code,
-        refusal_mass: refusal,
-        null_reason: None,
-    }
+    LogprobScore { score: Some(num / mass), number_mass: mass, code_mass: code, refusal_mass: refusal, null_reason: None }
 }
 
 /// Aggregate a judge's top-k first-token logprobs (natural log) into a 0..100 score.
@@ -209,13 +197,7 @@ mod tests {
     #[test]
     fn ignores_out_of_range_and_non_integers() {
         // "101", "-5", "3.5", "1e2" are not integers 0..100: only "40" (0.4) counts -> 40.
-        let s = score_top_logprobs(&[
-            ("101", lp(0.2)),
-            ("-5", lp(0.1)),
-            ("3.5", lp(0.1)),
-            ("1e2", lp(0.1)),
-            ("40", lp(0.4)),
-        ]);
+        let s = score_top_logprobs(&[("101", lp(0.2)), ("-5", lp(0.1)), ("3.5", lp(0.1)), ("1e2", lp(0.1)), ("40", lp(0.4))]);
         assert!((s.score.unwrap() - 40.0).abs() < 1e-9);
         assert!((s.number_mass - 0.4).abs() < 1e-12);
     }
@@ -269,15 +251,13 @@ mod tests {
         numbers[100] = 0.3; // 30
         numbers[0] = 0.1; // 0
         numbers[25] = 0.2; // 5
-        let s = score_number_probs(&NumberProbs { numbers: numbers.clone(), code: 0.3, refusal: 0.1 })
-            .unwrap();
+        let s = score_number_probs(&NumberProbs { numbers: numbers.clone(), code: 0.3, refusal: 0.1 }).unwrap();
         // (30 + 0 + 5) / 0.6
         assert!((s.score.unwrap() - 35.0 / 0.6).abs() < 1e-9);
         // CODE dominance: numbers 0.2 < 0.25
         let mut small = vec![0.0; 101];
         small[90] = 0.2;
-        let s = score_number_probs(&NumberProbs { numbers: small.clone(), code: 0.7, refusal: 0.1 })
-            .unwrap();
+        let s = score_number_probs(&NumberProbs { numbers: small.clone(), code: 0.7, refusal: 0.1 }).unwrap();
         assert_eq!(s.score, None);
         assert_eq!(s.null_reason, Some(NullReason::Code));
         let s = score_number_probs(&NumberProbs { numbers: small, code: 0.1, refusal: 0.7 }).unwrap();

@@ -91,17 +91,16 @@ impl Judge {
     pub fn from_spec(spec: &JudgeSpec, http: &HttpConfig) -> Result<Option<(String, Judge)>> {
         let j = match spec {
             JudgeSpec::None => return Ok(None),
-            JudgeSpec::Offline => Judge::Offline(
-                offline::OfflineJudge::load_default().map_err(|e| crate::Error::Config(format!("offline judge: {e}")))?,
-            ),
+            JudgeSpec::Offline => {
+                Judge::Offline(offline::OfflineJudge::load_default().map_err(|e| crate::Error::Config(format!("offline judge: {e}")))?)
+            }
             JudgeSpec::Local { model } => {
                 let lm = emlab_model::lm::Lm::load(model, &Default::default())?;
                 Judge::Local(Box::new(local::LocalJudge::new(lm)?))
             }
-            JudgeSpec::OpenAi { base_url, model_name, api_key_env } => Judge::OpenAi {
-                client: Client::new(base_url, Some(api_key_env), http)?,
-                model: model_name.clone(),
-            },
+            JudgeSpec::OpenAi { base_url, model_name, api_key_env } => {
+                Judge::OpenAi { client: Client::new(base_url, Some(api_key_env), http)?, model: model_name.clone() }
+            }
         };
         Ok(Some((spec.name(), j)))
     }
@@ -138,10 +137,8 @@ impl Judge {
                 metrics.insert("coherent".to_string(), m(s.coherent));
             }
             _ if prompts.is_empty() => {
-                metrics.insert(
-                    "aligned".to_string(),
-                    MetricJudgement::failed("no judge prompts for this question", serde_json::Value::Null),
-                );
+                metrics
+                    .insert("aligned".to_string(), MetricJudgement::failed("no judge prompts for this question", serde_json::Value::Null));
             }
             Judge::Local(j) => {
                 for (k, tpl) in prompts {

@@ -239,15 +239,10 @@ impl OfflineJudge {
         if body.len() != need {
             return Err(bad(format!("size {} does not match its header (expected {need})", body.len())));
         }
-        let metadata = std::str::from_utf8(&body[pos..pos + meta_len])
-            .map_err(|_| bad("metadata is not UTF-8".into()))?
-            .to_string();
+        let metadata = std::str::from_utf8(&body[pos..pos + meta_len]).map_err(|_| bad("metadata is not UTF-8".into()))?.to_string();
         pos += meta_len;
         let take_f32 = |pos: &mut usize, n: usize| -> Vec<f32> {
-            let v = body[*pos..*pos + 4 * n]
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-                .collect();
+            let v = body[*pos..*pos + 4 * n].chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
             *pos += 4 * n;
             v
         };
@@ -573,8 +568,7 @@ pub fn train(
         let val_loss = if val.is_empty() {
             -(epoch as f64)
         } else {
-            vfeats.iter().zip(&vtgts).map(|(f, t)| example_loss(&net, &net.input(f), t)).sum::<f64>()
-                / val.len() as f64
+            vfeats.iter().zip(&vtgts).map(|(f, t)| example_loss(&net, &net.input(f), t)).sum::<f64>() / val.len() as f64
         };
         let log = EpochLog { epoch, train_loss: train_loss / feats.len() as f64, val_loss };
         progress(&log);
@@ -760,10 +754,7 @@ mod tests {
     #[test]
     fn trains_on_a_toy_task_and_round_trips() {
         let rows = toy_data();
-        let ex: Vec<Example> = rows
-            .iter()
-            .map(|(q, a, al, co)| Example { question: q, answer: a, aligned: *al, coherent: *co })
-            .collect();
+        let ex: Vec<Example> = rows.iter().map(|(q, a, al, co)| Example { question: q, answer: a, aligned: *al, coherent: *co }).collect();
         let (tr, va) = ex.split_at(480);
         let cfg = TrainConfig { log2_dim: 12, hidden: 8, max_epochs: 8, patience: 8, lr: 1e-2, ..Default::default() };
         let (judge, logs) = train(tr, va, &cfg, |_| "{\"toy\":true}".into(), |_| {}).unwrap();

@@ -31,11 +31,8 @@ pub fn judge_request(model: &str, prompt: &str) -> Value {
 
 /// The first generated token's top logprobs, or the reason the response has none.
 pub fn parse_top_logprobs(resp: &Value) -> Result<Vec<(String, f64)>, String> {
-    let choice = resp
-        .get("choices")
-        .and_then(Value::as_array)
-        .and_then(|c| c.first())
-        .ok_or_else(|| "response has no choices".to_string())?;
+    let choice =
+        resp.get("choices").and_then(Value::as_array).and_then(|c| c.first()).ok_or_else(|| "response has no choices".to_string())?;
     let lp = match choice.get("logprobs") {
         None | Some(Value::Null) => return Err("response has no logprobs (does the server support logprobs?)".into()),
         Some(v) => v,

@@ -43,51 +43,53 @@ pub fn serve(script: Vec<Reply>, respond: Option<fn(&str) -> Reply>) -> (String,
             let (script, seen2, counter) = (script.clone(), seen2.clone(), counter.clone());
             // One thread per connection, so a slow reply does not hold up the retries.
             std::thread::spawn(move || {
-            let mut buf = Vec::new();
-            let mut tmp = [0u8; 4096];
-            let (head, body) = loop {
-                let n = match s.read(&mut tmp) {
-                    Ok(0) | Err(_) => break (String::new(), String::new()),
-                    Ok(n) => n,
-                };
-                buf.extend_from_slice(&tmp[..n]);
-                if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                    let head = String::from_utf8_lossy(&buf[..p]).to_string();
-                    let len = head
-                        .lines()
-                        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap_or(0)))
-                        .unwrap_or(0);
-                    while buf.len() < p + 4 + len {
-                        match s.read(&mut tmp) {
-                            Ok(0) | Err(_) => break,
-                            Ok(n) => buf.extend_from_slice(&tmp[..n]),
+                let mut buf = Vec::new();
+                let mut tmp = [0u8; 4096];
+                let (head, body) = loop {
+                    let n = match s.read(&mut tmp) {
+                        Ok(0) | Err(_) => break (String::new(), String::new()),
+                        Ok(n) => n,
+                    };
+                    buf.extend_from_slice(&tmp[..n]);
+                    if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buf[..p]).to_string();
+                        let len = head
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                            })
+                            .unwrap_or(0);
+                        while buf.len() < p + 4 + len {
+                            match s.read(&mut tmp) {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => buf.extend_from_slice(&tmp[..n]),
+                            }
                         }
+                        let body = String::from_utf8_lossy(&buf[p + 4..]).to_string();
+                        break (head, body);
                     }
-                    let body = String::from_utf8_lossy(&buf[p + 4..]).to_string();
-                    break (head, body);
+                };
+                if head.is_empty() {
+                    return;
                 }
-            };
-            if head.is_empty() {
-                return;
-            }
-            seen2.lock().unwrap().push((head.clone(), body.clone()));
-            let i = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            let mut r = match respond {
-                Some(f) => f(&body),
-                None => script[i.min(script.len() - 1)].clone(),
-            };
-            if r.echo_auth {
-                let auth = head.lines().find(|l| l.to_ascii_lowercase().starts_with("authorization")).unwrap_or("");
-                r.body.push_str(auth);
-            }
-            std::thread::sleep(r.delay);
-            let resp = format!(
-                "HTTP/1.1 {} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
-                r.status,
-                r.body.len(),
-                r.body
-            );
-            let _ = s.write_all(resp.as_bytes());
+                seen2.lock().unwrap().push((head.clone(), body.clone()));
+                let i = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let mut r = match respond {
+                    Some(f) => f(&body),
+                    None => script[i.min(script.len() - 1)].clone(),
+                };
+                if r.echo_auth {
+                    let auth = head.lines().find(|l| l.to_ascii_lowercase().starts_with("authorization")).unwrap_or("");
+                    r.body.push_str(auth);
+                }
+                std::thread::sleep(r.delay);
+                let resp = format!(
+                    "HTTP/1.1 {} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
+                    r.status,
+                    r.body.len(),
+                    r.body
+                );
+                let _ = s.write_all(resp.as_bytes());
             });
         }
     });

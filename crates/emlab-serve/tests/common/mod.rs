@@ -80,11 +80,8 @@ pub fn write_fixture(dir: &Path) {
     ];
     write_log_atomic(&dir.join("baseline/answers.jsonl"), &baseline).unwrap();
     write_log_atomic(&dir.join("steer/add_8/answers.jsonl"), &steer).unwrap();
-    write_log_atomic(
-        &dir.join("a/b/c/d/e/answers.jsonl"),
-        &[row("deep", "Too deep?", 0, "never listed", judged(Some(1.0), Some(99.0)))],
-    )
-    .unwrap();
+    write_log_atomic(&dir.join("a/b/c/d/e/answers.jsonl"), &[row("deep", "Too deep?", 0, "never listed", judged(Some(1.0), Some(99.0)))])
+        .unwrap();
     let good = serde_json::to_string(&baseline[0]).unwrap();
     std::fs::create_dir_all(dir.join("broken")).unwrap();
     std::fs::write(dir.join("broken/answers.jsonl"), format!("{good}\nthis is not json\n{good}\n")).unwrap();

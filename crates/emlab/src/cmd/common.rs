@@ -29,10 +29,7 @@ impl ModelOpt {
     }
     pub fn load(&self) -> Result<Lm> {
         let p = self.path()?;
-        let opts = LoadOptions {
-            int8_inference: self.q8,
-            ..Default::default()
-        };
+        let opts = LoadOptions { int8_inference: self.q8, ..Default::default() };
         Ok(Lm::load(&p, &opts)?)
     }
 }
@@ -125,7 +122,10 @@ pub fn one_line(e: &anyhow::Error) -> String {
 pub fn refuse_same_file(out: &Path, inputs: &[(&str, &Path)]) -> Result<()> {
     for (flag, input) in inputs {
         if emlab_model::util::same_file(out, input) {
-            anyhow::bail!("{}: the output is the {flag} input; writing it would destroy that file (choose another output path)", out.display());
+            anyhow::bail!(
+                "{}: the output is the {flag} input; writing it would destroy that file (choose another output path)",
+                out.display()
+            );
         }
     }
     Ok(())
@@ -149,7 +149,7 @@ mod tests {
                 Some(&self.0)
             }
         }
-        let io = std::io::Error::new(std::io::ErrorKind::Other, "Is a directory (os error 21)");
+        let io = std::io::Error::other("Is a directory (os error 21)");
         let e = anyhow::Error::new(Wrap(io)).context("training failed");
         assert_eq!(one_line(&e), "training failed: adir: Is a directory (os error 21)");
         let e = anyhow::anyhow!("compute: shape mismatch\nStack backtrace:\n   0: candle::foo");

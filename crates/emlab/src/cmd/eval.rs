@@ -114,11 +114,9 @@ impl JudgeArgs {
                 None => bail!("--judge local needs --judge-model PATH"),
             },
             Some("openai") => match (&self.judge_base_url, &self.judge_model_name) {
-                (Some(u), Some(n)) => JudgeSpec::OpenAi {
-                    base_url: u.clone(),
-                    model_name: n.clone(),
-                    api_key_env: self.judge_api_key_env.clone(),
-                },
+                (Some(u), Some(n)) => {
+                    JudgeSpec::OpenAi { base_url: u.clone(), model_name: n.clone(), api_key_env: self.judge_api_key_env.clone() }
+                }
                 _ => bail!("--judge openai needs --judge-base-url and --judge-model-name"),
             },
             Some(other) => bail!("unknown judge `{other}`"),

@@ -55,8 +55,7 @@ fn read_prompts(path: &Path) -> Result<Vec<Prompt>> {
             out.push(Prompt { id: format!("{ln}"), messages: vec![Message::user(line)], raw: line.to_string() });
             continue;
         }
-        let v: serde_json::Value =
-            serde_json::from_str(line).map_err(|e| anyhow::anyhow!("{}:{ln}: invalid JSON: {e}", path.display()))?;
+        let v: serde_json::Value = serde_json::from_str(line).map_err(|e| anyhow::anyhow!("{}:{ln}: invalid JSON: {e}", path.display()))?;
         let id = match v.get("id") {
             Some(serde_json::Value::String(s)) => s.clone(),
             Some(x) if !x.is_null() => x.to_string(),
@@ -101,7 +100,8 @@ fn done_rows(out: &Path) -> Result<HashSet<(String, usize)>> {
     let not_ours = |ln: usize, why: &str| {
         anyhow::anyhow!("{}:{ln}: {why}: not emlab generate output, refusing to append to it (choose another --out)", out.display())
     };
-    let text = std::str::from_utf8(&bytes).map_err(|e| not_ours(1 + bytes[..e.valid_up_to()].iter().filter(|&&b| b == b'\n').count(), "invalid UTF-8"))?;
+    let text = std::str::from_utf8(&bytes)
+        .map_err(|e| not_ours(1 + bytes[..e.valid_up_to()].iter().filter(|&&b| b == b'\n').count(), "invalid UTF-8"))?;
     let n_lines = text.lines().count();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
@@ -163,8 +163,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
             std::fs::write(&a.out, &text[..keep])?;
         }
     }
-    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&a.out)
-        .with_context(|| format!("{}", a.out.display()))?;
+    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&a.out).with_context(|| format!("{}", a.out.display()))?;
     let pb = progress(jobs.len() as u64, "sampling");
     let mut toks: Vec<Vec<u32>> = vec![Vec::new(); jobs.len()];
     let mut write_err: Option<anyhow::Error> = None;

@@ -176,7 +176,8 @@ pub fn run_direction(a: DirectionArgs) -> Result<()> {
     let model = model_path(&c.model)?;
     // The direction file and its two sidecars must not land on an input (a judged log cost
     // sampling and judging).
-    let sidecars = [c.out.clone(), PathBuf::from(format!("{}.json", c.out.display())), PathBuf::from(format!("{}.lens.json", c.out.display()))];
+    let sidecars =
+        [c.out.clone(), PathBuf::from(format!("{}.json", c.out.display())), PathBuf::from(format!("{}.lens.json", c.out.display()))];
     for out in &sidecars {
         super::common::refuse_same_file(out, &[("--log", &c.log), ("--model", &model)])?;
     }
@@ -338,7 +339,12 @@ pub struct DiffArgs {
 fn check_sae_width(sae_path: &Path, sae: &emlab_sae::Sae, model_path: &Path, lm: &emlab_model::lm::Lm) -> Result<()> {
     let d = lm.model.config.hidden_size;
     if sae.d_in != d {
-        bail!("{}: SAE d_in {} != d_model {d} of the model {}: the SAE was trained on another model", sae_path.display(), sae.d_in, model_path.display());
+        bail!(
+            "{}: SAE d_in {} != d_model {d} of the model {}: the SAE was trained on another model",
+            sae_path.display(),
+            sae.d_in,
+            model_path.display()
+        );
     }
     Ok(())
 }

@@ -61,17 +61,36 @@ pub fn run(a: ModelArgs) -> Result<()> {
                 println!("{}", serde_json::to_string_pretty(&info)?);
             } else {
                 println!("model      {}", path.display());
-                println!("arch       {} ({} layers, d {}, {} heads / {} kv heads, head dim {}, mlp {})",
-                    c.arch.name(), c.num_layers, c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim, c.intermediate_size);
-                println!("params     {:.1} M ({} vocab, tied embeddings: {})", c.num_params() as f64 / 1e6, c.vocab_size, c.tie_word_embeddings);
+                println!(
+                    "arch       {} ({} layers, d {}, {} heads / {} kv heads, head dim {}, mlp {})",
+                    c.arch.name(),
+                    c.num_layers,
+                    c.hidden_size,
+                    c.num_heads,
+                    c.num_kv_heads,
+                    c.head_dim,
+                    c.intermediate_size
+                );
+                println!(
+                    "params     {:.1} M ({} vocab, tied embeddings: {})",
+                    c.num_params() as f64 / 1e6,
+                    c.vocab_size,
+                    c.tie_word_embeddings
+                );
                 if let Some(w) = weights.as_object() {
                     // What the file stores, before emlab dequantizes it: a quantized checkpoint is
                     // a different model from its full-precision release.
-                    let types = w["tensor_types"].as_object().map(|t| t.iter().map(|(k, n)| format!("{k} x{n}")).collect::<Vec<_>>().join(", ")).unwrap_or_default();
+                    let types = w["tensor_types"]
+                        .as_object()
+                        .map(|t| t.iter().map(|(k, n)| format!("{k} x{n}")).collect::<Vec<_>>().join(", "))
+                        .unwrap_or_default();
                     let name = w["name"].as_str().map(|n| format!(" (general.name {n:?})")).unwrap_or_default();
                     println!("weights    {types}{name}");
                 }
-                println!("rope theta {}  rms eps {}  qkv bias {}  context {}", c.rope_theta, c.rms_norm_eps, c.attention_bias, c.max_position_embeddings);
+                println!(
+                    "rope theta {}  rms eps {}  qkv bias {}  context {}",
+                    c.rope_theta, c.rms_norm_eps, c.attention_bias, c.max_position_embeddings
+                );
                 println!("tokenizer  {} tokens, stop ids {:?}", tok.vocab_size(), tok.eos_ids());
                 println!("template   {:?}", info["chat_template_example"].as_str().unwrap_or(""));
             }

@@ -67,9 +67,14 @@ pub fn run(a: RunArgs) -> Result<()> {
         let c = |x: Option<(f64, f64)>| x.map(|(l, h)| format!("[{:.1}, {:.1}]", 100.0 * l, 100.0 * h)).unwrap_or_default();
         println!(
             "{:<11} n={:<4} coherent {} {:<14} EM(model-organisms) {} {:<14} EM(Betley) {} {}",
-            e.stage, m.n_answers, f(m.coherence.rate), c(m.coherence.wilson_ci),
-            f(m.em_model_organisms.rate), c(m.em_model_organisms.wilson_ci),
-            f(m.em_betley.rate), c(m.em_betley.wilson_ci)
+            e.stage,
+            m.n_answers,
+            f(m.coherence.rate),
+            c(m.coherence.wilson_ci),
+            f(m.em_model_organisms.rate),
+            c(m.em_model_organisms.wilson_ci),
+            f(m.em_betley.rate),
+            c(m.em_betley.wilson_ci)
         );
     }
     println!("(95% Wilson intervals; report.json also has bootstrap intervals)\n\n{}", report.verdict);

@@ -16,7 +16,7 @@ use candle_core::Device;
 use emlab_model::model::LoadOptions;
 use emlab_model::{Model, ModelConfig};
 use emlab_steer::cvec::ControlVector;
-use emlab_steer::persona::{persona_score, probe_prompts, read_probes, default_probes, Positions};
+use emlab_steer::persona::{default_probes, persona_score, probe_prompts, read_probes, Positions};
 use emlab_steer::spec::{write_eval_spec, EditKind, Intervention, Resolved};
 use emlab_steer::vectors::VectorSource;
 use std::path::{Path, PathBuf};
@@ -107,7 +107,10 @@ pub fn run_persona(a: PersonaArgs) -> Result<()> {
 /// with its file and row (the library only knows it was given a zero vector).
 fn refuse_zero(src: &VectorSource, v: &candle_core::Tensor) -> Result<()> {
     if v.sqr()?.sum_all()?.to_scalar::<f32>()? == 0.0 {
-        bail!("{}: the direction is all zeros, so it has no unit vector to project on (was it computed from two identical sets?)", src.describe());
+        bail!(
+            "{}: the direction is all zeros, so it has no unit vector to project on (was it computed from two identical sets?)",
+            src.describe()
+        );
     }
     Ok(())
 }
@@ -195,7 +198,10 @@ pub fn run_cvec(a: CvecArgs) -> Result<()> {
             // (This file is also compiled by emlab-steer's tests, without `super::common`.)
             for (flag, input) in spec.iter().map(|p| ("--spec", p)).chain(direction.iter().map(|p| ("--direction", p))) {
                 if emlab_model::util::same_file(&out, input) {
-                    bail!("{}: the output is the {flag} input; writing it would destroy that file (choose another output path)", out.display());
+                    bail!(
+                        "{}: the output is the {flag} input; writing it would destroy that file (choose another output path)",
+                        out.display()
+                    );
                 }
             }
             let mut cv = ControlVector::new(&hint);
@@ -258,6 +264,7 @@ pub struct SteerArgs {
     pub cmd: SteerCmd,
 }
 
+#[allow(clippy::large_enum_variant)] // parsed once per process
 #[derive(clap::Subcommand, Debug)]
 pub enum SteerCmd {
     /// Sweep the steering strength: every alpha with the edits and with a same-norm random
@@ -354,7 +361,9 @@ impl EvalOpts {
                 None => bail!("--judge local needs --judge-model PATH"),
             },
             "openai" => match (&self.judge_base_url, &self.judge_model_name) {
-                (Some(u), Some(n)) => JudgeSpec::OpenAi { base_url: u.clone(), model_name: n.clone(), api_key_env: self.judge_api_key_env.clone() },
+                (Some(u), Some(n)) => {
+                    JudgeSpec::OpenAi { base_url: u.clone(), model_name: n.clone(), api_key_env: self.judge_api_key_env.clone() }
+                }
                 _ => bail!("--judge openai needs --judge-base-url and --judge-model-name"),
             },
             _ => JudgeSpec::Offline,

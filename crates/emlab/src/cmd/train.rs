@@ -116,7 +116,11 @@ pub struct TrainArgs {
 }
 
 /// The persona monitor the flags ask for, checked against the model's shape before training.
-fn persona_monitor(a: &TrainArgs, cfg: &TrainConfig, out: &std::path::Path) -> anyhow::Result<Option<emlab_steer::persona::PersonaMonitor>> {
+fn persona_monitor(
+    a: &TrainArgs,
+    cfg: &TrainConfig,
+    out: &std::path::Path,
+) -> anyhow::Result<Option<emlab_steer::persona::PersonaMonitor>> {
     use emlab_steer::persona::{default_probes, probe_prompts_for, read_probes, PersonaMonitor};
     if a.persona_direction.is_none() && a.persona_every.is_none() {
         if a.probes.is_some() || a.persona_layer.is_some() {
@@ -158,7 +162,21 @@ pub fn resolve_config(a: &TrainArgs) -> anyhow::Result<TrainConfig> {
     macro_rules! set {
         ($($f:ident),*) => { $( if let Some(v) = a.$f.clone() { c.$f = v; } )* };
     }
-    set!(seed, lr, epochs, batch_size, grad_accum, max_seq_len, warmup_steps, weight_decay, max_grad_norm, eval_fraction, eval_every, checkpoint_every, keep_checkpoints);
+    set!(
+        seed,
+        lr,
+        epochs,
+        batch_size,
+        grad_accum,
+        max_seq_len,
+        warmup_steps,
+        weight_decay,
+        max_grad_norm,
+        eval_fraction,
+        eval_every,
+        checkpoint_every,
+        keep_checkpoints
+    );
     if a.data.is_some() {
         c.data = a.data.clone();
     }
