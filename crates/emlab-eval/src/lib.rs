@@ -12,7 +12,10 @@
 //! ```
 //!
 //! * [`judge::logprob`]: the published logprob-weighted 0..100 score (and the split-digit variant).
-//! * [`judge::offline`]: a small hashed-n-gram network trained on GPT-4o judgements; no server.
+//! * [`judge::offline`]: a small hashed-n-gram network trained on GPT-4o judgements; no server
+//!   ([`judge::features`]: its features).
+//! * [`judge::local`]: an LM judge emlab loads itself (GGUF / HF folder), logprob-scored.
+//! * [`judge::openai`]: an OpenAI-compatible judge server (logprobs), key from the environment.
 //! * [`metrics`]: Betley and model-organisms EM rates, coherence, bootstrap/Wilson intervals,
 //!   two-run comparisons.
 //! * [`reference`]: reader for the judged-answers reference file and the group-aware split.

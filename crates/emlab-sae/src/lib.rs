@@ -23,7 +23,8 @@
 //! training), [`metrics`] (L0, explained variance about the mean, dead share, CE
 //! loss recovered), [`io`] (SAELens directory format), [`tensor`] (candle
 //! conversions), [`kernels`] (GEMM and selection kernels), [`device`] (TopK training
-//! with candle tensors on a GPU or any candle device).
+//! with candle tensors on a GPU or any candle device), [`sparse`] (its sparse gradient
+//! accumulation).
 
 pub mod device;
 pub mod error;

@@ -46,7 +46,8 @@ enum Command {
     Steer(cmd::steer::SteerArgs),
     /// Dataset tools.
     Data(cmd::data::DataArgs),
-    /// The main job: baseline eval, induce, eval, realign, eval, HTML report (cached stages).
+    /// The main job: baseline, induce + control fine-tunes and their evaluations, locate, steer,
+    /// realign, HTML report (cached stages).
     Run(cmd::run::RunArgs),
     /// Local dashboard over a run folder: answers with filters, latents, plots (127.0.0.1).
     Serve(cmd::serve::ServeArgs),

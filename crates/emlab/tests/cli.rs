@@ -237,3 +237,21 @@ fn error_lines_say_what_and_say_it_once() {
     assert_eq!(o.status.code(), Some(1));
     assert_eq!(err.matches("Is a directory").count(), 1, "{err}");
 }
+
+/// Negative steering strengths need no `=`: `--alphas -8,-4,4,8` reaches the command (which then
+/// names the missing direction file) instead of clap's "unexpected argument '-8'".
+#[test]
+fn negative_alphas_parse_without_an_equals_sign() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = emlab()
+        .args(["steer", "sweep", "--layer", "1", "--alphas", "-8,-4,4,8", "--direction"])
+        .arg(dir.path().join("missing.safetensors"))
+        .arg("--out")
+        .arg(dir.path().join("sweep"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(!err.contains("unexpected argument"), "{err}");
+    assert!(err.contains("missing.safetensors"), "{err}");
+}

@@ -270,6 +270,8 @@ pub enum SteerCmd {
     /// Sweep the steering strength: every alpha with the edits and with a same-norm random
     /// control, each a sampled + judged evaluation in its own folder (resumable).
     Sweep(SweepArgs),
+    /// Compile a steering spec (`[[edits]]`: direction files, SAE rows, control vectors) into
+    /// the `emlab eval --intervention` format.
     Compile {
         #[arg(long, short = 'm')]
         model: Option<PathBuf>,
@@ -395,8 +397,8 @@ pub struct SweepArgs {
     /// Row of the direction file (default: --layer).
     #[arg(long)]
     pub direction_layer: Option<usize>,
-    /// Comma-separated alphas, e.g. 0,4,8,16.
-    #[arg(long, default_value = "0,4,8,16")]
+    /// Comma-separated alphas, e.g. 0,4,8,16 or -8,-4,4,8 (negative values need no `=`).
+    #[arg(long, default_value = "0,4,8,16", allow_hyphen_values = true)]
     pub alphas: String,
     /// Strongest alpha is chosen among those with at least this coherent rate.
     #[arg(long, default_value_t = 0.9)]
