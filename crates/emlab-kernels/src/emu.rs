@@ -35,6 +35,26 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+/// Deterministic test inputs: `n` values in `[lo, hi)` from a xorshift stream seeded by `seed`
+/// (no tensor library needed), shared by the kernel tests of every crate.
+///
+/// ```
+/// let v = emlab_kernels::emu::test_values(4, 7, -1.0, 1.0);
+/// assert_eq!(v, emlab_kernels::emu::test_values(4, 7, -1.0, 1.0));
+/// assert!(v.iter().all(|x| (-1.0..1.0).contains(x)));
+/// ```
+pub fn test_values(n: usize, seed: u64, lo: f32, hi: f32) -> Vec<f32> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            lo + (hi - lo) * ((x >> 40) as f32 / (1u64 << 24) as f32)
+        })
+        .collect()
+}
+
 /// What went wrong in a launch: the kernel's name and the problem, in one line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Error(pub String);

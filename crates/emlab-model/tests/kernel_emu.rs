@@ -28,18 +28,7 @@ fn emulator() -> Option<&'static Emulator> {
     Emulator::get()
 }
 
-/// Deterministic values in [lo, hi) (xorshift), no tensor needed.
-fn rand(n: usize, seed: u64, lo: f32, hi: f32) -> Vec<f32> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            lo + (hi - lo) * ((x >> 40) as f32 / (1u64 << 24) as f32)
-        })
-        .collect()
-}
+use emlab_kernels::emu::test_values as rand;
 
 fn to_bf(v: &[f32]) -> Vec<bf16> {
     v.iter().map(|&x| bf16::from_f32(x)).collect()

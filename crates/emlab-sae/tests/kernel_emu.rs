@@ -11,17 +11,7 @@ use emlab_kernels::emu::{Emulator, Launch};
 use emlab_kernels::launch;
 use emlab_sae::sparse::sparse_rows_acc;
 
-fn rand(n: usize, seed: u64, lo: f32, hi: f32) -> Vec<f32> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            lo + (hi - lo) * ((x >> 40) as f32 / (1u64 << 24) as f32)
-        })
-        .collect()
-}
+use emlab_kernels::emu::test_values as rand;
 
 /// `n` rows of `k` pairs into `m` latents of width `d`: ids drawn from a small range (so pairs
 /// collide on rows: concurrent atomic adds), a few ids past `m` and a few zero coefficients.

@@ -11,17 +11,7 @@ use emlab_kernels::emu::{Buf, Emulator, Launch};
 use emlab_kernels::launch;
 use emlab_train::optim::AdamW;
 
-fn rand(n: usize, seed: u64, lo: f32, hi: f32) -> Vec<f32> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            lo + (hi - lo) * ((x >> 40) as f32 / (1u64 << 24) as f32)
-        })
-        .collect()
-}
+use emlab_kernels::emu::test_values as rand;
 
 const SIZES: [usize; 6] = [8 * 576, 576 * 8, 1536 * 8, 576, 1, 140_000];
 
