@@ -159,10 +159,12 @@ impl EvalConfig {
     /// Reads a TOML or JSON config file (by extension; TOML otherwise).
     pub fn from_file(path: &std::path::Path) -> crate::Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| crate::Error::io(path, e))?;
+        // A leading UTF-8 byte-order mark (some editors write one) is not part of the text.
+        let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
         if path.extension().is_some_and(|e| e == "json") {
-            serde_json::from_str(&text).map_err(|e| crate::Error::at(path, e.line(), e))
+            serde_json::from_str(text).map_err(|e| crate::Error::at(path, e.line(), e))
         } else {
-            toml::from_str(&text).map_err(|e| crate::error::toml_error(path, &text, &e))
+            toml::from_str(text).map_err(|e| crate::error::toml_error(path, text, &e))
         }
     }
 

@@ -64,10 +64,12 @@ impl InterventionSpec {
     /// Reads a spec; relative `vectors` paths are resolved against the spec's folder.
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        // A leading UTF-8 byte-order mark (some editors write one) is not part of the text.
+        let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
         let mut spec: InterventionSpec = if path.extension().is_some_and(|e| e == "json") {
-            serde_json::from_str(&text).map_err(|e| Error::at(path, e.line(), e))?
+            serde_json::from_str(text).map_err(|e| Error::at(path, e.line(), e))?
         } else {
-            toml::from_str(&text).map_err(|e| crate::error::toml_error(path, &text, &e))?
+            toml::from_str(text).map_err(|e| crate::error::toml_error(path, text, &e))?
         };
         if spec.vectors.is_relative() {
             if let Some(dir) = path.parent() {

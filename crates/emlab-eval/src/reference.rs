@@ -70,6 +70,8 @@ pub fn read_judged_jsonl(path: &Path) -> Result<Vec<ReferenceRow>, ReferenceErro
     let mut rows = Vec::new();
     for (i, line) in reader.lines().enumerate() {
         let line = line.map_err(|source| ReferenceError::Io { path: p.clone(), source })?;
+        // A UTF-8 byte-order mark before the first row is not part of it.
+        let line = if i == 0 { line.strip_prefix('\u{feff}').map(str::to_string).unwrap_or(line) } else { line };
         if line.trim().is_empty() {
             continue;
         }

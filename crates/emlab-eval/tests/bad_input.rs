@@ -41,3 +41,31 @@ fn toml_errors_name_the_line_and_say_what_is_wrong() {
     let e = InterventionSpec::load(&p).unwrap_err().to_string();
     assert!(e.contains("iv.toml:4") && e.contains("invalid type"), "{e}");
 }
+
+/// Config files and reference rows saved by editors that write a UTF-8 byte-order mark load like
+/// the same files without one (serde_json refuses the mark itself).
+#[test]
+fn config_files_and_reference_rows_may_start_with_a_byte_order_mark() {
+    let dir = tempfile::tempdir().unwrap();
+    let toml_text = "questions = \"q.yaml\"\nout = \"log.jsonl\"\n[backend]\nkind = \"local\"\nmodel = \"m.gguf\"\n";
+    let plain = dir.path().join("plain.toml");
+    std::fs::write(&plain, toml_text).unwrap();
+    let want = EvalConfig::from_file(&plain).unwrap();
+    let bom = dir.path().join("bom.toml");
+    std::fs::write(&bom, format!("\u{feff}{toml_text}")).unwrap();
+    assert_eq!(EvalConfig::from_file(&bom).unwrap(), want);
+    let json = dir.path().join("bom.json");
+    std::fs::write(&json, format!("\u{feff}{}", serde_json::to_string(&want).unwrap())).unwrap();
+    assert_eq!(EvalConfig::from_file(&json).unwrap(), want);
+
+    let spec = "vectors = \"v.safetensors\"\n[[add]]\nhook = \"blocks.1.hook_resid_post\"\nvector = \"v0\"\nalpha = 2.0\n";
+    let p = dir.path().join("intervention.toml");
+    std::fs::write(&p, format!("\u{feff}{spec}")).unwrap();
+    let s = InterventionSpec::load(&p).unwrap();
+    assert_eq!(s.vectors, dir.path().join("v.safetensors"));
+
+    let row = r#"{"question_id":"q","question":"Q?","answer":"A.","aligned":12.5,"coherent":80.0,"model":"m","file":"f"}"#;
+    let r = dir.path().join("ref.jsonl");
+    std::fs::write(&r, format!("\u{feff}{row}\n{row}\n")).unwrap();
+    assert_eq!(emlab_eval::reference::read_judged_jsonl(&r).unwrap().len(), 2);
+}

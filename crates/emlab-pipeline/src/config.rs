@@ -206,7 +206,9 @@ impl RunConfig {
     }
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::Io(format!("{}: {e}", path.display())))?;
-        Self::from_toml(&text, &path.display().to_string())
+        // A leading UTF-8 byte-order mark (some editors write one) is not part of the text.
+        let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+        Self::from_toml(text, &path.display().to_string())
     }
 
     /// Checks the files the stages will read before any stage runs (so a bad path or a short

@@ -90,10 +90,12 @@ impl Intervention {
     /// the file's folder.
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        // A leading UTF-8 byte-order mark (some editors write one) is not part of the text.
+        let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
         let mut spec: Intervention = if path.extension().is_some_and(|e| e == "json") {
-            serde_json::from_str(&text).map_err(|e| Error::format(path, format!("line {}: {e}", e.line())))?
+            serde_json::from_str(text).map_err(|e| Error::format(path, format!("line {}: {e}", e.line())))?
         } else {
-            toml::from_str(&text).map_err(|e: toml::de::Error| Error::format(path, toml_message(&text, &e)))?
+            toml::from_str(text).map_err(|e: toml::de::Error| Error::format(path, toml_message(text, &e)))?
         };
         if spec.edits.is_empty() {
             return Err(Error::format(path, "intervention has no edits"));

@@ -198,7 +198,9 @@ impl TrainConfig {
     /// Reads a `train.toml`.
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        Self::from_toml_str(&text, &path.display().to_string())
+        // A leading UTF-8 byte-order mark (some editors write one) is not part of the text.
+        let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+        Self::from_toml_str(text, &path.display().to_string())
     }
 
     pub fn to_toml(&self) -> String {
