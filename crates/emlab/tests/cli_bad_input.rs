@@ -355,3 +355,27 @@ fn sae_train_refuses_an_activation_store_as_output_before_training() {
         assert!(!store.join("cfg.json").exists());
     }
 }
+
+/// A sweep's or realignment's sampling flags are refused by their flag names.
+#[test]
+fn sweep_and_realign_name_the_flag_of_a_bad_sampling_setting() {
+    for (flag, value, want) in
+        [("--samples", "0", "--samples"), ("--temperature=-1", "", "--temperature"), ("--max-new-tokens", "0", "--max-new-tokens")]
+    {
+        for cmd in ["steer", "realign"] {
+            let mut c = emlab();
+            if cmd == "steer" {
+                c.args(["steer", "sweep", "--layer", "1", "--direction", "d.safetensors", "--out", "o"]);
+            } else {
+                c.args(["realign", "--adapter", "a", "--data", "d.jsonl", "--out", "o"]);
+            }
+            c.arg(flag);
+            if !value.is_empty() {
+                c.arg(value);
+            }
+            let o = c.output().unwrap();
+            let e = String::from_utf8_lossy(&o.stderr);
+            assert!(!o.status.success() && e.contains(want), "{cmd} {flag}: {e}");
+        }
+    }
+}

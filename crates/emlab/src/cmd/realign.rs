@@ -56,6 +56,7 @@ pub struct RealignArgs {
 }
 
 pub fn run(a: RealignArgs) -> Result<()> {
+    a.eval.check_flags()?;
     let sizes: Vec<usize> = match (&a.sweep, a.n) {
         (Some(s), _) => parse_list("--sweep", s)?,
         (None, Some(n)) => vec![n],

@@ -346,9 +346,25 @@ pub struct EvalOpts {
 }
 
 impl EvalOpts {
+    /// The sampling flags, refused by their names (the library's own checks name config fields)
+    /// before any file is read.
+    pub fn check_flags(&self) -> Result<()> {
+        if self.samples == Some(0) {
+            bail!("--samples must be at least 1");
+        }
+        if self.max_new_tokens == 0 || self.batch_size == 0 {
+            bail!("--max-new-tokens and --batch-size must be at least 1");
+        }
+        if !(self.temperature.is_finite() && self.temperature >= 0.0) {
+            bail!("--temperature must be >= 0, got {}", self.temperature);
+        }
+        Ok(())
+    }
+
     /// An evaluation config of `model` (+ `adapter`) with these settings; `out` is set per point.
     pub fn config(&self, model: &Path, adapter: Option<&Path>) -> Result<emlab_eval::EvalConfig> {
         use emlab_eval::config::{Backend, JudgeSpec};
+        self.check_flags()?;
         let mut c = emlab_eval::EvalConfig::local(model, &self.questions, "unused.jsonl");
         c.backend = Backend::Local { model: model.to_path_buf(), adapter: adapter.map(Path::to_path_buf), intervention: None, q8: false };
         c.samples = self.samples;
@@ -416,6 +432,7 @@ pub struct SweepArgs {
 }
 
 pub fn run_sweep(a: SweepArgs) -> Result<()> {
+    a.eval.check_flags()?;
     let alphas: Vec<f64> = parse_list("--alphas", &a.alphas)?;
     if let Some(x) = alphas.iter().find(|x| !x.is_finite()) {
         bail!("--alphas: {x} is not finite");
