@@ -44,6 +44,15 @@ pub fn same_file(a: &Path, b: &Path) -> bool {
     }
 }
 
+/// The one-line refusal for an output path that is one of a command's inputs (the same file
+/// through any spelling or link, [`same_file`]): writing it would destroy the input before, or
+/// while, it is read. `inputs` pairs each input with the flag that named it. `None`: no clash.
+pub fn output_is_input(out: &Path, inputs: &[(&str, &Path)]) -> Option<String> {
+    inputs.iter().find(|(_, input)| same_file(out, input)).map(|(flag, _)| {
+        format!("{}: the output is the {flag} input; writing it would destroy that file (choose another output path)", out.display())
+    })
+}
+
 /// SHA-256 of a file, hex.
 pub fn sha256_file(path: &Path) -> Result<String> {
     use sha2::{Digest, Sha256};

@@ -791,18 +791,13 @@ pub(crate) fn run_eval(stage: &str, ec: &emlab_eval::EvalConfig) -> Result<()> {
 /// fail the stage (it is then not cached, and the next run does only what is missing), rather
 /// than entering the report as unscored.
 fn run_eval_typed(stage: &str, ec: &emlab_eval::EvalConfig) -> emlab_eval::Result<()> {
-    let mut last = (0usize, 0usize);
-    let summary = emlab_eval::run(ec, &mut |s, done, total| {
-        if done == total || done >= last.0 + 16 || total != last.1 {
-            eprintln!("  {stage}: {s:?} {done}/{total}");
-            last = (done, total);
-        }
-    })?;
+    let summary = emlab_eval::run(ec, &mut progress_lines(stage))?;
     summary.complete(&ec.out)
 }
 
 /// Judges the answers of `old` (a log judged by another judge) with `ec`'s judge into `ec.out`.
 fn rejudge(stage: &str, old: &Path, ec: &emlab_eval::EvalConfig) -> Result<()> {
+    let err = |x: emlab_eval::Error| stage_err(stage)(x.to_string());
     let summary = emlab_eval::rescore(
         old,
         &ec.judge,
@@ -810,14 +805,21 @@ fn rejudge(stage: &str, old: &Path, ec: &emlab_eval::EvalConfig) -> Result<()> {
         Some(&ec.questions),
         ec.judge_prompts.as_deref(),
         Some(&ec.out),
-        &mut |s, done, total| {
-            if done == total || done % 64 == 0 {
-                eprintln!("  {stage}: {s:?} {done}/{total}");
-            }
-        },
+        &mut progress_lines(stage),
     )
-    .map_err(|x| stage_err(stage)(x.to_string()))?;
-    summary.complete(&ec.out).map_err(|x| stage_err(stage)(x.to_string()))
+    .map_err(err)?;
+    summary.complete(&ec.out).map_err(err)
+}
+
+/// An evaluation's progress as plain lines: every 16 items, at the end and when the total changes.
+fn progress_lines(stage: &str) -> impl FnMut(emlab_eval::run::Stage, usize, usize) + '_ {
+    let mut last = (0usize, 0usize);
+    move |s, done, total| {
+        if done == total || done >= last.0 + 16 || total != last.1 {
+            eprintln!("  {stage}: {s:?} {done}/{total}");
+            last = (done, total);
+        }
+    }
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(p: &Path) -> Result<T> {

@@ -93,18 +93,27 @@ fn train_err(e: emlab_train::Error) -> Error {
     Error::Invalid(e.to_string())
 }
 
-/// The first `n` non-empty lines of `data`; a one-line error when the file holds fewer.
+/// The first `n` non-empty lines of `data`; a one-line error when the file holds fewer. Lines
+/// are decoded one at a time, so an invalid byte is reported with its line.
 pub fn first_rows(data: &Path, n: usize) -> Result<Vec<String>> {
     let bytes = std::fs::read(data).map_err(|e| Error::io(data, e))?;
-    let text = std::str::from_utf8(&bytes).map_err(|e| {
-        let good = &bytes[..e.valid_up_to()];
-        let line = 1 + good.iter().filter(|&&b| b == b'\n').count();
-        let col = good.len() - good.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-        Error::Invalid(format!("{}:{line}: invalid UTF-8 at byte {col} of the line (the data must be UTF-8 chat JSONL)", data.display()))
-    })?;
     // A byte-order mark is not part of the first row (the rows are copied into training files).
-    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    let rows: Vec<String> = text.lines().filter(|l| !l.trim().is_empty()).take(n).map(String::from).collect();
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&bytes);
+    let mut rows = Vec::new();
+    for (i, raw) in bytes.split(|&b| b == b'\n').enumerate() {
+        let line = std::str::from_utf8(raw).map_err(|e| {
+            Error::Invalid(format!(
+                "{}:{}: invalid UTF-8 at byte {} of the line (the data must be UTF-8 chat JSONL)",
+                data.display(),
+                i + 1,
+                e.valid_up_to()
+            ))
+        })?;
+        let line = line.strip_suffix('\r').unwrap_or(line);
+        if rows.len() < n && !line.trim().is_empty() {
+            rows.push(line.to_string());
+        }
+    }
     if rows.len() < n {
         return Err(Error::format(data, format!("N = {n} but the file has only {} rows", rows.len())));
     }

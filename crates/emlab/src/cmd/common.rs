@@ -120,15 +120,10 @@ pub fn one_line(e: &anyhow::Error) -> String {
 /// link or `./`): writing it would destroy the input before, or while, it is read. `inputs` pairs
 /// each input with the flag that named it, for the error.
 pub fn refuse_same_file(out: &Path, inputs: &[(&str, &Path)]) -> Result<()> {
-    for (flag, input) in inputs {
-        if emlab_model::util::same_file(out, input) {
-            anyhow::bail!(
-                "{}: the output is the {flag} input; writing it would destroy that file (choose another output path)",
-                out.display()
-            );
-        }
+    match emlab_model::util::output_is_input(out, inputs) {
+        Some(why) => anyhow::bail!(why),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 #[cfg(test)]

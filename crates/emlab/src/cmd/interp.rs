@@ -105,7 +105,7 @@ pub fn run_acts(a: ActsArgs) -> Result<()> {
             if c.limit > 0 {
                 prompts.truncate(c.limit);
             }
-            let inputs: Vec<(&str, &std::path::Path)> =
+            let inputs: Vec<(&str, &Path)> =
                 c.questions.iter().map(|q| ("--questions", q.as_path())).chain(c.chats.iter().map(|f| ("--chats", f.as_path()))).collect();
             super::common::refuse_same_file(&c.out, &inputs)?;
             eprintln!("sampling {} answers", prompts.len());

@@ -196,13 +196,10 @@ pub fn run_cvec(a: CvecArgs) -> Result<()> {
     match a.cmd {
         CvecCmd::Export { spec, direction, layers, coef, model, hint, out } => {
             // (This file is also compiled by emlab-steer's tests, without `super::common`.)
-            for (flag, input) in spec.iter().map(|p| ("--spec", p)).chain(direction.iter().map(|p| ("--direction", p))) {
-                if emlab_model::util::same_file(&out, input) {
-                    bail!(
-                        "{}: the output is the {flag} input; writing it would destroy that file (choose another output path)",
-                        out.display()
-                    );
-                }
+            let inputs: Vec<(&str, &Path)> =
+                spec.iter().map(|p| ("--spec", p.as_path())).chain(direction.iter().map(|p| ("--direction", p.as_path()))).collect();
+            if let Some(why) = emlab_model::util::output_is_input(&out, &inputs) {
+                bail!(why);
             }
             let mut cv = ControlVector::new(&hint);
             if let Some(spec) = spec {
