@@ -57,7 +57,10 @@ enum Command {
 
 fn main() {
     emlab_model::device::init_cpu_threads();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => usage_error(e),
+    };
     let res = match cli.command {
         Command::Model(a) => cmd::model::run(a),
         Command::Chat(a) => cmd::chat::run(a),
@@ -82,5 +85,91 @@ fn main() {
         // One line, no backtrace: the error says which file or value was wrong.
         eprintln!("emlab: error: {}", cmd::common::one_line(&e));
         std::process::exit(1);
+    }
+}
+
+/// Help and version go out as clap writes them; a usage error (an unknown flag, a missing value)
+/// becomes one line like every other emlab error, with clap's tip and the command's usage folded
+/// in, and exit status 2 (usage) rather than 1 (a run that failed).
+fn usage_error(e: clap::Error) -> ! {
+    use clap::error::ErrorKind::*;
+    if matches!(e.kind(), DisplayHelp | DisplayVersion | DisplayHelpOnMissingArgumentOrSubcommand) {
+        e.exit();
+    }
+    eprintln!("emlab: {}", usage_line(&e.render().to_string()));
+    std::process::exit(2);
+}
+
+/// Folds clap's rendered error (`error: ...`, `tip: ...` lines, a `Usage:` block, a pointer to
+/// `--help`) into one line: `error: MSG (tip: ...; usage: emlab eval [OPTIONS]; see emlab eval --help)`.
+fn usage_line(rendered: &str) -> String {
+    let mut msg = String::new();
+    let mut notes = Vec::new();
+    let mut usage: Option<&str> = None;
+    let mut more: Option<&str> = None;
+    for line in rendered.lines().map(str::trim) {
+        if let Some(m) = line.strip_prefix("error: ") {
+            msg = m.to_string();
+        } else if let Some(t) = line.strip_prefix("tip: ") {
+            notes.push(format!("tip: {t}"));
+        } else if let Some(u) = line.strip_prefix("Usage: ") {
+            usage = Some(u.trim());
+        } else if let Some(m) = line.strip_prefix("For more information, ") {
+            more = Some(m.trim_end_matches('.'));
+        }
+    }
+    if msg.is_empty() {
+        // Not the shape this expects (a clap upgrade): keep its first line, never nothing.
+        msg = rendered.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("invalid arguments").to_string();
+        msg = msg.trim_start_matches("error: ").to_string();
+    }
+    if let Some(u) = usage {
+        notes.push(format!("usage: {u}"));
+        // The command path is the usage's words before its first placeholder.
+        let path: Vec<&str> = u.split_whitespace().take_while(|w| !w.starts_with(['[', '<', '-'])).collect();
+        if !path.is_empty() {
+            notes.push(format!("see {} --help", path.join(" ")));
+        }
+    } else if let Some(m) = more {
+        notes.push(m.to_string());
+    }
+    if notes.is_empty() {
+        format!("error: {msg}")
+    } else {
+        format!("error: {msg} ({})", notes.join("; "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn line_for(args: &[&str]) -> String {
+        let e = Cli::try_parse_from(args).err().expect("a usage error");
+        usage_line(&e.render().to_string())
+    }
+
+    #[test]
+    fn usage_errors_are_one_line_with_usage_and_tip() {
+        Cli::command().debug_assert();
+        let l = line_for(&["emlab", "eval", "--bogus"]);
+        assert_eq!(l, "error: unexpected argument '--bogus' found (usage: emlab eval [OPTIONS]; see emlab eval --help)");
+        let l = line_for(&["emlab", "evl"]);
+        assert!(l.starts_with("error: unrecognized subcommand 'evl' (tip: "), "{l}");
+        assert!(l.contains("'eval'") && l.ends_with("; usage: emlab <COMMAND>; see emlab --help)"), "{l}");
+        let l = line_for(&["emlab", "generate", "--samples", "x"]);
+        assert!(l.starts_with("error: invalid value 'x' for '--samples <"), "{l}");
+        let l = line_for(&["emlab", "run", "--stage"]);
+        assert_eq!(l, "error: a value is required for '--stage <STAGE>' but none was supplied (try '--help')");
+        for args in [&["emlab", "eval", "--bogus"][..], &["emlab", "evl"], &["emlab", "generate", "--samples", "x"]] {
+            assert!(!line_for(args).contains('\n'), "{args:?}");
+        }
+    }
+
+    #[test]
+    fn an_unexpected_rendering_keeps_its_first_line() {
+        assert_eq!(usage_line("\nsomething odd\nmore\n"), "error: something odd");
+        assert_eq!(usage_line(""), "error: invalid arguments");
     }
 }
