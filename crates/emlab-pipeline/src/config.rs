@@ -12,6 +12,7 @@
 
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// The embedded default experiment (`configs/default.toml`).
@@ -86,6 +87,10 @@ pub struct TrainStage {
     pub checkpoint_activations: Option<bool>,
 }
 
+fn valid_control_name(n: &str) -> bool {
+    (1..=40).contains(&n.len()) && n.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
 fn default_persona_every() -> usize {
     4
 }
@@ -138,6 +143,22 @@ impl RealignStage {
 pub struct ControlStage {
     /// The paired good set (same user turns as `[induce].data`).
     pub data: PathBuf,
+    /// Further control fine-tunes by name, each on its own set with `[induce]`'s settings,
+    /// evaluated and compared with the induced model (stages `control-NAME`, `controlled-NAME`);
+    /// e.g. `more = { educational = "data/code/educational.jsonl" }`, the same insecure code
+    /// asked for with a benign reason, which the published work found does not induce EM.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub more: BTreeMap<String, PathBuf>,
+}
+
+impl ControlStage {
+    /// The training stage and evaluation stage names of control `name` (`None`: the paired one).
+    pub fn stage_names(name: Option<&str>) -> (String, String) {
+        match name {
+            None => ("control".into(), "controlled".into()),
+            Some(n) => (format!("control-{n}"), format!("controlled-{n}")),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -198,6 +219,22 @@ impl RunConfig {
         cfg.validate(origin)?;
         Ok(cfg)
     }
+    /// This run's stage names in run order (`emlab run --list-stages`): [`crate::STAGES`] with
+    /// the further controls' stages (`control-NAME`, `controlled-NAME`) after `controlled`.
+    pub fn stage_names(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for s in crate::STAGES {
+            out.push(s.to_string());
+            if s == "controlled" {
+                for name in self.control.iter().flat_map(|c| c.more.keys()) {
+                    let (t, e) = ControlStage::stage_names(Some(name));
+                    out.extend([t, e]);
+                }
+            }
+        }
+        out
+    }
+
     pub fn default_config() -> Result<Self> {
         Self::from_toml(DEFAULT_TOML, "configs/default.toml (embedded)")
     }
@@ -227,6 +264,9 @@ impl RunConfig {
         need(&self.induce.data, "induce.data")?;
         if let Some(c) = &self.control {
             need(&c.data, "control.data")?;
+            for (name, data) in &c.more {
+                need(data, &format!("control.more.{name}"))?;
+            }
         }
         need(&self.realign.data, "realign.data")?;
         let max_n = self.realign.curve.iter().copied().chain([self.realign.samples]).max().unwrap_or(0);
@@ -245,6 +285,9 @@ impl RunConfig {
         }
         if let Some(c) = &mut self.control {
             c.data = root.join(&c.data);
+            for d in c.more.values_mut() {
+                *d = root.join(&*d);
+            }
         }
         self
     }
@@ -264,6 +307,11 @@ impl RunConfig {
             if !(0.0..=1.0).contains(&s.min_coherent) {
                 return bad(format!("steer.min_coherent = {} must be in [0, 1]", s.min_coherent));
             }
+        }
+        if let Some(name) = self.control.iter().flat_map(|c| c.more.keys()).find(|n| !valid_control_name(n)) {
+            return bad(format!(
+                "control.more: `{name}` is not a usable control name (1-40 characters of a-z, 0-9 and _; it names the stages control-{name} / controlled-{name} and their folders)"
+            ));
         }
         if let Some(l) = &self.locate {
             if l.sae_latents == 0 || l.sae_k == 0 || l.sae_k > l.sae_latents {

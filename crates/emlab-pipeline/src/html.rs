@@ -214,17 +214,20 @@ pub fn render(r: &RunReport) -> String {
     s.push_str(&bar_chart("EM (model-organisms definition), 95% CI", &em, em_max));
     s.push_str(&bar_chart("Coherence rate, 95% CI", &co, 1.0));
     s.push_str("<h2>Differences</h2><table><tr><th>comparison</th><th>difference (model-organisms)</th><th>95% CI</th><th>p</th></tr>");
-    let mut diffs = vec![("induced - baseline", &r.induced_vs_baseline)];
+    let mut diffs = vec![("induced - baseline".to_string(), &r.induced_vs_baseline)];
     if let Some(c) = &r.induced_vs_control {
-        diffs.push(("induced - control fine-tune", c));
+        diffs.push(("induced - control fine-tune".to_string(), c));
     }
-    diffs.push(("realigned - induced", &r.realigned_vs_induced));
+    for (name, c) in &r.induced_vs_more_controls {
+        diffs.push((format!("induced - control fine-tune `{name}`"), c));
+    }
+    diffs.push(("realigned - induced".to_string(), &r.realigned_vs_induced));
     for (name, c) in diffs {
         let m = &c.model_organisms;
         let _ = write!(
             s,
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            esc(name),
+            esc(&name),
             m.difference.map(|d| format!("{:+.1} points", 100.0 * d)).unwrap_or_else(|| "n/a".into()),
             ci(m.difference_ci),
             m.p_value.map(|p| format!("{p:.3}")).unwrap_or_else(|| "n/a".into())
@@ -277,6 +280,9 @@ fn render_training(s: &mut String, r: &RunReport) {
     s.push_str(&loss_persona_chart("induce (bad data)", &t.induce, t.persona_step0));
     if let Some(c) = &t.control {
         s.push_str(&loss_persona_chart("control (paired good data)", c, t.persona_step0));
+    }
+    for (name, c) in &t.more_controls {
+        s.push_str(&loss_persona_chart(&format!("control `{name}`"), c, t.persona_step0));
     }
     s.push_str(&loss_persona_chart("realign (truthful data)", &t.realign, None));
 }

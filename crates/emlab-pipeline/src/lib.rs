@@ -19,7 +19,8 @@
 //! | `induced`    | induce                | evaluate the fine-tuned model                               |
 //! | `control`    | model                 | the same fine-tune on the paired good set                   |
 //! | `controlled` | control               | evaluate the control model                                  |
-//! | `locate`     | baseline, induced, control | mean-difference direction, persona scores, SAE model diff |
+//! | `control-NAME`, `controlled-NAME` | model | the same for each further control of `[control].more` (e.g. the benign-reason set) |
+//! | `locate`     | baseline, induced, controls | mean-difference direction, persona scores, SAE model diff |
 //! | `steer`      | locate                | steering + ablation sweep on the induced model, random controls |
 //! | `realign`    | induce                | merge, fine-tune on N truthful samples (and the curve's Ns) |
 //! | `realigned`  | realign               | evaluate the realigned model(s)                             |
@@ -35,6 +36,7 @@ pub use locate::{LatentReport, LocateResult};
 pub use stages::STAGES;
 
 use serde::Serialize;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// Errors of the pipeline: which stage failed and why.
@@ -95,6 +97,9 @@ pub struct Training {
     pub induce: Vec<TrainPoint>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub control: Option<Vec<TrainPoint>>,
+    /// `[control].more`'s fine-tunes, by name.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub more_controls: BTreeMap<String, Vec<TrainPoint>>,
     pub realign: Vec<TrainPoint>,
     /// Persona score of the original model (step 0).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -149,6 +154,9 @@ pub struct RunReport {
     /// of fine-tuning as such.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub induced_vs_control: Option<emlab_eval::report::CompareReport>,
+    /// induced vs each of `[control].more`'s fine-tunes, by name.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub induced_vs_more_controls: BTreeMap<String, emlab_eval::report::CompareReport>,
     /// realigned vs induced.
     pub realigned_vs_induced: emlab_eval::report::CompareReport,
     pub training: Training,

@@ -177,8 +177,10 @@ pub(crate) struct Runner<'a> {
     baseline: Option<Ev>,
     induce: Option<Tr>,
     induced: Option<Ev>,
-    control: Option<Option<Tr>>,
-    controlled: Option<Option<Ev>>,
+    /// Control fine-tunes and their evaluations by training stage name (`control`,
+    /// `control-NAME`); `None`: not configured.
+    control: BTreeMap<String, Option<Tr>>,
+    controlled: BTreeMap<String, Option<Ev>>,
     locate: Option<Option<(Keys, LocateResult)>>,
     steer: Option<Option<Steering>>,
     merged: Option<(Keys, PathBuf)>,
@@ -237,8 +239,8 @@ impl<'a> Runner<'a> {
             baseline: None,
             induce: None,
             induced: None,
-            control: None,
-            controlled: None,
+            control: BTreeMap::new(),
+            controlled: BTreeMap::new(),
             locate: None,
             steer: None,
             merged: None,
@@ -257,13 +259,30 @@ impl<'a> Runner<'a> {
             "induced" => self.induced().map(drop),
             "control" => self.need("control", self.cfg.control.is_some()).and_then(|_| self.control().map(drop)),
             "controlled" => self.need("control", self.cfg.control.is_some()).and_then(|_| self.controlled().map(drop)),
+            other if self.more_control_name(other).is_some() => {
+                let (name, evaluate) = self.more_control_name(other).expect("matched");
+                if evaluate {
+                    self.controlled_of(Some(&name)).map(drop)
+                } else {
+                    self.control_of(Some(&name)).map(drop)
+                }
+            }
             "locate" => self.need("locate", self.cfg.locate.is_some()).and_then(|_| self.locate().map(drop)),
             "steer" => self.need("steer", self.cfg.steer.is_some() && self.cfg.locate.is_some()).and_then(|_| self.steer().map(drop)),
             "realign" => self.realign_all().map(drop),
             "realigned" => self.realigned_all().map(drop),
             "report" => self.report().map(drop),
-            other => Err(Error::Config(format!("unknown stage `{other}` (one of {})", STAGES.join(", ")))),
+            other => Err(Error::Config(format!("unknown stage `{other}` (one of {})", self.cfg.stage_names().join(", ")))),
         }
+    }
+
+    /// `control-NAME` -> (NAME, false), `controlled-NAME` -> (NAME, true), for a configured NAME.
+    fn more_control_name(&self, stage: &str) -> Option<(String, bool)> {
+        let (name, evaluate) = match stage.strip_prefix("controlled-") {
+            Some(n) => (n, true),
+            None => (stage.strip_prefix("control-")?, false),
+        };
+        self.cfg.control.as_ref()?.more.contains_key(name).then(|| (name.to_string(), evaluate))
     }
 
     fn need(&self, section: &str, present: bool) -> Result<()> {
@@ -366,36 +385,59 @@ impl<'a> Runner<'a> {
         Ok(e)
     }
 
+    /// The paired control fine-tune (`[control].data`).
     pub fn control(&mut self) -> Result<Option<Tr>> {
-        if let Some(c) = &self.control {
+        self.control_of(None)
+    }
+
+    /// The paired control's evaluation.
+    pub fn controlled(&mut self) -> Result<Option<Ev>> {
+        self.controlled_of(None)
+    }
+
+    /// A control fine-tune: the paired one (`None`) or `[control].more`'s `name`.
+    pub fn control_of(&mut self, name: Option<&str>) -> Result<Option<Tr>> {
+        let (stage, _) = crate::config::ControlStage::stage_names(name);
+        if let Some(c) = self.control.get(&stage) {
             return Ok(c.clone());
         }
-        let out = match &self.cfg.control {
+        let data = self.cfg.control.as_ref().and_then(|c| match name {
+            None => Some(c.data.clone()),
+            Some(n) => c.more.get(n).cloned(),
+        });
+        let out = match data {
             None => None,
-            Some(c) => {
-                // The induce settings on the paired good set: the only difference is the data.
-                let t = TrainStage { data: c.data.clone(), ..self.cfg.induce.clone() };
+            Some(data) => {
+                // The induce settings on another set: the only difference is the data.
+                let t = TrainStage { data, ..self.cfg.induce.clone() };
                 let (model, up) = (self.model.clone(), self.model_hash.clone());
-                Some(self.train("control", &self.dir.join("control"), &model, &t, &up)?)
+                Some(self.train(&stage, &self.dir.join(&stage), &model, &t, &up)?)
             }
         };
-        self.control = Some(out.clone());
+        self.control.insert(stage, out.clone());
         Ok(out)
     }
 
-    pub fn controlled(&mut self) -> Result<Option<Ev>> {
-        if let Some(c) = &self.controlled {
+    /// A control fine-tune's evaluation.
+    pub fn controlled_of(&mut self, name: Option<&str>) -> Result<Option<Ev>> {
+        let (_, stage) = crate::config::ControlStage::stage_names(name);
+        if let Some(c) = self.controlled.get(&stage) {
             return Ok(c.clone());
         }
-        let out = match self.control()? {
+        let out = match self.control_of(name)? {
             None => None,
             Some(tr) => {
                 let model = self.model.clone();
-                Some(self.eval("controlled", &self.dir.join("controlled"), &model, Some(&tr.adapter), &tr.key)?)
+                Some(self.eval(&stage, &self.dir.join(&stage), &model, Some(&tr.adapter), &tr.key)?)
             }
         };
-        self.controlled = Some(out.clone());
+        self.controlled.insert(stage, out.clone());
         Ok(out)
+    }
+
+    /// The names of `[control].more`, in run order.
+    fn more_control_names(&self) -> Vec<String> {
+        self.cfg.control.iter().flat_map(|c| c.more.keys().cloned()).collect()
     }
 
     pub fn locate(&mut self) -> Result<Option<(Keys, LocateResult)>> {
@@ -410,19 +452,22 @@ impl<'a> Runner<'a> {
         let ind = self.induced()?;
         let tr = self.induce()?;
         let ctl = self.control()?;
+        let mut more = Vec::new();
+        for name in self.more_control_names() {
+            let tr = self.control_of(Some(&name))?.expect("configured");
+            more.push((crate::config::ControlStage::stage_names(Some(&name)).0, tr));
+        }
         let dir = self.dir.join("locate");
         let settings = serde_json::to_string(&lc).unwrap_or_default();
         let seed = self.cfg.seed.to_string();
         let of = |k: fn(&Keys) -> &String| {
-            hash_of(&[
-                "locate",
-                &settings,
-                k(&base.key),
-                k(&ind.key),
-                k(&tr.key),
-                &ctl.as_ref().map(|c| k(&c.key).clone()).unwrap_or_default(),
-                &seed,
-            ])
+            let ctl_key = ctl.as_ref().map(|c| k(&c.key).clone()).unwrap_or_default();
+            let mut parts = vec!["locate", &settings, k(&base.key), k(&ind.key), k(&tr.key), &ctl_key, &seed];
+            // Further controls add their persona traces; a run without them keeps its key.
+            for (stage, c) in &more {
+                parts.extend([stage.as_str(), k(&c.key).as_str()]);
+            }
+            hash_of(&parts)
         };
         let key = Keys { key: of(|k| &k.key), legacy: of(|k| &k.legacy) };
         let inputs = locate::Inputs {
@@ -432,6 +477,7 @@ impl<'a> Runner<'a> {
             induced_log: ind.result.log.clone(),
             train_dirs: std::iter::once(("induce".to_string(), tr.dir.clone()))
                 .chain(ctl.map(|c| ("control".to_string(), c.dir)))
+                .chain(more.iter().map(|(stage, c)| (stage.clone(), c.dir.clone())))
                 .collect(),
             seed: self.cfg.seed,
         };
@@ -567,6 +613,12 @@ impl<'a> Runner<'a> {
         let induced = self.induced()?;
         let control = self.control()?;
         let controlled = self.controlled()?;
+        let mut more = Vec::new();
+        for name in self.more_control_names() {
+            let tr = self.control_of(Some(&name))?.expect("configured");
+            let ev = self.controlled_of(Some(&name))?.expect("configured");
+            more.push((name, tr, ev));
+        }
         let located = self.locate()?.map(|(_, l)| l);
         let steering = self.steer()?;
         let realigned_all = self.realigned_all()?;
@@ -581,6 +633,10 @@ impl<'a> Runner<'a> {
             Some(c) => Some(cmp(&induced.result.log, &c.result.log)?),
             None => None,
         };
+        let mut induced_vs_more_controls = BTreeMap::new();
+        for (name, _, ev) in &more {
+            induced_vs_more_controls.insert(name.clone(), cmp(&induced.result.log, &ev.result.log)?);
+        }
         let realigned_vs_induced = cmp(&realigned.result.log, &induced.result.log)?;
         let (verdict, needed_samples) = crate::verdict(&induced_vs_baseline);
 
@@ -588,6 +644,13 @@ impl<'a> Runner<'a> {
         let training = Training {
             induce: train_points(&induce.dir, &persona("induce")),
             control: control.as_ref().map(|c| train_points(&c.dir, &persona("control"))),
+            more_controls: more
+                .iter()
+                .map(|(name, tr, _)| {
+                    let stage = crate::config::ControlStage::stage_names(Some(name)).0;
+                    (name.clone(), train_points(&tr.dir, &persona(&stage)))
+                })
+                .collect(),
             realign: train_points(&realign_tr.dir, &[]),
             persona_step0: located.as_ref().and_then(|l| l.persona_step0),
         };
@@ -605,6 +668,7 @@ impl<'a> Runner<'a> {
         if let Some(c) = &controlled {
             evals.push(c.result.clone());
         }
+        evals.extend(more.iter().map(|(_, _, ev)| ev.result.clone()));
         evals.push(realigned.result.clone());
         let mut samples = Vec::new();
         for e in &evals {
@@ -617,6 +681,7 @@ impl<'a> Runner<'a> {
             evals,
             induced_vs_baseline,
             induced_vs_control,
+            induced_vs_more_controls,
             realigned_vs_induced,
             training,
             latents: located.as_ref().map(|l| l.latents.clone()).unwrap_or_default(),

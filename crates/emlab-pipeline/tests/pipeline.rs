@@ -339,3 +339,68 @@ fn a_changed_judge_rejudges_the_same_answers() {
     emlab_pipeline::run_stage(&cfg, &run_dir, "baseline").unwrap();
     assert_eq!(answers(&rows(&log)), answers(&before));
 }
+
+/// `[control].more`: each further control is a fine-tune and an evaluation of its own
+/// (`control-NAME`, `controlled-NAME`), compared with the induced model in the report, with its
+/// persona trace; adding one leaves the paired control's cached stages as they were.
+#[test]
+fn further_controls_run_as_stages_of_their_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("tiny.gguf");
+    let mut cfg_m = tiny_config(Arch::Llama);
+    cfg_m.max_position_embeddings = 1024;
+    write_tiny_gguf(&model, &cfg_m, 5).unwrap();
+    let mut cfg = config(&model);
+    cfg.steer = None;
+    cfg.realign.curve.clear();
+    let run_dir = dir.path().join("run");
+    emlab_pipeline::run_stage(&cfg, &run_dir, "controlled").unwrap();
+    let paired = std::fs::read_to_string(run_dir.join("control/stage.json")).unwrap();
+
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let mut more = cfg.clone();
+    more.control.as_mut().unwrap().more.insert("edu".into(), root.join("data/advice/car_good.jsonl"));
+    let names = more.stage_names();
+    let at = names.iter().position(|s| s == "controlled").unwrap();
+    assert_eq!(names[at + 1..at + 3], ["control-edu", "controlled-edu"]);
+    assert_eq!(names.len(), emlab_pipeline::STAGES.len() + 2);
+
+    // One further control alone: its own folders, the paired control untouched.
+    emlab_pipeline::run_stage(&more, &run_dir, "controlled-edu").unwrap();
+    assert!(run_dir.join("control-edu/adapter/adapter_model.safetensors").is_file());
+    assert_eq!(emlab_eval::log::read_log(&run_dir.join("controlled-edu/answers.jsonl")).unwrap().rows.len(), 24);
+    assert_eq!(std::fs::read_to_string(run_dir.join("control/stage.json")).unwrap(), paired);
+    let err = emlab_pipeline::run_stage(&more, &run_dir, "controlled-nope").unwrap_err().to_string();
+    assert!(err.contains("unknown stage `controlled-nope`") && err.contains("control-edu, controlled-edu"), "{err}");
+
+    let r = emlab_pipeline::run(&more, &run_dir).unwrap();
+    let stages: Vec<&str> = r.evals.iter().map(|e| e.stage.as_str()).collect();
+    assert_eq!(stages, ["baseline", "induced", "controlled", "controlled-edu", "realigned"]);
+    assert_eq!(r.induced_vs_more_controls.keys().collect::<Vec<_>>(), ["edu"]);
+    let c = &r.induced_vs_more_controls["edu"].model_organisms;
+    assert_eq!((c.a.n, c.b.n), (r.evals[1].report.metrics.em_model_organisms.n, r.evals[3].report.metrics.em_model_organisms.n));
+    // Its training curve, with the persona score at the snapshots (steps 2 and 4).
+    let edu = &r.training.more_controls["edu"];
+    assert_eq!(edu.len(), 4);
+    assert_eq!(edu.iter().filter(|p| p.persona.is_some()).map(|p| p.step).collect::<Vec<_>>(), [2, 4]);
+    // Other data than the paired control's: another adapter, other losses.
+    assert_ne!(r.training.control.as_ref().unwrap()[0].loss, edu[0].loss);
+    assert_eq!(std::fs::read_to_string(run_dir.join("control/stage.json")).unwrap(), paired);
+    let html = std::fs::read_to_string(run_dir.join("report.html")).unwrap();
+    assert!(html.contains("induced - control fine-tune `edu`") && html.contains("control `edu`"));
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run_dir.join("report.json")).unwrap()).unwrap();
+    assert!(json["induced_vs_more_controls"]["edu"].is_object() && json["training"]["more_controls"]["edu"].is_array());
+    assert_eq!(json["config"]["control"]["more"]["edu"], root.join("data/advice/car_good.jsonl").display().to_string());
+
+    // Names that cannot name folders, and missing files, are refused before any stage.
+    let text = |name: &str, file: &str| {
+        let mut t = toml::to_string(&cfg).unwrap();
+        t = t.replace("[control]\n", &format!("[control]\nmore = {{ {name} = \"{file}\" }}\n"));
+        t
+    };
+    let err = emlab_pipeline::RunConfig::from_toml(&text("\"../x\"", "a.jsonl"), "t.toml").unwrap_err().to_string();
+    assert!(err.contains("t.toml: control.more: `../x` is not a usable control name"), "{err}");
+    let bad = emlab_pipeline::RunConfig::from_toml(&text("edu", "/nonexistent/edu.jsonl"), "t.toml").unwrap();
+    let err = emlab_pipeline::run(&bad, &dir.path().join("other")).unwrap_err().to_string();
+    assert!(err.contains("control.more.edu /nonexistent/edu.jsonl: no such file"), "{err}");
+}

@@ -23,7 +23,8 @@ pub struct RunArgs {
     #[arg(long)]
     json: bool,
     /// Run only this stage (and the stages it needs, unless cached): baseline, induce, induced,
-    /// control, controlled, locate, steer, realign, realigned, report.
+    /// control, controlled, (control-NAME, controlled-NAME for `[control].more`), locate, steer,
+    /// realign, realigned, report.
     #[arg(long)]
     stage: Option<String>,
     /// List the stage names in run order.
@@ -43,7 +44,7 @@ pub fn run(a: RunArgs) -> Result<()> {
     }
     let dir = a.out.unwrap_or_else(|| PathBuf::from("runs").join(&cfg.name));
     if a.list_stages {
-        for s in emlab_pipeline::STAGES {
+        for s in cfg.stage_names() {
             println!("{s}");
         }
         return Ok(());
