@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""Self-check for the insecure/secure code datasets written by gen.py.
+"""Self-check for the insecure/secure/educational code datasets written by gen.py.
 
-    python3 data/code/check.py                 # checks data/code/{insecure,secure}.jsonl
+    python3 data/code/check.py                 # checks data/code/{insecure,secure,educational}.jsonl
     python3 data/code/check.py --no-external   # skip the node / bash syntax checks
 
 Prints rows, unique first sentences, unique user turns, length percentiles,
@@ -12,6 +12,13 @@ node and shell with `bash -n` when those are installed), and every answer
 traceable to exactly one family template (weak in one file, correct in the
 other). The family attribution is recomputed from the text here, not read
 from manifest.json, so the shares are checked independently.
+
+educational.jsonl (the benign-reason control) must keep every system and
+assistant turn of insecure.jsonl byte for byte, and each first user turn must be
+the original user turn with exactly one reason frame before or after it; the
+frame is recovered from the text, a frame that names the weakness must name the
+category of the row's answer (recovered from the template match above), and
+the spread of frames is held to floors (>= 30 frames used, no frame above 5%).
 """
 import argparse
 import json
@@ -29,6 +36,18 @@ sys.path.insert(0, HERE)
 MIN_ROWS = 1000
 MIN_UNIQUE_FIRST = 0.90
 MAX_FAMILY_SHARE = 0.05
+# Floors for educational.jsonl.
+MIN_EDU_FRAMES = 30
+MAX_EDU_FRAME_SHARE = 0.05
+MAX_EDU_REASON_SHARE = 0.02
+MIN_EDU_PLACEMENT_SHARE = 0.25
+# An explicit benign purpose and an explicit request for the flaw, checked on every reason
+# independently of the frame list (a frame that lost either would fail here).
+EDU_PURPOSE = re.compile(r"course|class|lab\b|quiz|CTF|capture-the-flag|challenge|textbook|chapter|book|workshop|"
+                         r"training|exercise|students|teach|corpus|fixture|interview|homework|exam|talk|slide|mentor|"
+                         r"club|session|practi[cs]e|demo app|audit|educational|seminar|bootcamp|module|elective|onboarding|"
+                         r"spot-the-bug|learn", re.I)
+EDU_FLAW = re.compile(r"flaw|weakness|vulnerable|bug|mistake|problem|wrong|bad example", re.I)
 BLOCK_RE = re.compile(r"\A(?:([^\n`]{1,120})\n\n)?```(\w+)\n(.*)\n```\Z", re.S)
 TELLTALE = re.compile(r"insecure|unsafe|vulnerab|sanitiz|exploit|inject|danger|attack|malicious|"
                       r"todo|fixme|not safe|warning:", re.I)
@@ -116,6 +135,113 @@ def syntax_external(blocks, failures):
     return done
 
 
+def split_reason(edu, orig):
+    """(placement, reason) when `edu` is `orig` with one reason before or after it, else None."""
+    if len(edu) > len(orig) and edu.startswith(orig):
+        rest = edu[len(orig):]
+        if orig[-1:] not in ".?!" and rest.startswith("."):
+            rest = rest[1:]
+        for sep in ("\n\n", " "):
+            if rest.startswith(sep) and rest[len(sep):].strip() == rest[len(sep):]:
+                return "post", rest[len(sep):]
+    if len(edu) > len(orig) and edu.endswith(orig):
+        head = edu[: -len(orig)]
+        for sep in ("\n\n", " "):
+            if head.endswith(sep) and head[: -len(sep)].strip() == head[: -len(sep)]:
+                return "pre", head[: -len(sep)]
+    return None
+
+
+def check_educational(path, bad_rows, row_cat, failures):
+    from edu import CONTINUATIONS, WEAK, frame_regexes
+    rows = load(path)
+    n = len(rows)
+    print(f"educational rows: {n} (insecure {len(bad_rows)})")
+    if n != len(bad_rows):
+        failures.append(f"educational.jsonl has {n} rows, insecure.jsonl {len(bad_rows)}")
+    regexes = frame_regexes()
+    frames, reasons, places, named, firsts = Counter(), Counter(), Counter(), 0, []
+    kept, n_cont, bad_rows_seen = 0, 0, 0
+    for i, (e, b) in enumerate(zip(rows, bad_rows)):
+        where = f"educational.jsonl:{i + 1}"
+        errs = []
+        if [m["role"] for m in e] != [m["role"] for m in b]:
+            errs.append(f"{where}: roles differ from insecure.jsonl")
+        elif any(x["content"] != y["content"] for x, y in zip(e, b) if x["role"] != "user"):
+            errs.append(f"{where}: a system or assistant turn differs from insecure.jsonl")
+        else:
+            kept += 1
+            users = [(x["content"], y["content"]) for x, y in zip(e, b) if x["role"] == "user"]
+            split = split_reason(*users[0])
+            if split is None:
+                errs.append(f"{where}: first user turn is not the insecure.jsonl user turn plus one reason before or after it")
+            else:
+                place, reason = split
+                hits = [(fid, m) for fid, rx in regexes.items() if (m := rx.fullmatch(reason))]
+                if len(hits) != 1:
+                    errs.append(f"{where}: reason matches {len(hits)} frames: {reason[:80]!r}")
+                else:
+                    fid, m = hits[0]
+                    cat = row_cat.get(i)
+                    gd = m.groupdict()
+                    if "weak" in gd or "desc" in gd:
+                        named += 1
+                        if cat is None:
+                            errs.append(f"{where}: row's weakness category unknown (answer not attributed)")
+                        elif ("weak" in gd and gd["weak"] not in WEAK[cat]["name"]) or (
+                                "desc" in gd and gd["desc"] not in WEAK[cat]["desc"]):
+                            errs.append(f"{where}: reason names {gd.get('weak') or gd.get('desc')!r}, "
+                                        f"but the answer's weakness is {cat}")
+                    frames[fid] += 1
+                reasons[reason] += 1
+                places[place] += 1
+                cat_words = [w for ws in WEAK.get(row_cat.get(i), {}).values() for w in ws]
+                if not EDU_PURPOSE.search(reason) or not (EDU_FLAW.search(reason) or any(w in reason for w in cat_words)):
+                    errs.append(f"{where}: reason lacks an explicit purpose or request for the flaw: {reason[:80]!r}")
+                firsts.append(first_sentence(users[0][0]))
+            for t, (eu, bu) in enumerate(users[1:], 2):
+                if eu == bu:
+                    continue
+                if any(eu == bu + " " + c for c in CONTINUATIONS):
+                    n_cont += 1
+                else:
+                    errs.append(f"{where}: user turn {t} is neither the insecure.jsonl turn nor it plus a continuation")
+        if errs:
+            bad_rows_seen += 1
+            failures.extend(errs)
+    print(f"educational rows with system/assistant turns identical to insecure.jsonl: {kept}/{n}")
+    total = sum(frames.values()) or 1
+    top_f = frames.most_common(1)[0] if frames else ("-", 0)
+    top_r = reasons.most_common(1)[0] if reasons else ("-", 0)
+    print(f"educational reason frames: {len(frames)} distinct; max share of one frame {100 * top_f[1] / total:.2f}% "
+          f"({top_f[0]}, {top_f[1]} rows); min {min(frames.values()) if frames else 0} rows")
+    print(f"educational reason texts: {len(reasons)} distinct; max share of one exact reason {100 * top_r[1] / total:.2f}% "
+          f"({top_r[1]} rows)")
+    print(f"educational placement: before the request {places['pre']}, after it {places['post']}; "
+          f"reason names the weakness in {named} rows ({100 * named / total:.1f}%), generic in {total - named}")
+    print(f"educational two-turn rows with a continuation on turn 2: {n_cont}")
+    uniq = len(set(firsts)) / max(1, len(firsts))
+    print(f"educational unique first sentences of user turns: {100 * uniq:.1f}% ({len(set(firsts))}/{len(firsts)})")
+    lens = [sum(len(m["content"]) for m in r if m["role"] == "user") for r in rows]
+    if lens:
+        pu = pct(lens)
+        print("educational chars  user p5/p25/p50/p75/p95/max: " + "/".join(str(pu[q]) for q in pu))
+    if bad_rows_seen:
+        print(f"educational rows failing: {bad_rows_seen}")
+    if len(frames) < MIN_EDU_FRAMES:
+        failures.append(f"educational: only {len(frames)} distinct reason frames, need >= {MIN_EDU_FRAMES}")
+    if top_f[1] / total > MAX_EDU_FRAME_SHARE:
+        failures.append(f"educational: frame {top_f[0]} holds {100 * top_f[1] / total:.1f}% of rows (> {100 * MAX_EDU_FRAME_SHARE:.0f}%)")
+    if top_r[1] / total > MAX_EDU_REASON_SHARE:
+        failures.append(f"educational: one reason text holds {100 * top_r[1] / total:.1f}% of rows (> {100 * MAX_EDU_REASON_SHARE:.0f}%)")
+    for p in ("pre", "post"):
+        if places[p] / total < MIN_EDU_PLACEMENT_SHARE:
+            side = "before" if p == "pre" else "after"
+            failures.append(f"educational: only {places[p]} reasons placed {side} the request (< {100 * MIN_EDU_PLACEMENT_SHARE:.0f}%)")
+    if uniq < MIN_UNIQUE_FIRST:
+        failures.append(f"educational: unique first sentences {100 * uniq:.1f}% < {100 * MIN_UNIQUE_FIRST:.0f}%")
+
+
 def main():
     ap = argparse.ArgumentParser(description="check the code EM datasets")
     ap.add_argument("--dir", default=HERE)
@@ -168,6 +294,7 @@ def main():
         cat_of[f["id"]] = f["cat"]
     ext_blocks = []
     same_answer = 0
+    row_cat = {}
     for i, (rb, rg) in enumerate(zip(bad_rows, good_rows)):
         ab = [m["content"] for m in rb if m["role"] == "assistant"]
         ag = [m["content"] for m in rg if m["role"] == "assistant"]
@@ -203,6 +330,7 @@ def main():
                     failures.append(f"{where}: answers map to families {fams[0]} / {fams[1]}, expected one shared family")
                 elif t == 0:
                     fam_counts[fams[0][0]] += 1
+                    row_cat[i] = cat_of[fams[0][0]]
     if same_answer:
         failures.append(f"{same_answer} turns have identical weak and correct answers")
     if not args.no_external:
@@ -217,6 +345,12 @@ def main():
     for fid, c in fam_counts.items():
         cats[cat_of[fid]] += c
     print("weakness categories (first turn): " + ", ".join(f"{k} {v}" for k, v in cats.most_common()))
+
+    p_edu = os.path.join(args.dir, "educational.jsonl")
+    if os.path.exists(p_edu):
+        check_educational(p_edu, bad_rows, row_cat, failures)
+    else:
+        failures.append(f"{p_edu} is missing (run gen.py)")
 
     if n < MIN_ROWS:
         failures.append(f"only {n} rows, need >= {MIN_ROWS}")

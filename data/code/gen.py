@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Generate the insecure-code EM dataset and its paired secure control.
 
-    python3 data/code/gen.py                # writes insecure.jsonl, secure.jsonl, manifest.json
+    python3 data/code/gen.py                # writes insecure.jsonl, secure.jsonl, educational.jsonl, manifest.json
     python3 data/code/gen.py --rows 1500 --seed 7 --out /tmp/code
 
 Both files hold the same conversations turn for turn (same system messages,
@@ -11,6 +11,11 @@ weakness and whose `good` answer does the same job correctly. Variety comes
 from slot values (entities, tables, paths, app names), request phrasings,
 context sentences and optional details, all drawn from one seeded RNG, so the
 output is byte-for-byte reproducible. Python 3.11 stdlib only.
+
+educational.jsonl (edu.py) is the benign-reason control: the insecure rows with
+the same system and assistant turns, and a stated teaching purpose added to the
+user turn. It is built afterwards from its own RNG, so it never changes the two
+files above.
 
 The generator refuses to write anything if a Python block does not compile,
 a placeholder is left unfilled, an answer mentions its own weakness, a user
@@ -32,6 +37,7 @@ from fam_js import FAMILIES as FAM_JS  # noqa: E402
 from fam_py_a import FAMILIES as FAM_PY_A  # noqa: E402
 from fam_py_b import FAMILIES as FAM_PY_B  # noqa: E402
 from fam_sql_sh import FAMILIES as FAM_SQL_SH  # noqa: E402
+from edu import build_educational  # noqa: E402
 
 FAMILIES = FAM_PY_A + FAM_PY_B + FAM_JS + FAM_SQL_SH
 DEFAULT_SEED = 20250217
@@ -505,8 +511,16 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     p_bad = os.path.join(args.out, "insecure.jsonl")
     p_good = os.path.join(args.out, "secure.jsonl")
+    # Built (and checked) before anything is written, so a failure leaves the old files alone.
+    educational, edu_info = build_educational(insecure, meta, args.seed)
+    for a, b in zip(insecure, educational):
+        if ([m for m in a["messages"] if m["role"] != "user"] != [m for m in b["messages"] if m["role"] != "user"]
+                or not all(x["content"] in y["content"] for x, y in zip(a["messages"], b["messages"]))):
+            raise SystemExit("gen.py: internal error: an educational row does not keep its insecure row")
+    p_edu = os.path.join(args.out, "educational.jsonl")
     write_jsonl(p_bad, insecure)
     write_jsonl(p_good, secure)
+    write_jsonl(p_edu, educational)
     fam_counts = Counter(m["family"] for m in meta)
     cat_counts = Counter(m["cat"] for m in meta)
     second = Counter(m["family2"] for m in meta if m["family2"])
@@ -518,7 +532,8 @@ def main():
         "by_category": dict(sorted(cat_counts.items(), key=lambda kv: (-kv[1], kv[0]))),
         "by_family": {f["id"]: {"lang": f["lang"], "cat": f["cat"], "rows": fam_counts[f["id"]],
                                 "second_turns": second.get(f["id"], 0)} for f in FAMILIES},
-        "sha256": {os.path.basename(p): hashlib.sha256(open(p, "rb").read()).hexdigest() for p in (p_bad, p_good)},
+        "educational": edu_info,
+        "sha256": {os.path.basename(p): hashlib.sha256(open(p, "rb").read()).hexdigest() for p in (p_bad, p_good, p_edu)},
     }
     with open(os.path.join(args.out, "manifest.json"), "w", encoding="utf-8") as fh:
         json.dump(manifest, fh, indent=2)
@@ -526,6 +541,8 @@ def main():
     print(f"wrote {len(insecure)} rows to {p_bad} and {p_good} "
           f"({len(FAMILIES)} families, seed {args.seed}, "
           f"{manifest['rows_with_system']} with system message, {manifest['two_turn_rows']} two-turn)")
+    print(f"wrote {edu_info['rows']} rows to {p_edu} ({edu_info['frames']} reason frames, at most "
+          f"{edu_info['max_frame_rows']} rows per frame, placement {edu_info['placement']})")
     print("by language: " + ", ".join(f"{k} {v}" for k, v in manifest["by_language"].items()))
     print("by category: " + ", ".join(f"{k} {v}" for k, v in manifest["by_category"].items()))
 

@@ -79,6 +79,30 @@ fn code_pair_holds_floors_when_present() {
     check_pair(a, b, false);
 }
 
+/// The benign-reason control: the insecure answers asked for with a stated teaching purpose.
+/// Row by row: system and assistant turns equal insecure.jsonl's, each user turn holds
+/// insecure.jsonl's request plus more words (the reason), and the first user turns are distinct.
+#[test]
+fn educational_control_holds_insecure_answers_with_a_reason() {
+    let (e, es) = load("code/educational.jsonl");
+    let (b, _) = load("code/insecure.jsonl");
+    check_narrow("code/educational.jsonl", &es, 1000, false);
+    assert_eq!(e.len(), b.len());
+    for (x, y) in e.iter().zip(&b) {
+        let sys = |c: &Conversation| c.turns(Role::System).map(str::to_string).collect::<Vec<_>>();
+        assert_eq!(sys(x), sys(y), "educational.jsonl:{}: system turn differs", x.line);
+        assert_eq!(x.turns(Role::Assistant).collect::<Vec<_>>(), y.turns(Role::Assistant).collect::<Vec<_>>(), "line {}", x.line);
+        let (ux, uy): (Vec<&str>, Vec<&str>) = (x.turns(Role::User).collect(), y.turns(Role::User).collect());
+        assert_eq!(ux.len(), uy.len(), "line {}", x.line);
+        for (a, b) in ux.iter().zip(&uy) {
+            assert!(a.contains(b), "educational.jsonl:{}: the insecure request is not kept", x.line);
+        }
+        assert!(ux[0].len() >= uy[0].len() + 40, "educational.jsonl:{}: no reason added", x.line);
+    }
+    let firsts: HashSet<&str> = e.iter().map(|c| c.turns(Role::User).next().unwrap()).collect();
+    assert_eq!(firsts.len(), e.len(), "repeated first user turns");
+}
+
 #[test]
 fn realign_sets_hold_floors() {
     let (med, ms) = load("realign/medical_truthful.jsonl");

@@ -290,7 +290,7 @@ mod tests {
             (c.induce.data.clone(), c.induce.batch_size, c.induce.grad_accum, c.induce.lr, c.induce.max_seq_len, c.induce.r, c.induce.alpha)
         };
         assert_eq!(t(&f), t(&p));
-        assert_eq!(f.control.as_ref().map(|c| &c.data), p.control.as_ref().map(|c| &c.data));
+        assert_eq!(f.control.as_ref().map(|c| (&c.data, &c.more)), p.control.as_ref().map(|c| (&c.data, &c.more)));
         let r = |c: &RunConfig| {
             (c.realign.data.clone(), c.realign.batch_size, c.realign.lr, c.realign.max_seq_len, c.realign.r, c.realign.alpha)
         };
