@@ -28,6 +28,15 @@ pub struct RunConfig {
     pub model: Option<PathBuf>,
     #[serde(default)]
     pub seed: u64,
+    /// Further fine-tuning seeds (LoRA initialisation, data order, dropout): `induce` and every
+    /// control are trained and evaluated again with each (stages `induce-sN`, `induced-sN`,
+    /// `control-sN`, `controlled-sN`, `control-NAME-sN`, `controlled-NAME-sN`, after
+    /// `realigned`); the report gives EM per seed, the mean over seeds with a t interval and
+    /// Welch's test of induced against each control across seeds. EM varies between fine-tunes
+    /// of the same recipe (the published work trained several per condition); one seed's
+    /// interval covers sampling noise only. `locate`, `steer` and `realign` use `seed`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub more_seeds: Vec<u64>,
     pub eval: EvalStage,
     /// Fine-tune on the narrow bad set.
     pub induce: TrainStage,
@@ -231,8 +240,25 @@ impl RunConfig {
                     out.extend([t, e]);
                 }
             }
+            if s == "realigned" {
+                for seed in &self.more_seeds {
+                    out.extend([format!("induce-s{seed}"), format!("induced-s{seed}")]);
+                    for arm in self.control_arms() {
+                        let (t, e) = ControlStage::stage_names(arm.as_deref());
+                        out.extend([format!("{t}-s{seed}"), format!("{e}-s{seed}")]);
+                    }
+                }
+            }
         }
         out
+    }
+
+    /// The configured controls: `None` for the paired one, then `[control].more`'s names.
+    pub fn control_arms(&self) -> Vec<Option<String>> {
+        match &self.control {
+            None => Vec::new(),
+            Some(c) => std::iter::once(None).chain(c.more.keys().map(|n| Some(n.clone()))).collect(),
+        }
     }
 
     pub fn default_config() -> Result<Self> {
@@ -312,6 +338,13 @@ impl RunConfig {
             return bad(format!(
                 "control.more: `{name}` is not a usable control name (1-40 characters of a-z, 0-9 and _; it names the stages control-{name} / controlled-{name} and their folders)"
             ));
+        }
+        let mut seeds = std::collections::BTreeSet::from([self.seed]);
+        if let Some(s) = self.more_seeds.iter().find(|s| !seeds.insert(**s)) {
+            return bad(format!("more_seeds: seed {s} is listed twice or equals `seed` ({})", self.seed));
+        }
+        if self.more_seeds.len() > 64 {
+            return bad(format!("more_seeds: {} seeds (at most 64)", self.more_seeds.len()));
         }
         if let Some(l) = &self.locate {
             if l.sae_latents == 0 || l.sae_k == 0 || l.sae_k > l.sae_latents {

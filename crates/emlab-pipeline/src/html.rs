@@ -234,6 +234,7 @@ pub fn render(r: &RunReport) -> String {
         );
     }
     s.push_str("</table>");
+    render_seeds(&mut s, r);
     render_training(&mut s, r);
     render_locate(&mut s, r);
     render_steering(&mut s, r);
@@ -263,6 +264,64 @@ pub fn render(r: &RunReport) -> String {
     }
     s.push_str("<p>Every number on this page is in report.json beside it.</p></body></html>");
     s
+}
+
+fn render_seeds(s: &mut String, r: &RunReport) {
+    let Some(sr) = &r.seeds else { return };
+    let list = sr.seeds.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(", ");
+    let _ = write!(
+        s,
+        "<h2>Across fine-tuning seeds</h2><p>Each arm fine-tuned {} times (seeds {list}: LoRA initialisation, data order and dropout; same data and settings) and evaluated the same way. Per fine-tune: EM (model-organisms definition) with its 95% Wilson interval, which covers sampling noise within that fine-tune only. Per arm: the mean of the per-seed rates with its 95% t interval on {} degrees of freedom, which also covers the spread between fine-tunes.</p>",
+        sr.seeds.len(),
+        sr.seeds.len().saturating_sub(1)
+    );
+    s.push_str("<table><tr><th>arm</th><th>seed</th><th>EM (model-organisms)</th><th>coherent</th></tr>");
+    let mean_cell = |m: &Option<emlab_eval::stats::MeanCi>| match m {
+        Some(m) => {
+            format!("{} {}{}", pct(Some(m.mean)), ci(m.ci), m.sd.map(|sd| format!(" (SD {:.1} points)", 100.0 * sd)).unwrap_or_default())
+        }
+        None => "n/a".into(),
+    };
+    for a in &sr.arms {
+        for p in &a.per_seed {
+            let _ = write!(
+                s,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                esc(&p.stage),
+                p.seed,
+                rate_cell(&p.em),
+                rate_cell(&p.coherent)
+            );
+        }
+        let _ = write!(
+            s,
+            "<tr><th>{}</th><th>mean over seeds</th><th>{}</th><th>{}</th></tr>",
+            esc(&a.stage),
+            mean_cell(&a.em),
+            mean_cell(&a.coherent)
+        );
+    }
+    s.push_str("</table>");
+    let bars: Vec<_> = sr.arms.iter().map(|a| (a.stage.clone(), a.em.map(|m| m.mean), a.em.and_then(|m| m.ci))).collect();
+    let max = bars.iter().filter_map(|b| b.2.map(|c| c.1).or(b.1)).fold(0.05f64, f64::max).min(1.0);
+    s.push_str(&bar_chart("EM over fine-tuning seeds: mean of the per-seed rates, 95% t interval", &bars, max));
+    if !sr.comparisons.is_empty() {
+        s.push_str("<table><tr><th>comparison</th><th>difference of means</th><th>95% CI (Welch)</th><th>df</th><th>p</th></tr>");
+        for c in &sr.comparisons {
+            let w = c.welch.as_ref();
+            let _ = write!(
+                s,
+                "<tr><td>{} - {}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                esc(&c.a),
+                esc(&c.b),
+                c.difference.map(|d| format!("{:+.1} points", 100.0 * d)).unwrap_or_else(|| "n/a".into()),
+                ci(w.map(|w| w.ci)),
+                w.map(|w| format!("{:.1}", w.df)).unwrap_or_else(|| "n/a".into()),
+                w.map(|w| format!("{:.3}", w.p_value)).unwrap_or_else(|| "n/a (no spread between seeds)".into())
+            );
+        }
+        s.push_str("</table>");
+    }
 }
 
 fn render_training(s: &mut String, r: &RunReport) {

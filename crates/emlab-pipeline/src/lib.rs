@@ -80,6 +80,52 @@ impl RateCi {
     }
 }
 
+/// EM across fine-tuning seeds (`more_seeds`): the spread between fine-tunes of one recipe,
+/// which a single fine-tune's sampling interval does not contain.
+#[derive(Debug, Clone, Serialize)]
+pub struct SeedReport {
+    /// Every fine-tuning seed, `seed` first.
+    pub seeds: Vec<u64>,
+    /// The induced model, then each control, over the seeds.
+    pub arms: Vec<SeedArm>,
+    /// induced vs each control: Welch's t test on the per-seed EM rates.
+    pub comparisons: Vec<SeedComparison>,
+}
+
+/// One arm (the induced model or a control) over the seeds.
+#[derive(Debug, Clone, Serialize)]
+pub struct SeedArm {
+    /// The main seed's evaluation stage: `induced`, `controlled` or `controlled-NAME`.
+    pub stage: String,
+    pub per_seed: Vec<SeedPoint>,
+    /// Mean over seeds of the per-seed EM rate (model-organisms definition), its SD and 95% t
+    /// interval (n - 1 degrees of freedom; none for one seed).
+    pub em: Option<emlab_eval::stats::MeanCi>,
+    pub coherent: Option<emlab_eval::stats::MeanCi>,
+}
+
+/// One fine-tune of an arm.
+#[derive(Debug, Clone, Serialize)]
+pub struct SeedPoint {
+    pub seed: u64,
+    /// Its evaluation stage (`induced`, `induced-s1`, ...).
+    pub stage: String,
+    pub em: Option<RateCi>,
+    pub coherent: Option<RateCi>,
+}
+
+/// The induced arm against a control arm across seeds.
+#[derive(Debug, Clone, Serialize)]
+pub struct SeedComparison {
+    pub a: String,
+    pub b: String,
+    /// Mean EM of `a` minus mean EM of `b` over seeds.
+    pub difference: Option<f64>,
+    /// Welch's t test of the per-seed rates; `None` with fewer than two seeds per arm or no
+    /// spread in either (every fine-tune gave the same rate).
+    pub welch: Option<emlab_eval::stats::Welch>,
+}
+
 /// One training step as the report plots it.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct TrainPoint {
@@ -176,6 +222,9 @@ pub struct RunReport {
     pub samples: Vec<(String, Vec<SampleAnswer>)>,
     /// Seconds each stage took in the run that computed it (cached stages keep their time).
     pub stage_seconds: Vec<(String, f64)>,
+    /// EM across fine-tuning seeds, when `more_seeds` is set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seeds: Option<SeedReport>,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -167,6 +167,25 @@ pub(crate) struct Tr {
     pub adapter: PathBuf,
 }
 
+/// What a seed of `more_seeds` replicates: the induce fine-tune or a control (`None`: the
+/// paired one).
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum Arm {
+    Induce,
+    Control(Option<String>),
+}
+
+impl Arm {
+    /// The training and evaluation stage names of this arm under `seed`.
+    pub(crate) fn stage_names(&self, seed: u64) -> (String, String) {
+        let (t, e) = match self {
+            Arm::Induce => ("induce".to_string(), "induced".to_string()),
+            Arm::Control(name) => crate::config::ControlStage::stage_names(name.as_deref()),
+        };
+        (format!("{t}-s{seed}"), format!("{e}-s{seed}"))
+    }
+}
+
 /// Memoises stage outputs within one invocation, so a stage that several others read runs
 /// (or is looked up) once.
 pub(crate) struct Runner<'a> {
@@ -186,6 +205,9 @@ pub(crate) struct Runner<'a> {
     merged: Option<(Keys, PathBuf)>,
     realign: BTreeMap<usize, Tr>,
     realigned: BTreeMap<usize, Ev>,
+    /// Fine-tunes and evaluations of `more_seeds`, by stage name (`induce-s1`, `induced-s1`, ...).
+    replicas: BTreeMap<String, Tr>,
+    replicated: BTreeMap<String, Ev>,
     pub seconds: Vec<(String, f64)>,
     hashes: std::cell::RefCell<BTreeMap<PathBuf, String>>,
 }
@@ -246,6 +268,8 @@ impl<'a> Runner<'a> {
             merged: None,
             realign: BTreeMap::new(),
             realigned: BTreeMap::new(),
+            replicas: BTreeMap::new(),
+            replicated: BTreeMap::new(),
             seconds: Vec::new(),
             hashes: Default::default(),
         })
@@ -259,6 +283,14 @@ impl<'a> Runner<'a> {
             "induced" => self.induced().map(drop),
             "control" => self.need("control", self.cfg.control.is_some()).and_then(|_| self.control().map(drop)),
             "controlled" => self.need("control", self.cfg.control.is_some()).and_then(|_| self.controlled().map(drop)),
+            other if self.replicate_stage(other).is_some() => {
+                let (arm, seed, evaluate) = self.replicate_stage(other).expect("matched");
+                if evaluate {
+                    self.replicated(&arm, seed).map(drop)
+                } else {
+                    self.replicate(&arm, seed).map(drop)
+                }
+            }
             other if self.more_control_name(other).is_some() => {
                 let (name, evaluate) = self.more_control_name(other).expect("matched");
                 if evaluate {
@@ -274,6 +306,23 @@ impl<'a> Runner<'a> {
             "report" => self.report().map(drop),
             other => Err(Error::Config(format!("unknown stage `{other}` (one of {})", self.cfg.stage_names().join(", ")))),
         }
+    }
+
+    /// `induce-sN` -> (induce, N, false), `controlled-NAME-sN` -> (control NAME, N, true), ...
+    /// for a seed of `more_seeds` and a configured control.
+    fn replicate_stage(&self, stage: &str) -> Option<(Arm, u64, bool)> {
+        let (base, seed) = stage.rsplit_once("-s")?;
+        let seed: u64 = seed.parse().ok().filter(|s| self.cfg.more_seeds.contains(s))?;
+        let (arm, evaluate) = match base {
+            "induce" => (Arm::Induce, false),
+            "induced" => (Arm::Induce, true),
+            "control" | "controlled" if self.cfg.control.is_some() => (Arm::Control(None), base == "controlled"),
+            other => {
+                let (name, evaluate) = self.more_control_name(other)?;
+                (Arm::Control(Some(name)), evaluate)
+            }
+        };
+        Some((arm, seed, evaluate))
     }
 
     /// `control-NAME` -> (NAME, false), `controlled-NAME` -> (NAME, true), for a configured NAME.
@@ -433,6 +482,88 @@ impl<'a> Runner<'a> {
         };
         self.controlled.insert(stage, out.clone());
         Ok(out)
+    }
+
+    /// `arm` fine-tuned again with `seed` (one of `more_seeds`): `[induce]`'s settings and the
+    /// arm's data, no persona snapshots (only the main seed's are located).
+    pub(crate) fn replicate(&mut self, arm: &Arm, seed: u64) -> Result<Tr> {
+        let (stage, _) = arm.stage_names(seed);
+        if let Some(t) = self.replicas.get(&stage) {
+            return Ok(t.clone());
+        }
+        let data = match arm {
+            Arm::Induce => Some(self.cfg.induce.data.clone()),
+            Arm::Control(name) => self.cfg.control.as_ref().and_then(|c| match name {
+                None => Some(c.data.clone()),
+                Some(n) => c.more.get(n).cloned(),
+            }),
+        }
+        .ok_or_else(|| Error::Config(format!("stage {stage}: that control is not configured")))?;
+        let t = TrainStage { data, persona_every: 0, ..self.cfg.induce.clone() };
+        let (model, up) = (self.model.clone(), self.model_hash.clone());
+        let tr = self.train_seeded(&stage, &self.dir.join(&stage), &model, &t, &up, seed)?;
+        self.replicas.insert(stage, tr.clone());
+        Ok(tr)
+    }
+
+    /// The evaluation of [`Self::replicate`]'s fine-tune.
+    pub(crate) fn replicated(&mut self, arm: &Arm, seed: u64) -> Result<Ev> {
+        let (_, stage) = arm.stage_names(seed);
+        if let Some(e) = self.replicated.get(&stage) {
+            return Ok(e.clone());
+        }
+        let tr = self.replicate(arm, seed)?;
+        let model = self.model.clone();
+        let e = self.eval(&stage, &self.dir.join(&stage), &model, Some(&tr.adapter), &tr.key)?;
+        self.replicated.insert(stage, e.clone());
+        Ok(e)
+    }
+
+    /// Every arm's fine-tunes over `seed` and `more_seeds` (those not cached run now, after the
+    /// main seed's stages), summarised; `None` without `more_seeds`.
+    fn seed_report(&mut self, induced: &Ev) -> Result<Option<crate::SeedReport>> {
+        if self.cfg.more_seeds.is_empty() {
+            return Ok(None);
+        }
+        let point = |seed: u64, e: &Ev| crate::SeedPoint {
+            seed,
+            stage: e.result.stage.clone(),
+            em: RateCi::of(&e.result.report.metrics.em_model_organisms),
+            coherent: RateCi::of(&e.result.report.metrics.coherence),
+        };
+        let mut arms = Vec::new();
+        for arm in self.arms() {
+            let main = match &arm {
+                Arm::Induce => induced.clone(),
+                Arm::Control(name) => self.controlled_of(name.as_deref())?.expect("a configured control"),
+            };
+            let mut per_seed = vec![point(self.cfg.seed, &main)];
+            for seed in self.cfg.more_seeds.clone() {
+                per_seed.push(point(seed, &self.replicated(&arm, seed)?));
+            }
+            let of = |f: fn(&crate::SeedPoint) -> Option<RateCi>| {
+                emlab_eval::stats::mean_t_interval(&per_seed.iter().filter_map(|p| f(p).map(|r| r.rate)).collect::<Vec<_>>())
+            };
+            let (em, coherent) = (of(|p| p.em), of(|p| p.coherent));
+            arms.push(crate::SeedArm { stage: main.result.stage.clone(), per_seed, em, coherent });
+        }
+        let rates = |a: &crate::SeedArm| a.per_seed.iter().filter_map(|p| p.em.map(|r| r.rate)).collect::<Vec<_>>();
+        let comparisons = arms[1..]
+            .iter()
+            .map(|b| crate::SeedComparison {
+                a: arms[0].stage.clone(),
+                b: b.stage.clone(),
+                difference: arms[0].em.zip(b.em).map(|(x, y)| x.mean - y.mean),
+                welch: emlab_eval::stats::welch_t_test(&rates(&arms[0]), &rates(b)),
+            })
+            .collect();
+        let seeds = std::iter::once(self.cfg.seed).chain(self.cfg.more_seeds.iter().copied()).collect();
+        Ok(Some(crate::SeedReport { seeds, arms, comparisons }))
+    }
+
+    /// The arms the seeds replicate: induce, then every configured control.
+    fn arms(&self) -> Vec<Arm> {
+        std::iter::once(Arm::Induce).chain(self.cfg.control_arms().into_iter().map(Arm::Control)).collect()
     }
 
     /// The names of `[control].more`, in run order.
@@ -625,6 +756,7 @@ impl<'a> Runner<'a> {
         let main_n = self.cfg.realign.samples;
         let realigned = self.realigned(main_n)?;
         let realign_tr = self.realign(main_n)?;
+        let seeds = self.seed_report(&induced)?;
 
         let mc = emlab_eval::metrics::MetricsConfig::default();
         let cmp = |a: &Path, b: &Path| emlab_eval::report::compare_logs(a, b, &mc).map_err(|e| stage_err("report")(e.to_string()));
@@ -692,6 +824,7 @@ impl<'a> Runner<'a> {
             needed_samples,
             samples,
             stage_seconds: self.seconds.clone(),
+            seeds,
         };
         let json = serde_json::to_string_pretty(&report).map_err(|e| Error::Io(e.to_string()))?;
         emlab_model::util::write_atomic(&self.dir.join("report.json"), json.as_bytes()).map_err(|e| Error::Io(e.to_string()))?;
@@ -781,7 +914,11 @@ impl<'a> Runner<'a> {
     }
 
     fn train(&mut self, stage: &str, dir: &Path, model: &Path, t: &TrainStage, upstream: &Keys) -> Result<Tr> {
-        let mut tc = t.train_config(self.cfg.seed);
+        self.train_seeded(stage, dir, model, t, upstream, self.cfg.seed)
+    }
+
+    fn train_seeded(&mut self, stage: &str, dir: &Path, model: &Path, t: &TrainStage, upstream: &Keys, seed: u64) -> Result<Tr> {
+        let mut tc = t.train_config(seed);
         tc.model = Some(model.to_path_buf());
         tc.data = Some(t.data.clone());
         tc.out = Some(dir.to_path_buf());

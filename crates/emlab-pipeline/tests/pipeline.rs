@@ -404,3 +404,79 @@ fn further_controls_run_as_stages_of_their_own() {
     let err = emlab_pipeline::run(&bad, &dir.path().join("other")).unwrap_err().to_string();
     assert!(err.contains("control.more.edu /nonexistent/edu.jsonl: no such file"), "{err}");
 }
+
+/// `more_seeds`: induce and every control are fine-tuned and evaluated again per seed, after the
+/// main seed's stages; the report summarises EM over the seeds. The main seed's stages stay cached.
+#[test]
+fn more_seeds_replicate_every_arm() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("tiny.gguf");
+    let mut cfg_m = tiny_config(Arch::Llama);
+    cfg_m.max_position_embeddings = 1024;
+    write_tiny_gguf(&model, &cfg_m, 5).unwrap();
+    let mut cfg = config(&model);
+    cfg.locate = None;
+    cfg.steer = None;
+    cfg.realign.curve.clear();
+    let run_dir = dir.path().join("run");
+    let r1 = emlab_pipeline::run(&cfg, &run_dir).unwrap();
+    assert!(r1.seeds.is_none());
+    let records =
+        |names: &[&str]| names.iter().map(|n| std::fs::read_to_string(run_dir.join(n).join("stage.json")).unwrap()).collect::<Vec<_>>();
+    let main = ["induce", "induced", "control", "controlled"];
+    let before = records(&main);
+
+    let mut seeded = cfg.clone();
+    seeded.more_seeds = vec![7];
+    let names = seeded.stage_names();
+    let at = names.iter().position(|s| s == "realigned").unwrap();
+    assert_eq!(names[at + 1..at + 5], ["induce-s7", "induced-s7", "control-s7", "controlled-s7"]);
+    emlab_pipeline::run_stage(&seeded, &run_dir, "induced-s7").unwrap();
+    assert!(run_dir.join("induced-s7/answers.jsonl").is_file() && !run_dir.join("control-s7").exists());
+    let err = emlab_pipeline::run_stage(&seeded, &run_dir, "induced-s8").unwrap_err().to_string();
+    assert!(err.contains("unknown stage `induced-s8`"), "{err}");
+
+    let r = emlab_pipeline::run(&seeded, &run_dir).unwrap();
+    assert_eq!(records(&main), before, "the main seed's stages ran again");
+    // Another seed, another fine-tune: other losses from the first step on (initialisation, order).
+    let losses = |d: &str| {
+        std::fs::read_to_string(run_dir.join(d).join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"].as_f64().unwrap())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(losses("induce-s7").len(), 4);
+    assert_ne!(losses("induce-s7"), losses("induce"));
+    let sr = r.seeds.as_ref().unwrap();
+    assert_eq!(sr.seeds, [0, 7]);
+    let stages: Vec<Vec<&str>> = sr.arms.iter().map(|a| a.per_seed.iter().map(|p| p.stage.as_str()).collect()).collect();
+    assert_eq!(stages, [vec!["induced", "induced-s7"], vec!["controlled", "controlled-s7"]]);
+    // The arm means are the means of the per-seed rates read from the logs.
+    for a in &sr.arms {
+        let rates: Vec<f64> = a
+            .per_seed
+            .iter()
+            .map(|p| {
+                let log = run_dir.join(&p.stage).join("answers.jsonl");
+                let rep = emlab_eval::report::report(&log, &emlab_eval::metrics::MetricsConfig::default()).unwrap();
+                rep.metrics.em_model_organisms.rate.unwrap()
+            })
+            .collect();
+        let m = a.em.unwrap();
+        assert_eq!(m.n, 2);
+        assert!((m.mean - (rates[0] + rates[1]) / 2.0).abs() < 1e-12, "{}", a.stage);
+    }
+    let c = &sr.comparisons[0];
+    assert_eq!((c.a.as_str(), c.b.as_str()), ("induced", "controlled"));
+    assert!((c.difference.unwrap() - (sr.arms[0].em.unwrap().mean - sr.arms[1].em.unwrap().mean)).abs() < 1e-12);
+    let html = std::fs::read_to_string(run_dir.join("report.html")).unwrap();
+    assert!(html.contains("Across fine-tuning seeds") && html.contains("induced-s7"));
+    // A seed listed twice, or equal to `seed`, is refused.
+    for bad in [vec![0], vec![3, 3]] {
+        let mut t = toml::to_string(&cfg).unwrap();
+        t = format!("more_seeds = {bad:?}\n{t}");
+        let err = emlab_pipeline::RunConfig::from_toml(&t, "t.toml").unwrap_err().to_string();
+        assert!(err.contains("more_seeds: seed"), "{err}");
+    }
+}

@@ -79,6 +79,36 @@ pub fn run(a: RunArgs) -> Result<()> {
         );
     }
     println!("(95% Wilson intervals; report.json also has bootstrap intervals)\n\n{}", report.verdict);
+    if let Some(sr) = &report.seeds {
+        println!("\nAcross {} fine-tuning seeds (mean of the per-seed EM rates, 95% t interval):", sr.seeds.len());
+        for a in &sr.arms {
+            if let Some(m) = a.em {
+                let ci = m.ci.map(|(l, h)| format!(" [{:.1}, {:.1}]", 100.0 * l, 100.0 * h)).unwrap_or_default();
+                let per: Vec<String> =
+                    a.per_seed.iter().map(|p| p.em.map(|r| format!("{:.1}%", 100.0 * r.rate)).unwrap_or_else(|| "n/a".into())).collect();
+                println!("  {:<22} EM {:5.1}%{ci}  (per seed: {})", a.stage, 100.0 * m.mean, per.join(", "));
+            }
+        }
+        for c in &sr.comparisons {
+            match &c.welch {
+                Some(w) => println!(
+                    "  {} - {}: {:+.1} points [{:.1}, {:.1}], Welch p = {:.3}",
+                    c.a,
+                    c.b,
+                    100.0 * w.difference,
+                    100.0 * w.ci.0,
+                    100.0 * w.ci.1,
+                    w.p_value
+                ),
+                None => println!(
+                    "  {} - {}: {} (no spread between seeds to test against)",
+                    c.a,
+                    c.b,
+                    c.difference.map(|d| format!("{:+.1} points", 100.0 * d)).unwrap_or_else(|| "n/a".into())
+                ),
+            }
+        }
+    }
     println!("\nreport: {}  ({:.1} min)", dir.join("report.html").display(), t0.elapsed().as_secs_f64() / 60.0);
     Ok(())
 }
