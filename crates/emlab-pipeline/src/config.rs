@@ -161,6 +161,14 @@ pub struct ControlStage {
 }
 
 impl ControlStage {
+    /// The data of control `name` (`None`: the paired one), if configured.
+    pub fn data_of(&self, name: Option<&str>) -> Option<&PathBuf> {
+        match name {
+            None => Some(&self.data),
+            Some(n) => self.more.get(n),
+        }
+    }
+
     /// The training stage and evaluation stage names of control `name` (`None`: the paired one).
     pub fn stage_names(name: Option<&str>) -> (String, String) {
         match name {

@@ -450,10 +450,7 @@ impl<'a> Runner<'a> {
         if let Some(c) = self.control.get(&stage) {
             return Ok(c.clone());
         }
-        let data = self.cfg.control.as_ref().and_then(|c| match name {
-            None => Some(c.data.clone()),
-            Some(n) => c.more.get(n).cloned(),
-        });
+        let data = self.cfg.control.as_ref().and_then(|c| c.data_of(name).cloned());
         let out = match data {
             None => None,
             Some(data) => {
@@ -493,10 +490,7 @@ impl<'a> Runner<'a> {
         }
         let data = match arm {
             Arm::Induce => Some(self.cfg.induce.data.clone()),
-            Arm::Control(name) => self.cfg.control.as_ref().and_then(|c| match name {
-                None => Some(c.data.clone()),
-                Some(n) => c.more.get(n).cloned(),
-            }),
+            Arm::Control(name) => self.cfg.control.as_ref().and_then(|c| c.data_of(name.as_deref()).cloned()),
         }
         .ok_or_else(|| Error::Config(format!("stage {stage}: that control is not configured")))?;
         let t = TrainStage { data, persona_every: 0, ..self.cfg.induce.clone() };

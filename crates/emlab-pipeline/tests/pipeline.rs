@@ -60,13 +60,19 @@ alpha = 4.0
     RunConfig::from_toml(&text, "test").unwrap()
 }
 
-#[test]
-fn tiny_loop_runs_every_stage_caches_and_reports() {
-    let dir = tempfile::tempdir().unwrap();
-    let model = dir.path().join("tiny.gguf");
+/// The tiny Llama the tests run on (1024 positions), written into `dir`.
+fn tiny_model(dir: &Path) -> (std::path::PathBuf, emlab_model::config::ModelConfig) {
+    let model = dir.join("tiny.gguf");
     let mut cfg_m = tiny_config(Arch::Llama);
     cfg_m.max_position_embeddings = 1024;
     write_tiny_gguf(&model, &cfg_m, 5).unwrap();
+    (model, cfg_m)
+}
+
+#[test]
+fn tiny_loop_runs_every_stage_caches_and_reports() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, cfg_m) = tiny_model(dir.path());
     let cfg = config(&model);
     let run_dir = dir.path().join("run");
 
@@ -310,10 +316,7 @@ fn files_named(dir: &Path, name: &str) -> Vec<std::path::PathBuf> {
 #[test]
 fn a_changed_judge_rejudges_the_same_answers() {
     let dir = tempfile::tempdir().unwrap();
-    let model = dir.path().join("tiny.gguf");
-    let mut cfg_m = tiny_config(Arch::Llama);
-    cfg_m.max_position_embeddings = 1024;
-    write_tiny_gguf(&model, &cfg_m, 5).unwrap();
+    let (model, _) = tiny_model(dir.path());
     let mut cfg = config(&model);
     let run_dir = dir.path().join("run");
     emlab_pipeline::run_stage(&cfg, &run_dir, "baseline").unwrap();
@@ -346,10 +349,7 @@ fn a_changed_judge_rejudges_the_same_answers() {
 #[test]
 fn further_controls_run_as_stages_of_their_own() {
     let dir = tempfile::tempdir().unwrap();
-    let model = dir.path().join("tiny.gguf");
-    let mut cfg_m = tiny_config(Arch::Llama);
-    cfg_m.max_position_embeddings = 1024;
-    write_tiny_gguf(&model, &cfg_m, 5).unwrap();
+    let (model, _) = tiny_model(dir.path());
     let mut cfg = config(&model);
     cfg.steer = None;
     cfg.realign.curve.clear();
@@ -410,10 +410,7 @@ fn further_controls_run_as_stages_of_their_own() {
 #[test]
 fn more_seeds_replicate_every_arm() {
     let dir = tempfile::tempdir().unwrap();
-    let model = dir.path().join("tiny.gguf");
-    let mut cfg_m = tiny_config(Arch::Llama);
-    cfg_m.max_position_embeddings = 1024;
-    write_tiny_gguf(&model, &cfg_m, 5).unwrap();
+    let (model, _) = tiny_model(dir.path());
     let mut cfg = config(&model);
     cfg.locate = None;
     cfg.steer = None;
