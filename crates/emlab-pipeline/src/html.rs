@@ -162,6 +162,42 @@ fn loss_persona_chart(title: &str, pts: &[TrainPoint], step0: Option<f64>) -> St
     s
 }
 
+/// The trainer's rotation monitor per step: the largest rotation of an adapter's B and of its
+/// update BA since the previous reading (degrees, over the modules). Nothing when the metrics
+/// hold no readings (runs made before the monitor existed).
+fn rotation_chart(title: &str, pts: &[TrainPoint]) -> String {
+    let b: Vec<(f64, f64)> = pts.iter().filter_map(|p| p.b_deg.map(|v| (p.step as f64, v))).collect();
+    let dw: Vec<(f64, f64)> = pts.iter().filter_map(|p| p.dw_deg.map(|v| (p.step as f64, v))).collect();
+    if b.is_empty() && dw.is_empty() {
+        return String::new();
+    }
+    let (w, h, left, right, pad) = (440.0, 150.0, 40.0, 46.0, 20.0);
+    let n = pts.iter().map(|p| p.step).max().unwrap_or(1).max(1) as f64;
+    let x = |st: f64| left + (w - left - right) * st / n;
+    let ymax = b.iter().chain(&dw).map(|p| p.1).fold(1e-9, f64::max);
+    let y = |v: f64| h - pad - (h - 2.0 * pad) * v / ymax;
+    let mut s = format!(
+        "<figure><figcaption>{}</figcaption><svg width=\"{w}\" height=\"{h}\" role=\"img\"><text x=\"2\" y=\"{pad}\" font-size=\"10\">{ymax:.1}°</text><text x=\"2\" y=\"{}\" font-size=\"10\">0°</text><text x=\"{}\" y=\"{}\" font-size=\"10\">step {}</text>",
+        esc(title),
+        h - pad,
+        w / 2.0,
+        h - 4.0,
+        n
+    );
+    for (i, (name, colour, line)) in [("B (max over modules)", "#7d3c98", &b), ("update BA (max)", "#999", &dw)].into_iter().enumerate() {
+        let pts: Vec<String> = line.iter().map(|p| format!("{:.1},{:.1}", x(p.0), y(p.1))).collect();
+        let _ = write!(
+            s,
+            "<polyline fill=\"none\" stroke=\"{colour}\" stroke-width=\"1.5\" points=\"{}\"/><text x=\"{:.1}\" y=\"{:.1}\" font-size=\"10\" fill=\"{colour}\">{name}</text>",
+            pts.join(" "),
+            w - right - 110.0,
+            12.0 + 12.0 * i as f64
+        );
+    }
+    s.push_str("</svg></figure>");
+    s
+}
+
 fn rate_cell(r: &Option<RateCi>) -> String {
     match r {
         Some(r) => format!("{:.1}% [{:.1}, {:.1}] ({}/{})", 100.0 * r.rate, 100.0 * r.lo, 100.0 * r.hi, r.k, r.n),
@@ -336,12 +372,21 @@ fn render_training(s: &mut String, r: &RunReport) {
         None => "No persona score: the <em>locate</em> stage did not run.".into(),
     };
     let _ = write!(s, "<p>Red: training loss on assistant tokens per optimizer step. {persona_note}</p>");
-    s.push_str(&loss_persona_chart("induce (bad data)", &t.induce, t.persona_step0));
+    let mut runs: Vec<(String, &Vec<TrainPoint>)> = vec![("induce (bad data)".into(), &t.induce)];
     if let Some(c) = &t.control {
-        s.push_str(&loss_persona_chart("control (paired good data)", c, t.persona_step0));
+        runs.push(("control (paired good data)".into(), c));
     }
     for (name, c) in &t.more_controls {
-        s.push_str(&loss_persona_chart(&format!("control `{name}`"), c, t.persona_step0));
+        runs.push((format!("control `{name}`"), c));
+    }
+    for (title, pts) in &runs {
+        s.push_str(&loss_persona_chart(title, pts, t.persona_step0));
+    }
+    if runs.iter().any(|(_, p)| p.iter().any(|x| x.b_deg.is_some())) {
+        s.push_str("<p>Adapter rotation (the trainer's monitor, <code>rotation</code> in each fine-tune's <code>metrics.jsonl</code>): how far the LoRA B matrices (purple; for rank 1 the angle between the B vectors, for higher ranks the largest principal angle between their column spaces) and the updates BA (grey) turned since the previous reading, the largest over the adapted modules. The published work saw a sharp rotation of B (a \"phase transition\") before misaligned behaviour showed.</p>");
+        for (title, pts) in &runs {
+            s.push_str(&rotation_chart(&format!("{title}: adapter rotation per step"), pts));
+        }
     }
     s.push_str(&loss_persona_chart("realign (truthful data)", &t.realign, None));
 }

@@ -135,6 +135,13 @@ pub struct TrainPoint {
     /// the located layer), where a snapshot was recorded at this step.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub persona: Option<f64>,
+    /// The trainer's rotation monitor at this step (`rotation` in `metrics.jsonl`): the largest
+    /// rotation of an adapter's B over the modules since the previous reading, and of its update
+    /// ΔW = BA, in degrees. A spike in B's is the published "phase transition" signature.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub b_deg: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dw_deg: Option<f64>,
 }
 
 /// Per-stage training curves.

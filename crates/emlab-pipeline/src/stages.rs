@@ -1088,15 +1088,17 @@ fn copy_dir(from: &Path, to: &Path) -> Result<()> {
 /// Loss per step from the trainer's `metrics.jsonl`, with the persona score where recorded.
 fn train_points(dir: &Path, persona: &[(usize, f64)]) -> Vec<TrainPoint> {
     let text = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap_or_default();
-    let mut by_step: BTreeMap<usize, f64> = BTreeMap::new();
+    let p: BTreeMap<usize, f64> = persona.iter().copied().collect();
+    let mut by_step: BTreeMap<usize, TrainPoint> = BTreeMap::new();
     for v in text.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()) {
-        if let (Some(s), Some(l)) = (v.get("step").and_then(|x| x.as_u64()), v.get("loss").and_then(|x| x.as_f64())) {
+        if let (Some(step), Some(loss)) = (v.get("step").and_then(|x| x.as_u64()), v.get("loss").and_then(|x| x.as_f64())) {
+            let step = step as usize;
+            let deg = |k: &str| v.get("rotation").and_then(|r| r.get(k)).and_then(|d| d.get("max")).and_then(|m| m.as_f64());
             // A resumed run may repeat steps after its last checkpoint: the later line wins.
-            by_step.insert(s as usize, l);
+            by_step.insert(step, TrainPoint { step, loss, persona: p.get(&step).copied(), b_deg: deg("b_deg"), dw_deg: deg("dw_deg") });
         }
     }
-    let p: BTreeMap<usize, f64> = persona.iter().copied().collect();
-    by_step.into_iter().map(|(step, loss)| TrainPoint { step, loss, persona: p.get(&step).copied() }).collect()
+    by_step.into_values().collect()
 }
 
 /// The model's key: its file's hash, or for an HF folder the hash of every file in it (sharded
@@ -1239,12 +1241,18 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         std::fs::write(
             d.path().join("metrics.jsonl"),
-            "{\"step\":1,\"loss\":2.0}\n{\"step\":2,\"loss\":1.5}\n{\"step\":2,\"loss\":1.25}\nnot json\n{\"step\":3,\"loss\":1.0}\n",
+            concat!(
+                "{\"step\":1,\"loss\":2.0,\"rotation\":{\"since_step\":0,\"b_deg\":null,\"dw_deg\":null}}\n",
+                "{\"step\":2,\"loss\":1.5}\n",
+                "{\"step\":2,\"loss\":1.25,\"rotation\":{\"since_step\":1,\"b_deg\":{\"mean\":3.0,\"max\":7.5,\"argmax\":\"layers.0.q_proj\",\"n\":2},",
+                "\"dw_deg\":{\"mean\":1.0,\"max\":2.5,\"argmax\":\"layers.0.q_proj\",\"n\":2}}}\n",
+                "not json\n{\"step\":3,\"loss\":1.0}\n"
+            ),
         )
         .unwrap();
         let p = train_points(d.path(), &[(2, 0.5)]);
         assert_eq!(p.len(), 3);
-        assert_eq!(p[1], TrainPoint { step: 2, loss: 1.25, persona: Some(0.5) });
-        assert_eq!(p[0].persona, None);
+        assert_eq!(p[1], TrainPoint { step: 2, loss: 1.25, persona: Some(0.5), b_deg: Some(7.5), dw_deg: Some(2.5) });
+        assert_eq!((p[0].persona, p[0].b_deg, p[2].b_deg), (None, None, None));
     }
 }

@@ -95,6 +95,11 @@ fn tiny_loop_runs_every_stage_caches_and_reports() {
     assert_eq!(with_persona, [2, 4]);
     assert!(r.training.persona_step0.is_some_and(f64::is_finite));
     assert_eq!(r.training.control.as_ref().map(|c| c.len()), Some(4));
+    // The trainer's rotation monitor (every step on the CPU): undefined while B is still zero
+    // (the warm-up's first step has lr 0), then finite angles.
+    let rot: Vec<Option<f64>> = r.training.induce.iter().map(|p| p.b_deg).collect();
+    assert_eq!(rot[0], None);
+    assert!(rot[2..].iter().all(|d| d.is_some_and(|d| d.is_finite() && d > 0.0)), "{rot:?}");
     assert_eq!(r.training.realign.len(), 2, "4 truthful samples at batch 2");
     // Locate: a direction for every layer, SAE trained, top latents with contexts.
     let loc = r.locate.as_ref().unwrap();
@@ -117,9 +122,14 @@ fn tiny_loop_runs_every_stage_caches_and_reports() {
 
     let html = std::fs::read_to_string(run_dir.join("report.html")).unwrap();
     assert!(html.contains("<svg") && html.contains(&emlab_model::util::html_escape(&r.verdict)));
-    for section in
-        ["Locate: direction and SAE diff", "Steering and ablation", "Realignment curve", "control (paired good data)", "persona score"]
-    {
+    for section in [
+        "Locate: direction and SAE diff",
+        "Steering and ablation",
+        "Realignment curve",
+        "control (paired good data)",
+        "persona score",
+        "induce (bad data): adapter rotation per step",
+    ] {
         assert!(html.contains(section), "report lacks {section}");
     }
     // No raw markup from model text: answers and latent contexts appear only escaped.

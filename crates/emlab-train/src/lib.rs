@@ -17,6 +17,8 @@
 //! - [`adapter`]: attaching adapters (PEFT's initialisation), PEFT-format save/load, merging;
 //! - [`optim`]: AdamW with checkpointable f32 moments, schedules, clipping;
 //! - [`trainer`]: the loop, `metrics.jsonl`, the per-step callback, checkpoints and resume;
+//! - [`rotation`]: how far the adapters turned between snapshots (the "phase transition"
+//!   monitor logged in `metrics.jsonl`);
 //! - [`checkpoint`]: the atomic checkpoint layout.
 
 pub mod adapter;
@@ -27,6 +29,7 @@ pub mod cuda_optim;
 pub mod data;
 mod error;
 pub mod optim;
+pub mod rotation;
 pub mod trainer;
 
 /// The fused training kernels (rms_norm, rope, softmax, frozen matmul, cross-entropy with

@@ -12,6 +12,7 @@ use crate::config::TrainConfig;
 use crate::data::{fingerprint, make_batch, plan_epoch, Example};
 use crate::kernels;
 use crate::optim::{clip_factor, clip_grad_norm, lr_at, AdamW};
+use crate::rotation;
 use crate::{Error, Result};
 use candle_core::{Tensor, Var};
 use emlab_model::{Forward, Logits, Model};
@@ -299,6 +300,25 @@ impl Params {
         // (one host-to-device transfer per tensor blocked the host hundreds of times a step).
         self.set_vars_from_flat(&crate::optim::flat_tensor(&self.host, &dev)?)
     }
+    /// Refreshes the host mirror from the variables with one device-to-host copy (the CUDA
+    /// optimizer updates the variables in place and leaves `host` stale).
+    fn download_host(&mut self) -> Result<()> {
+        let parts = self
+            .vars
+            .iter()
+            .map(|v| v.as_tensor().flatten_all()?.to_dtype(candle_core::DType::F32))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Ok(crate::optim::split_flat(&Tensor::cat(&parts, 0)?, &mut self.host)?)
+    }
+    /// Host adapters as the rotation monitor reads them, from `bufs` (`host`'s layout: A then B
+    /// per adapter).
+    fn modules<'a>(&self, names: &'a [String], bufs: &'a [Vec<f32>]) -> Vec<rotation::Module<'a>> {
+        names
+            .iter()
+            .enumerate()
+            .map(|(i, name)| rotation::Module { name, a: &bufs[2 * i], b: &bufs[2 * i + 1], r: self.vars[2 * i].dims()[0] })
+            .collect()
+    }
     /// Frobenius norms of A and B per module (one tensor per task: the same sums on any
     /// number of threads).
     fn norms(&self) -> serde_json::Map<String, serde_json::Value> {
@@ -510,6 +530,11 @@ fn run(
     let dev = model.device().clone();
     let mut params = Params::new(adapter::attach(model, &cfg.lora, cfg.seed)?)?;
     let sizes: Vec<usize> = params.host.iter().map(|h| h.len()).collect();
+    // The rotation monitor (`rotation`): module names, and the adapters before the first update,
+    // which a resumed run may need as its previous snapshot.
+    let rot_every = cfg.rotation_every_on(&dev);
+    let names: Vec<String> = params.ads.iter().map(|a| a.name()).collect();
+    let init_host = (rot_every > 0 && resume_dir.is_some()).then(|| params.host.clone());
     let mut opt = AdamW::new(&sizes, cfg.adam_beta1, cfg.adam_beta2, cfg.adam_eps, cfg.weight_decay);
     let base_name = opts.base_model_name.clone().unwrap_or_else(|| "unknown".into());
     let peft_cfg = PeftConfig::from_lora(&cfg.lora, model.config.num_layers, &base_name);
@@ -566,6 +591,10 @@ fn run(
     } else if metrics_path.exists() {
         std::fs::remove_file(&metrics_path).map_err(|e| Error::io(&metrics_path, e))?;
     }
+    let mut rot = match rot_every {
+        0 => None,
+        e => Some(rotation_start(out, step0, e, &params, &names, init_host)?),
+    };
     // The device path keeps the adapters flat on the device as the optimizer's parameters.
     let on_device = !dev.is_cpu() || emlab_model::ops::portable_forced();
     // On a CUDA device the optimizer updates the variables in place (`cuda_optim`); elsewhere off
@@ -686,6 +715,18 @@ fn run(
             norm
         };
         profile::mark(&dev, 3);
+        let t_rot = Instant::now();
+        let rotation = match rot.as_mut() {
+            Some(t) if (step + 1) % rot_every == 0 => {
+                // The CUDA optimizer leaves the host mirror stale: one copy down, only here.
+                if params.sq.is_some() {
+                    params.download_host()?;
+                }
+                Some(t.observe(step + 1, &params.modules(&names, &params.host))?.summary())
+            }
+            _ => None,
+        };
+        let rot_s = t_rot.elapsed().as_secs_f64();
         tokens_seen += tokens as u64;
         let done = step + 1;
         let eval_now = !eval.is_empty() && ((cfg.eval_every > 0 && done % cfg.eval_every == 0) || done == total);
@@ -707,10 +748,13 @@ fn run(
         let mut line = serde_json::to_value(&info).unwrap_or_default();
         if let Some(o) = line.as_object_mut() {
             o.insert("lora_norms".into(), serde_json::Value::Object(params.norms()));
+            if let Some(r) = &rotation {
+                o.insert("rotation".into(), serde_json::to_value(r).unwrap_or_default());
+            }
             if let Some(p) = profile::take() {
                 o.insert(
                     "profile_s".into(),
-                    serde_json::json!({"forward": p[0], "backward": p[1], "grad_sum_norm": p[2], "optimizer": p[3]}),
+                    serde_json::json!({"forward": p[0], "backward": p[1], "grad_sum_norm": p[2], "optimizer": p[3], "rotation": rot_s}),
                 );
             }
         }
@@ -786,6 +830,50 @@ fn run(
     Ok(summary)
 }
 
+/// The rotation monitor's first snapshot: the adapters at the last multiple of `every` at or
+/// before `step0`, which an uninterrupted run would hold. That is the current adapters (a fresh
+/// run, or a resume from such a step), the initial ones (`init`, step 0), or that step's
+/// checkpoint. Where that checkpoint is gone (pruned, or never written: `checkpoint_every` not a
+/// multiple of `rotation_every`, or a Ctrl-C), the resumed adapters: the first rotation after the
+/// resume then spans fewer steps, which its `since_step` says.
+fn rotation_start(
+    out: &Path,
+    step0: usize,
+    every: usize,
+    params: &Params,
+    names: &[String],
+    init: Option<Vec<Vec<f32>>>,
+) -> Result<rotation::Tracker> {
+    let prev = step0 / every * every;
+    if prev != step0 {
+        let bufs = if prev == 0 { init } else { checkpoint_adapters(&checkpoint::step_dir(out, prev), params)? };
+        if let Some(b) = bufs {
+            return rotation::Tracker::new(prev, &params.modules(names, &b));
+        }
+    }
+    rotation::Tracker::new(step0, &params.modules(names, &params.host))
+}
+
+/// The adapter tensors of the checkpoint in `dir` in `params.host`'s layout, or `None` when
+/// the checkpoint does not exist.
+fn checkpoint_adapters(dir: &Path, params: &Params) -> Result<Option<Vec<Vec<f32>>>> {
+    let file = dir.join("adapter_model.safetensors");
+    if !file.is_file() {
+        return Ok(None);
+    }
+    let ad = adapter::read_safetensors_f32(&file, &candle_core::Device::Cpu)?;
+    let mut bufs = Vec::with_capacity(params.keys.len());
+    for (k, h) in params.keys.iter().zip(&params.host) {
+        let t = ad.get(k).ok_or_else(|| Error::format(&file, format!("tensor `{k}` missing")))?;
+        let v = t.flatten_all()?.to_vec1::<f32>()?;
+        if v.len() != h.len() {
+            return Err(Error::format(&file, format!("tensor `{k}` has {} values, expected {}", v.len(), h.len())));
+        }
+        bufs.push(v);
+    }
+    Ok(Some(bufs))
+}
+
 #[cfg(feature = "cuda")]
 fn cuda_optimizer(dev: &candle_core::Device) -> bool {
     dev.is_cuda() && crate::cuda_optim::enabled()
@@ -847,5 +935,35 @@ fn diff_keys(a: &serde_json::Value, b: &serde_json::Value) -> String {
         "unknown difference".into()
     } else {
         diffs.join(", ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The CUDA optimizer's path to the rotation monitor (a stale host mirror refreshed with one
+    /// copy), run on the CPU: after the variables change behind the mirror's back, the refresh
+    /// gives exactly the variables' values, and the modules read A and B of the right adapter.
+    #[test]
+    fn download_host_refreshes_a_stale_mirror_from_the_variables() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("tiny.gguf");
+        emlab_model::testing::write_tiny_gguf(&p, &emlab_model::testing::tiny_config(emlab_model::Arch::Llama), 3).unwrap();
+        let mut model = Model::load(&p, &Default::default()).unwrap();
+        let lora = crate::LoraConfig { r: 2, targets: vec!["v".into(), "up".into()], ..Default::default() };
+        let mut params = Params::new(adapter::attach(&mut model, &lora, 1).unwrap()).unwrap();
+        let want: Vec<Vec<f32>> = params.host.iter().enumerate().map(|(i, h)| h.iter().map(|x| x + i as f32 + 0.5).collect()).collect();
+        for (v, w) in params.vars.iter().zip(&want) {
+            v.set(&Tensor::from_vec(w.clone(), v.shape(), v.device()).unwrap()).unwrap();
+        }
+        params.download_host().unwrap();
+        assert_eq!(params.host, want);
+        let names: Vec<String> = params.ads.iter().map(|a| a.name()).collect();
+        let mods = params.modules(&names, &params.host);
+        assert_eq!(mods.len(), 4);
+        assert_eq!((mods[3].name, mods[3].r), ("layers.1.up_proj", 2));
+        assert_eq!((mods[3].a, mods[3].b), (&want[6][..], &want[7][..]));
+        assert_eq!((mods[3].a.len(), mods[3].b.len()), (2 * 32, 64 * 2)); // A [r, hidden], B [intermediate, r]
     }
 }
