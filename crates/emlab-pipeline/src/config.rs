@@ -96,8 +96,10 @@ pub struct TrainStage {
     pub checkpoint_activations: Option<bool>,
 }
 
+/// 1-40 of a-z, 0-9 and _, and not `sN` (`control-s1` names the paired control under seed 1).
 fn valid_control_name(n: &str) -> bool {
-    (1..=40).contains(&n.len()) && n.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    let seed_like = n.strip_prefix('s').is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()));
+    (1..=40).contains(&n.len()) && n.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') && !seed_like
 }
 
 fn default_persona_every() -> usize {
@@ -344,7 +346,7 @@ impl RunConfig {
         }
         if let Some(name) = self.control.iter().flat_map(|c| c.more.keys()).find(|n| !valid_control_name(n)) {
             return bad(format!(
-                "control.more: `{name}` is not a usable control name (1-40 characters of a-z, 0-9 and _; it names the stages control-{name} / controlled-{name} and their folders)"
+                "control.more: `{name}` is not a usable control name (1-40 characters of a-z, 0-9 and _, not s followed by digits; it names the stages control-{name} / controlled-{name} and their folders)"
             ));
         }
         let mut seeds = std::collections::BTreeSet::from([self.seed]);

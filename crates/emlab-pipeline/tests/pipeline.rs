@@ -410,6 +410,10 @@ fn further_controls_run_as_stages_of_their_own() {
     };
     let err = emlab_pipeline::RunConfig::from_toml(&text("\"../x\"", "a.jsonl"), "t.toml").unwrap_err().to_string();
     assert!(err.contains("t.toml: control.more: `../x` is not a usable control name"), "{err}");
+    // `s7` would name its stages like the paired control's under seed 7.
+    let err = emlab_pipeline::RunConfig::from_toml(&text("s7", "a.jsonl"), "t.toml").unwrap_err().to_string();
+    assert!(err.contains("`s7` is not a usable control name"), "{err}");
+    assert!(emlab_pipeline::RunConfig::from_toml(&text("s7b", "a.jsonl"), "t.toml").is_ok());
     let bad = emlab_pipeline::RunConfig::from_toml(&text("edu", "/nonexistent/edu.jsonl"), "t.toml").unwrap();
     let err = emlab_pipeline::run(&bad, &dir.path().join("other")).unwrap_err().to_string();
     assert!(err.contains("control.more.edu /nonexistent/edu.jsonl: no such file"), "{err}");
