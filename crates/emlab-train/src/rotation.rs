@@ -76,22 +76,6 @@ pub struct Prepared {
     finite: bool,
 }
 
-/// 16 independent sums: the compiler vectorises them (a single running sum would be a serial
-/// chain: floating-point addition is not reassociated for us). Fixed order: the same result on
-/// any thread.
-#[inline]
-fn dot(x: &[f64], y: &[f64]) -> f64 {
-    let mut acc = [0f64; 16];
-    let (xc, yc) = (x.chunks_exact(16), y.chunks_exact(16));
-    let tail: f64 = xc.remainder().iter().zip(yc.remainder()).map(|(a, b)| a * b).sum();
-    for (a, b) in xc.zip(yc) {
-        for k in 0..16 {
-            acc[k] += a[k] * b[k];
-        }
-    }
-    acc.iter().sum::<f64>() + tail
-}
-
 /// All dot products between the `nx` rows of `x` and the `ny` rows of `y` (each row `n` long,
 /// contiguous): `[nx, ny]` row-major; `sym` (x = y) computes the upper triangle and mirrors it.
 /// (4 x 2 register tiles were tried: no faster at these shapes, where the loads from L2 bound
@@ -117,7 +101,9 @@ fn cross_dots<T: Copy + Into<f64>>(x: &[T], y: &[T], n: usize, sym: bool) -> Vec
     g
 }
 
-/// [`dot`] of an f64 row with an f32 or f64 row.
+/// The dot product of an f64 row with an f32 or f64 row, in 16 independent sums: the compiler
+/// vectorises them (a single running sum would be a serial chain: floating-point addition is
+/// not reassociated for us). Fixed order: the same result on any thread.
 #[inline]
 fn dot_mixed<T: Copy + Into<f64>>(x: &[f64], y: &[T]) -> f64 {
     let mut acc = [0f64; 16];
@@ -129,6 +115,10 @@ fn dot_mixed<T: Copy + Into<f64>>(x: &[f64], y: &[T]) -> f64 {
         }
     }
     acc.iter().sum::<f64>() + tail
+}
+
+fn dot(x: &[f64], y: &[f64]) -> f64 {
+    dot_mixed(x, y)
 }
 
 fn axpy(y: &mut [f64], alpha: f64, x: &[f64]) {
