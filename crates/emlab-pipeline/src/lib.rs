@@ -290,6 +290,21 @@ pub fn verdict(c: &emlab_eval::report::CompareReport) -> (String, Option<usize>)
     }
 }
 
+/// What a control says about an induced rise (model-organisms definition), appended to the
+/// verdict when EM was induced: a rise that a fine-tune on the paired good data matches is not
+/// shown to come from the bad data (the published controls do not raise EM).
+pub fn control_clause(name: &str, m: &emlab_eval::metrics::Comparison) -> String {
+    let (pa, pb) = (m.a.rate.unwrap_or(0.0), m.b.rate.unwrap_or(0.0));
+    let p = m.p_value.unwrap_or(1.0);
+    let ci = m.difference_ci.map(|(l, h)| format!(", difference 95% CI [{:.1}, {:.1}] points", 100.0 * l, 100.0 * h)).unwrap_or_default();
+    let head = format!("Against the {name}: {:.1}% vs {:.1}% (n = {} and {}){ci}, p = {p:.3}", 100.0 * pa, 100.0 * pb, m.a.n, m.b.n);
+    if p < 0.05 && pa > pb {
+        format!("{head}: above it, so the rise goes with the bad data, not with fine-tuning as such.")
+    } else {
+        format!("{head}: not significantly above it, so this run does not show that the rise comes from the bad data rather than from fine-tuning as such.")
+    }
+}
+
 /// Per-group n for a two-sided two-proportion z-test at 5% with 80% power.
 pub fn needed_n(p1: f64, p2: f64) -> Option<usize> {
     let d = (p1 - p2).abs();
@@ -385,6 +400,32 @@ mod tests {
             let e = RunConfig::from_toml(&bad, "my.toml").unwrap_err().to_string();
             assert!(e.contains("my.toml") && e.contains(want), "{line}: {e}");
         }
+    }
+
+    #[test]
+    fn a_rise_the_control_matches_is_not_called_specific() {
+        use emlab_eval::metrics::{Comparison, EmDefinition, Proportion};
+        let prop = |k: usize, n: usize| Proportion {
+            successes: k,
+            n,
+            rate: Some(k as f64 / n as f64),
+            bootstrap_ci: None,
+            wilson_ci: Some(emlab_eval::stats::wilson_interval(k, n)),
+        };
+        let cmp = |k1, k2| Comparison {
+            definition: EmDefinition::ModelOrganisms,
+            a: prop(k1, 240),
+            b: prop(k2, 240),
+            difference: Some((k1 as f64 - k2 as f64) / 240.0),
+            difference_ci: None,
+            p_value: emlab_eval::stats::two_proportion_p_value(k1, 240, k2, 240),
+        };
+        // 4/240 vs 2/240 (the medical run of experiments/scale): p = 0.41.
+        let c = control_clause("control fine-tune", &cmp(4, 2));
+        assert!(c.starts_with("Against the control fine-tune: 1.7% vs 0.8% (n = 240 and 240), p = 0.41"), "{c}");
+        assert!(c.contains("does not show that the rise comes from the bad data"), "{c}");
+        let c = control_clause("control fine-tune", &cmp(20, 2));
+        assert!(c.contains("above it, so the rise goes with the bad data"), "{c}");
     }
 
     #[test]

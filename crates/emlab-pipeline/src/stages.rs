@@ -764,7 +764,15 @@ impl<'a> Runner<'a> {
             induced_vs_more_controls.insert(name.clone(), cmp(&induced.result.log, &ev.result.log)?);
         }
         let realigned_vs_induced = cmp(&realigned.result.log, &induced.result.log)?;
-        let (verdict, needed_samples) = crate::verdict(&induced_vs_baseline);
+        let (mut verdict, needed_samples) = crate::verdict(&induced_vs_baseline);
+        if needed_samples.is_none() && verdict.starts_with("EM was induced") {
+            let controls = induced_vs_control.iter().map(|c| ("control fine-tune".to_string(), c));
+            let more = induced_vs_more_controls.iter().map(|(n, c)| (format!("control fine-tune `{n}`"), c));
+            for (name, c) in controls.chain(more) {
+                verdict.push(' ');
+                verdict.push_str(&crate::control_clause(&name, &c.model_organisms));
+            }
+        }
 
         let persona = |stage: &str| located.as_ref().and_then(|l| l.persona.get(stage).cloned()).unwrap_or_default();
         let training = Training {
