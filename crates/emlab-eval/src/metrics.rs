@@ -42,7 +42,7 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::rng::SplitMix64;
-use crate::stats::{percentile, two_proportion_p_value, wilson_interval};
+use crate::stats::{fisher_exact_p_value, percentile, two_proportion_p_value, wilson_interval};
 
 /// One judged answer: the input of every metric.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -155,6 +155,10 @@ pub struct Comparison {
     pub difference_ci: Option<(f64, f64)>,
     /// Two-sided pooled two-proportion z-test.
     pub p_value: Option<f64>,
+    /// Two-sided Fisher's exact test: valid at any count (the z-test is not with a handful of
+    /// misaligned answers); what the run report's verdicts use.
+    #[serde(default)]
+    pub p_value_exact: Option<f64>,
 }
 
 /// Answer flags precomputed once so that each bootstrap resample is a few integer sums.
@@ -390,6 +394,7 @@ pub fn compare(a: &[JudgedAnswer], b: &[JudgedAnswer], definition: EmDefinition,
     Comparison {
         definition,
         p_value: two_proportion_p_value(pa.successes, pa.n, pb.successes, pb.n),
+        p_value_exact: fisher_exact_p_value(pa.successes, pa.n, pb.successes, pb.n),
         a: pa,
         b: pb,
         difference,

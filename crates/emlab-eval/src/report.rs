@@ -195,6 +195,10 @@ pub fn format_report(r: &Report) -> String {
 fn cmp_line(c: &Comparison) -> String {
     let d = c.difference.map_or("n/a".into(), |d| format!("{:+.1} pts", 100.0 * d));
     let p = c.p_value.map_or("".into(), |p| format!(", p = {p:.3}"));
+    let p = match c.p_value_exact {
+        Some(e) => format!("{p} (Fisher's exact {e:.3})"),
+        None => p,
+    };
     format!("A {} vs B {}: difference {d}{}{p}", pct(c.a.rate), pct(c.b.rate), ci(c.difference_ci))
 }
 

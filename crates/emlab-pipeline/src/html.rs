@@ -249,7 +249,7 @@ pub fn render(r: &RunReport) -> String {
     let em_max = em.iter().filter_map(|x| x.2.map(|c| c.1).or(x.1)).fold(0.05f64, f64::max).min(1.0);
     s.push_str(&bar_chart("EM (model-organisms definition), 95% CI", &em, em_max));
     s.push_str(&bar_chart("Coherence rate, 95% CI", &co, 1.0));
-    s.push_str("<h2>Differences</h2><table><tr><th>comparison</th><th>difference (model-organisms)</th><th>95% CI</th><th>p</th></tr>");
+    s.push_str("<h2>Differences</h2><table><tr><th>comparison</th><th>difference (model-organisms)</th><th>95% CI</th><th>p (Fisher's exact)</th><th>p (z-test)</th></tr>");
     let mut diffs = vec![("induced - baseline".to_string(), &r.induced_vs_baseline)];
     if let Some(c) = &r.induced_vs_control {
         diffs.push(("induced - control fine-tune".to_string(), c));
@@ -262,10 +262,11 @@ pub fn render(r: &RunReport) -> String {
         let m = &c.model_organisms;
         let _ = write!(
             s,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             esc(&name),
             m.difference.map(|d| format!("{:+.1} points", 100.0 * d)).unwrap_or_else(|| "n/a".into()),
             ci(m.difference_ci),
+            m.p_value_exact.map(|p| format!("{p:.3}")).unwrap_or_else(|| "n/a".into()),
             m.p_value.map(|p| format!("{p:.3}")).unwrap_or_else(|| "n/a".into())
         );
     }
