@@ -383,13 +383,13 @@ fn render_training(s: &mut String, r: &RunReport) {
     for (title, pts) in &runs {
         s.push_str(&loss_persona_chart(title, pts, t.persona_step0));
     }
+    s.push_str(&loss_persona_chart("realign (truthful data)", &t.realign, None));
     if runs.iter().any(|(_, p)| p.iter().any(|x| x.b_deg.is_some())) {
         s.push_str("<p>Adapter rotation (the trainer's monitor, <code>rotation</code> in each fine-tune's <code>metrics.jsonl</code>): how far the LoRA B matrices (purple; for rank 1 the angle between the B vectors, for higher ranks the largest principal angle between their column spaces) and the updates BA (grey) turned since the previous reading, the largest over the adapted modules. The published work saw a sharp rotation of B (a \"phase transition\") before misaligned behaviour showed.</p>");
         for (title, pts) in &runs {
             s.push_str(&rotation_chart(&format!("{title}: adapter rotation per step"), pts));
         }
     }
-    s.push_str(&loss_persona_chart("realign (truthful data)", &t.realign, None));
 }
 
 fn render_locate(s: &mut String, r: &RunReport) {
