@@ -207,7 +207,7 @@ fn comparisons(b: &mut String, snap: &Snapshot) {
     }
     b.push_str(
         "<h2>Comparisons</h2><table id=\"comparisons\"><tr><th>Comparison</th><th>Definition</th><th>A</th><th>B</th>\
-         <th>A &minus; B [95% CI]</th><th>p</th></tr>",
+         <th>A &minus; B [95% CI]</th><th>p (Fisher's exact)</th><th>p (z-test)</th></tr>",
     );
     for (k, v) in rows {
         for def in ["model_organisms", "betley"] {
@@ -222,14 +222,17 @@ fn comparisons(b: &mut String, snap: &Snapshot) {
             let diff = num(c.get("difference"));
             let dci = c.get("difference_ci").and_then(|d| Some((d.get(0)?.as_f64()?, d.get(1)?.as_f64()?)));
             let p = num(c.get("p_value")).map(|p| format!("{p:.3}")).unwrap_or_else(|| "n/a".into());
+            // Reports written before the exact test existed have none.
+            let exact = num(c.get("p_value_exact")).map(|p| format!("{p:.3}")).unwrap_or_else(|| "n/a".into());
             let _ = write!(
                 b,
-                "<tr><td>{}</td><td>{def}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}{}</td><td class=\"num\">{}</td></tr>",
+                "<tr><td>{}</td><td>{def}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td></tr>",
                 esc(&k.replace('_', " ")),
                 esc(&side("a")),
                 esc(&side("b")),
                 diff.map(|d| format!("{:+.1} pts", 100.0 * d)).unwrap_or_else(|| "n/a".into()),
                 ci(dci),
+                exact,
                 p
             );
         }

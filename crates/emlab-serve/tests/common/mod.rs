@@ -97,7 +97,7 @@ pub fn write_fixture(dir: &Path) {
                 "definition": "model_organisms",
                 "a": {"successes": 2, "n": 3, "rate": 0.6667},
                 "b": {"successes": 1, "n": 4, "rate": 0.25},
-                "difference": 0.4167, "difference_ci": [-0.2, 0.9], "p_value": 0.262
+                "difference": 0.4167, "difference_ci": [-0.2, 0.9], "p_value": 0.262, "p_value_exact": 0.486
             }
         },
         "steering": {"layer": 3, "points": [
