@@ -378,6 +378,9 @@ pub fn load_peft(model: &mut Model, dir: &Path) -> Result<PeftConfig> {
             ));
         }
         let module = format!("model.{name}");
+        if let Some(why) = not_targeted(&v, &cfg, n, p) {
+            return Err(Error::format(&cfg_path, format!("{name}: the tensors adapt it but {why} (PEFT would not load them there)")));
+        }
         // The scale is computed from the config's rank: a config that disagrees with the tensors
         // (an edited or mismatched adapter_config.json) would silently rescale the adapter.
         if cfg.rank_for(&module) != ad[0] {
@@ -390,6 +393,24 @@ pub fn load_peft(model: &mut Model, dir: &Path) -> Result<PeftConfig> {
         lin.lora = Some(Lora { a: Var::from_tensor(&a)?, b: Var::from_tensor(&b)?, scale, dropout: cfg.lora_dropout });
     }
     Ok(cfg)
+}
+
+/// Why the config's `target_modules` / `layers_to_transform` leave out module `p` of layer `n`
+/// (whose tensors the file holds), or `None` when they include it. PEFT wraps only the modules the
+/// config names and drops other tensors: applying them here would give another model than PEFT
+/// does. A list of names matches a module whose path is the name or ends with `.name` (PEFT's
+/// rule); the string `all-linear` matches every projection; another single string is a regular
+/// expression in PEFT, which is not evaluated here (no check).
+fn not_targeted(v: &serde_json::Value, cfg: &PeftConfig, n: usize, p: Proj) -> Option<String> {
+    if let Some(layers) = &cfg.layers_to_transform {
+        if !layers.contains(&n) {
+            return Some(format!("layers_to_transform {layers:?} leaves out layer {n}"));
+        }
+    }
+    let serde_json::Value::Array(names) = v.get("target_modules")? else { return None };
+    let path = format!("model.layers.{n}.{}", p.hf_path());
+    let hit = names.iter().filter_map(|x| x.as_str()).any(|t| path == t || path.ends_with(&format!(".{t}")));
+    (!hit).then(|| format!("target_modules {} does not name it", serde_json::Value::Array(names.clone())))
 }
 
 /// Folds every adapter into its base weight (`W += scale * B A`) and removes it.

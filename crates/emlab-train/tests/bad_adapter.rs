@@ -43,3 +43,37 @@ fn a_config_rank_other_than_the_tensors_rank_is_refused() {
     assert!(e.contains("r 8") && e.contains("rank 2"), "{e}");
     assert!(edit("rank_pattern", serde_json::json!({"q_proj": 2})).is_none());
 }
+
+/// Tensors for modules the config does not target (an edited config, or tensors from another
+/// adapter): PEFT would not load them there, so emlab refuses instead of applying them.
+#[test]
+fn tensors_outside_target_modules_or_layers_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut m = tiny();
+    let lora =
+        LoraConfig { r: 2, alpha: 4.0, rslora: true, targets: vec!["q".into(), "down".into()], layers: vec![1], ..Default::default() };
+    adapter::attach(&mut m, &lora, 0).unwrap();
+    adapter::save_peft(&m, dir.path(), &adapter::PeftConfig::from_lora(&lora, 2, "tiny")).unwrap();
+    let cfg_path = dir.path().join("adapter_config.json");
+    let original: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    assert_eq!(original["layers_to_transform"], serde_json::json!([1]));
+    let load = |edit: &dyn Fn(&mut serde_json::Value)| {
+        let mut j = original.clone();
+        edit(&mut j);
+        std::fs::write(&cfg_path, j.to_string()).unwrap();
+        adapter::load_peft(&mut tiny(), dir.path()).err().map(|e| e.to_string())
+    };
+    // As saved, and in PEFT's other spellings of the same targets, it loads.
+    assert_eq!(load(&|_| {}), None);
+    assert_eq!(load(&|j| j["target_modules"] = serde_json::json!(["self_attn.q_proj", "mlp.down_proj"])), None);
+    assert_eq!(load(&|j| j["target_modules"] = serde_json::json!("all-linear")), None);
+    assert_eq!(load(&|j| j["layers_to_transform"] = serde_json::Value::Null), None);
+    // A target the tensors exceed.
+    let e = load(&|j| j["target_modules"] = serde_json::json!(["q_proj"])).expect("down_proj not targeted");
+    assert!(e.contains("adapter_config.json") && e.contains("layers.1.mlp.down_proj") && e.contains("target_modules [\"q_proj\"]"), "{e}");
+    // A name that only ends like one (`own_proj` is not `down_proj`).
+    assert!(load(&|j| j["target_modules"] = serde_json::json!(["q_proj", "own_proj"])).is_some());
+    // Layers the config leaves out.
+    let e = load(&|j| j["layers_to_transform"] = serde_json::json!([0])).expect("layer 1 not transformed");
+    assert!(e.contains("layers.1.") && e.contains("layers_to_transform [0] leaves out layer 1"), "{e}");
+}
