@@ -525,6 +525,12 @@ impl<'a> Runner<'a> {
             em: RateCi::of(&e.result.report.metrics.em_model_organisms),
             coherent: RateCi::of(&e.result.report.metrics.coherence),
         };
+        // In `stage_names`' order (seed by seed), so an interrupted run has finished whole seeds.
+        for seed in self.cfg.more_seeds.clone() {
+            for arm in self.arms() {
+                self.replicated(&arm, seed)?;
+            }
+        }
         let mut arms = Vec::new();
         for arm in self.arms() {
             let main = match &arm {
