@@ -771,7 +771,7 @@ impl<'a> Runner<'a> {
         }
         let realigned_vs_induced = cmp(&realigned.result.log, &induced.result.log)?;
         let (mut verdict, needed_samples) = crate::verdict(&induced_vs_baseline.model_organisms);
-        if needed_samples.is_none() && verdict.starts_with("EM was induced") {
+        if crate::significantly_above(&induced_vs_baseline.model_organisms) {
             let controls = induced_vs_control.iter().map(|c| ("control fine-tune".to_string(), c));
             let more = induced_vs_more_controls.iter().map(|(n, c)| (format!("control fine-tune `{n}`"), c));
             for (name, c) in controls.chain(more) {
