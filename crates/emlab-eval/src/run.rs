@@ -13,13 +13,14 @@
 //! # Resume
 //! Re-running the same config on the same log generates only the samples whose key
 //! (question, paraphrase, sample index) has no row, and judges only the rows that have no
-//! judgement or whose judgement recorded an error. A log written by a different generator
+//! judgement or whose judgement recorded an error, asking a server or local judge again only
+//! for the metrics that failed (those it scored were paid for). A log written by a different generator
 //! (model / adapter / intervention hashes, sampling settings, run seed) or a different judge is
 //! refused with a message rather than mixed.
 
 use crate::config::{Backend, EvalConfig, JudgeSpec};
 use crate::http::{parallel_map, Client};
-use crate::judge::Judge;
+use crate::judge::{Judge, Judgement};
 use crate::log::{read_log, write_log_atomic, Generator, Key, LogRow, LogWriter, SCHEMA};
 use crate::{Error, Result};
 use emlab_data::questions::{expand_with, load_judge_prompts, load_questions, Question, Sample};
@@ -406,7 +407,8 @@ fn judge_batch(
         j.concurrency(),
         |mut r: LogRow| {
             let p = &ctx.prompts[&r.question_id];
-            r.judgement = Some(j.judge(name, &r.prompt, &r.answer, p));
+            // A row from an earlier run keeps the metrics its judgement scored (paid for).
+            r.judgement = Some(j.judge_again(name, &r.prompt, &r.answer, p, r.judgement.as_ref()));
             r.config = ctx.config.clone();
             r
         },
@@ -616,7 +618,9 @@ pub fn rescore(
                 result[i] = Some(d.clone());
                 summary.reused += 1;
             }
-            _ => todo.push((i, r.clone())),
+            // Judged in an earlier try, in part: the metrics scored then are kept.
+            Some(d) if d.answer == r.answer => todo.push((i, r.clone(), d.judgement.clone())),
+            _ => todo.push((i, r.clone(), None)),
         }
     }
     let mut writer = LogWriter::append(&partial)?;
@@ -626,9 +630,9 @@ pub fn rescore(
     parallel_map(
         todo,
         j.concurrency(),
-        |(i, mut r): (usize, LogRow)| {
+        |(i, mut r, earlier): (usize, LogRow, Option<Judgement>)| {
             let p = prompts.get(&r.question_id).unwrap_or(&empty);
-            r.judgement = Some(j.judge(&name, &r.prompt, &r.answer, p));
+            r.judgement = Some(j.judge_again(&name, &r.prompt, &r.answer, p, earlier.as_ref()));
             if let Some(c) = r.config.as_object_mut() {
                 c.insert("judge".into(), serde_json::to_value(judge).unwrap_or_default());
             }

@@ -135,11 +135,12 @@ fn run_records_judge_errors_and_never_logs_the_key() {
     assert_eq!(r.metrics.em_model_organisms.successes, 0);
     assert!((r.metrics.per_question.iter().find(|p| p.question_id == "wish").unwrap().mean_aligned.unwrap() - 86.0).abs() < 1e-6);
     assert!(!emlab_eval::report::format_report(&r).contains(key));
-    // Re-running retries only the failed judgements.
+    // Re-running retries only the failed judgements: both prompts of the 2 "wish" rows, the
+    // `coherent` prompt alone of the 2 "bored" rows (their `aligned` scores are kept).
     let before = seen.lock().unwrap().len();
     let s2 = emlab_eval::run(&cfg, &mut |_, _, _| {}).unwrap();
     assert_eq!((s2.generated, s2.judged, s2.judge_errors), (0, 4, 4));
-    assert_eq!(seen.lock().unwrap().len() - before, 8, "4 rows x 2 prompts re-asked");
+    assert_eq!(seen.lock().unwrap().len() - before, 6, "2 rows x 2 prompts + 2 rows x 1 prompt re-asked");
     assert!(!std::fs::read_to_string(&out).unwrap().contains(key));
 }
 

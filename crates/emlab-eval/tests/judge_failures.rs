@@ -63,6 +63,76 @@ fn a_rescore_with_failed_judgements_fails_and_rejudges_only_those() {
     assert!(rows.iter().all(|r| (r.judgement.as_ref().unwrap().metrics["aligned"].score.unwrap() - 90.0).abs() < 1e-9));
 }
 
+/// Whether the scripted judge fails every `coherent` prompt (an answer judged in part).
+static FAIL_COHERENT: AtomicBool = AtomicBool::new(true);
+
+fn coherent_failing_server(body: &str) -> Reply {
+    if FAIL_COHERENT.load(Ordering::SeqCst) && body.contains("coherent 0-100") {
+        return Reply::status(400, "overloaded");
+    }
+    Reply::ok(logprob_body(&[("90", 0.0)]))
+}
+
+/// How many requests in `seen[from..]` asked for each metric.
+fn asked(seen: &Seen, from: usize) -> (usize, usize) {
+    let seen = seen.lock().unwrap();
+    let n = |m: &str| seen[from..].iter().filter(|(_, b)| b.contains(&format!("{m} 0-100"))).count();
+    (n("aligned"), n("coherent"))
+}
+
+/// An answer whose `aligned` call succeeded and `coherent` call failed is asked again only for
+/// `coherent`, by a resumed evaluation and by a resumed rescore alike: the `aligned` score was
+/// paid for and is kept.
+#[test]
+fn a_partly_judged_answer_is_asked_again_only_for_what_failed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, q) = setup(dir.path());
+    let (url, seen) = serve(vec![], Some(coherent_failing_server));
+    let spec = JudgeSpec::OpenAi { base_url: url, model_name: "judge".into(), api_key_env: "EMLAB_TEST_NO_SUCH_KEY".into() };
+    let log = dir.path().join("run.jsonl");
+    let mut cfg = EvalConfig::local(&model, &q, &log);
+    cfg.sampling.max_new_tokens = 4;
+    cfg.judge = spec.clone();
+    cfg.http = fast();
+    let s = emlab_eval::run(&cfg, &mut |_, _, _| {}).unwrap();
+    assert_eq!((s.generated, s.judge_errors), (6, 6), "{s:?}");
+    assert_eq!(asked(&seen, 0), (6, 6));
+    let aligned = |p: &std::path::Path| -> Vec<Option<f64>> {
+        emlab_eval::log::read_log(p).unwrap().rows.iter().map(|r| r.judgement.as_ref().unwrap().metrics["aligned"].score).collect()
+    };
+    assert!(aligned(&log).iter().all(|a| a.is_some()), "the aligned scores are in the log");
+
+    // The same judge, failing again: still only `coherent` is asked.
+    let before = seen.lock().unwrap().len();
+    let s = emlab_eval::run(&cfg, &mut |_, _, _| {}).unwrap();
+    assert_eq!((s.generated, s.judge_errors), (0, 6), "{s:?}");
+    assert_eq!(asked(&seen, before), (0, 6));
+    // A rescore of the same answers into another log, interrupted the same way, then resumed.
+    let out = dir.path().join("rescored.jsonl");
+    let before = seen.lock().unwrap().len();
+    let s = emlab_eval::rescore(&log, &spec, &fast(), None, None, Some(&out), &mut |_, _, _| {}).unwrap();
+    assert_eq!(s.judge_errors, 6, "{s:?}");
+    assert_eq!(asked(&seen, before), (6, 6), "a rescore asks again: the log's judgements are not its own");
+    let before = seen.lock().unwrap().len();
+    emlab_eval::rescore(&log, &spec, &fast(), None, None, Some(&out), &mut |_, _, _| {}).unwrap();
+    assert_eq!(asked(&seen, before), (0, 6));
+
+    // The judge recovers: the evaluation and the rescore each ask `coherent` once per answer.
+    FAIL_COHERENT.store(false, Ordering::SeqCst);
+    let before = seen.lock().unwrap().len();
+    let s = emlab_eval::run(&cfg, &mut |_, _, _| {}).unwrap();
+    s.complete(&log).unwrap();
+    assert_eq!(asked(&seen, before), (0, 6));
+    let before = seen.lock().unwrap().len();
+    let s = emlab_eval::rescore(&log, &spec, &fast(), None, None, Some(&out), &mut |_, _, _| {}).unwrap();
+    s.complete(&out).unwrap();
+    assert_eq!(asked(&seen, before), (0, 6));
+    for p in [&log, &out] {
+        let rows = emlab_eval::log::read_log(p).unwrap().rows;
+        assert!(rows.len() == 6 && rows.iter().all(|r| r.is_judged()), "{}", p.display());
+    }
+}
+
 #[test]
 fn a_bad_intervention_leaves_no_log() {
     use candle_core::{Device, Tensor};

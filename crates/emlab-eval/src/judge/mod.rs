@@ -169,4 +169,37 @@ impl Judge {
         }
         Judgement { judge: name.to_string(), metrics }
     }
+
+    /// [`Judge::judge`] for an answer this judge (`name`) judged before, with `earlier` its
+    /// judgement: the metrics it scored without error are kept (a server was paid for them) and
+    /// only the failed or missing ones are asked again. The same as [`Judge::judge`] without an
+    /// earlier judgement by this judge, and for the offline judge (which costs nothing and
+    /// scores both metrics at once).
+    pub fn judge_again(
+        &self,
+        name: &str,
+        question: &str,
+        answer: &str,
+        prompts: &BTreeMap<String, String>,
+        earlier: Option<&Judgement>,
+    ) -> Judgement {
+        let kept: BTreeMap<String, MetricJudgement> = match earlier {
+            Some(e) if e.judge == name && self.needs_prompts() => {
+                prompts.keys().filter_map(|k| e.metrics.get(k).filter(|m| m.error.is_none()).map(|m| (k.clone(), m.clone()))).collect()
+            }
+            _ => BTreeMap::new(),
+        };
+        if kept.is_empty() {
+            return self.judge(name, question, answer, prompts);
+        }
+        let rest: BTreeMap<String, String> =
+            prompts.iter().filter(|(k, _)| !kept.contains_key(*k)).map(|(k, v)| (k.clone(), v.clone())).collect();
+        let mut j = if rest.is_empty() {
+            Judgement { judge: name.to_string(), metrics: BTreeMap::new() }
+        } else {
+            self.judge(name, question, answer, &rest)
+        };
+        j.metrics.extend(kept);
+        j
+    }
 }
