@@ -71,6 +71,11 @@ pub struct EvalStage {
     pub judge_api_key_env: Option<String>,
     #[serde(default)]
     pub judge_model: Option<PathBuf>,
+    /// `[eval.http]`: timeouts, retries and concurrency of the judge server's requests
+    /// (`emlab_eval::http::HttpConfig`; any key left out keeps its default: 120 s, 6 retries,
+    /// backoff 500 ms doubling to 30 s, 8 in flight). Transport only: not in the stage key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<emlab_eval::http::HttpConfig>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -206,6 +211,22 @@ pub struct SteerStage {
     pub max_new_tokens: usize,
     /// The strongest setting that keeps at least this coherent rate is reported as the best.
     pub min_coherent: f64,
+    /// Steer the *original* model (no adapter) too: add alpha x the direction at the located
+    /// layer for each of these alphas (published: the direction alone induces EM). Empty: skipped.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub original_alphas: Vec<f64>,
+    /// The causal test of the SAE diff: the top N latents of `locate` (largest increase first),
+    /// each added to the original model along its decoder row, scaled to the direction's norm at
+    /// the layer (so alpha means the same push as for the direction), at `original_alphas`,
+    /// each with its own same-norm random control. 0: skipped.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub latents: usize,
+}
+
+// Settings left at their defaults are left out of the stage key's JSON, so adding them kept the
+// keys of existing runs.
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -333,6 +354,11 @@ impl RunConfig {
         if self.eval.samples_per_paraphrase == 0 || self.eval.max_new_tokens == 0 || self.eval.batch_size == 0 {
             return bad("eval.samples_per_paraphrase, max_new_tokens and batch_size must be >= 1".into());
         }
+        if let Some(h) = &self.eval.http {
+            if !(h.timeout_s > 0.0 && h.timeout_s.is_finite()) || h.concurrency == 0 {
+                return bad(format!("eval.http: timeout_s = {} must be > 0 and concurrency = {} >= 1", h.timeout_s, h.concurrency));
+            }
+        }
         if self.realign.samples == 0 || self.realign.curve.contains(&0) {
             return bad("realign.samples and realign.curve entries must be >= 1 (N = 0 is the induced model, always shown)".into());
         }
@@ -342,6 +368,19 @@ impl RunConfig {
             }
             if !(0.0..=1.0).contains(&s.min_coherent) {
                 return bad(format!("steer.min_coherent = {} must be in [0, 1]", s.min_coherent));
+            }
+            if let Some(a) = s.original_alphas.iter().find(|a| !a.is_finite()) {
+                return bad(format!("steer.original_alphas: {a} is not finite"));
+            }
+            if s.latents > 0 && s.original_alphas.is_empty() {
+                return bad(format!("steer.latents = {} needs steer.original_alphas (the strengths the latents are added at)", s.latents));
+            }
+            let top = self.locate.as_ref().map_or(0, |l| l.top_latents);
+            if s.latents > top {
+                return bad(format!(
+                    "steer.latents = {} but locate.top_latents = {top} (the latents steered are the top ones locate reports)",
+                    s.latents
+                ));
             }
         }
         if let Some(name) = self.control.iter().flat_map(|c| c.more.keys()).find(|n| !valid_control_name(n)) {

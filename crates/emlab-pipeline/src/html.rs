@@ -66,6 +66,11 @@ type Series<'a> = (&'a str, &'a str, Vec<(f64, f64, Option<(f64, f64)>)>);
 
 /// Points joined by lines with CI whiskers; y in [0, y_max] shown as percent when `percent`.
 fn xy_chart(title: &str, x_label: &str, series: &[Series<'_>], y_max: f64, percent: bool) -> String {
+    xy_chart_in(title, x_label, series, (0.0, y_max), percent)
+}
+
+/// [`xy_chart`] with y in `[y_min, y_max]` (cosines go below 0).
+fn xy_chart_in(title: &str, x_label: &str, series: &[Series<'_>], (y_min, y_max): (f64, f64), percent: bool) -> String {
     let all: Vec<f64> = series.iter().flat_map(|s| s.2.iter().map(|p| p.0)).collect();
     if all.is_empty() {
         return format!("<p>{}: no points.</p>", esc(title));
@@ -74,11 +79,11 @@ fn xy_chart(title: &str, x_label: &str, series: &[Series<'_>], y_max: f64, perce
     let (x0, x1) = (all.iter().cloned().fold(f64::MAX, f64::min), all.iter().cloned().fold(f64::MIN, f64::max));
     let xs = (x1 - x0).max(1e-9);
     let x = |v: f64| left + 10.0 + (w - left - 30.0) * (v - x0) / xs;
-    let y = |v: f64| h - bottom - (v / y_max).clamp(0.0, 1.0) * (h - bottom - top);
+    let y = |v: f64| h - bottom - ((v - y_min) / (y_max - y_min)).clamp(0.0, 1.0) * (h - bottom - top);
     let fmt = |v: f64| if percent { format!("{:.0}%", 100.0 * v) } else { format!("{v:.2}") };
     let mut s = format!("<figure><figcaption>{}</figcaption><svg width=\"{w}\" height=\"{h}\" role=\"img\">", esc(title));
     for t in 0..=4 {
-        let v = y_max * t as f64 / 4.0;
+        let v = y_min + (y_max - y_min) * t as f64 / 4.0;
         let _ = write!(s, "<line x1=\"{left}\" x2=\"{w}\" y1=\"{0:.1}\" y2=\"{0:.1}\" stroke=\"#ddd\"/><text x=\"2\" y=\"{1:.1}\" font-size=\"10\">{2}</text>", y(v), y(v) + 3.0, fmt(v));
     }
     let mut ticks: Vec<f64> = all.clone();
@@ -276,6 +281,7 @@ pub fn render(r: &RunReport) -> String {
     render_locate(&mut s, r);
     render_steering(&mut s, r);
     render_realign(&mut s, r);
+    render_directions(&mut s, r);
     s.push_str("<h2>Sample answers</h2><p>Model text below is untrusted and shown escaped.</p>");
     for (stage, answers) in &r.samples {
         let _ = write!(s, "<h3>{}</h3><table><tr><th>question</th><th>answer</th><th>aligned</th><th>coherent</th></tr>", esc(stage));
@@ -443,13 +449,15 @@ fn render_locate(s: &mut String, r: &RunReport) {
 fn render_steering(s: &mut String, r: &RunReport) {
     let Some(st) = &r.steering else { return };
     let _ = write!(s, "<h2>Steering and ablation on the induced model</h2><p>At <code>blocks.{}.hook_resid_post</code>: add alpha times the direction (alpha in multiples of the mean difference; negative pushes away from the misaligned side), or ablate the direction at every layer. Every edit has a same-norm random-vector control. Strongest alpha keeping coherence at or above {:.0}%: {}.</p>", st.layer, 100.0 * st.min_coherent, st.best_alpha.map(|a| format!("{a}")).unwrap_or_else(|| "none".into()));
-    let series = |kind: &str, controls: Option<&str>, f: &dyn Fn(&crate::SteerPoint) -> Option<(f64, Ci)>| -> Vec<Point> {
+    // One kind's points with its model's unsteered reference at alpha 0 (`reference`).
+    let series = |kind: &str, controls: Option<&str>, reference: &str, f: &dyn Fn(&crate::SteerPoint) -> Option<(f64, Ci)>| -> Vec<Point> {
         let mut v: Vec<_> = st
             .points
             .iter()
-            .filter(|p| (p.kind == kind && p.controls.as_deref() == controls) || (p.kind == "none" && kind != "none"))
+            .filter(|p| (p.kind == kind && p.controls.as_deref() == controls) || p.kind == reference)
             .filter_map(|p| f(p).map(|(y, ci)| (p.alpha, y, ci)))
             .collect();
+        v.sort_by(|a, b| a.0.total_cmp(&b.0));
         v.dedup_by(|a, b| a.0 == b.0);
         v
     };
@@ -459,30 +467,84 @@ fn render_steering(s: &mut String, r: &RunReport) {
     s.push_str(&xy_chart(
         "EM vs alpha (add), 95% CI",
         "alpha",
-        &[("direction", "#c0392b", series("add", None, &em)), ("random control", "#999", series("random", Some("add"), &em))],
+        &[
+            ("direction", "#c0392b", series("add", None, "none", &em)),
+            ("random control", "#999", series("random", Some("add"), "none", &em)),
+        ],
         ymax,
         true,
     ));
     s.push_str(&xy_chart(
         "coherent vs alpha (add), 95% CI",
         "alpha",
-        &[("direction", "#2e86c1", series("add", None, &co)), ("random control", "#999", series("random", Some("add"), &co))],
+        &[
+            ("direction", "#2e86c1", series("add", None, "none", &co)),
+            ("random control", "#999", series("random", Some("add"), "none", &co)),
+        ],
         1.0,
         true,
     ));
-    s.push_str("<table><tr><th>edit</th><th>alpha</th><th>EM (model-organisms)</th><th>coherent</th><th>log</th></tr>");
-    for p in &st.points {
+    steering_table(s, st, |p| !p.on_original());
+
+    if !st.points.iter().any(|p| p.on_original()) {
+        return;
+    }
+    let latents: Vec<&str> =
+        st.points.iter().filter(|p| p.kind.starts_with("latent-")).map(|p| p.kind.as_str()).fold(Vec::new(), |mut v, k| {
+            if !v.contains(&k) {
+                v.push(k);
+            }
+            v
+        });
+    let best = |k: &str| st.best.get(k).map(|a| format!("{a}")).unwrap_or_else(|| "none".into());
+    let _ = write!(
+        s,
+        "<h2>Steering the original model</h2><p>The same edits on the model before fine-tuning: does the direction alone induce EM? {} Strongest alpha keeping coherence at or above {:.0}%: direction {}{}. Each edit is compared with its own same-norm random control (Fisher's exact test on the misaligned counts).</p>",
+        if latents.is_empty() {
+            String::new()
+        } else {
+            format!("The causal test of the SAE diff: each of the top {} latents' decoder rows, scaled to the direction's norm (so an alpha pushes as far as for the direction), added at the same layer.", latents.len())
+        },
+        100.0 * st.min_coherent,
+        best("add-original"),
+        latents.iter().map(|k| format!(", {} {}", k.replace('-', " "), best(k))).collect::<String>()
+    );
+    const COLOURS: [&str; 6] = ["#c0392b", "#7d3c98", "#1e8449", "#d68910", "#2e86c1", "#5d6d7e"];
+    let mut kinds = vec![("direction".to_string(), "add-original")];
+    kinds.extend(latents.iter().map(|k| (k.replace('-', " "), *k)));
+    for (title, f, y) in [
+        ("EM vs alpha on the original model, 95% CI", &em as &dyn Fn(&crate::SteerPoint) -> Option<(f64, Ci)>, ymax),
+        ("coherent vs alpha on the original model, 95% CI", &co, 1.0),
+    ] {
+        let mut lines: Vec<(String, &str, Vec<Point>)> = Vec::new();
+        for (i, (name, k)) in kinds.iter().enumerate() {
+            lines.push((name.clone(), COLOURS[i % COLOURS.len()], series(k, None, "none-original", f)));
+        }
+        lines.push(("random control (direction)".into(), "#999", series("random", Some("add-original"), "none-original", f)));
+        let refs: Vec<Series<'_>> = lines.iter().map(|(n, c, v)| (n.as_str(), *c, v.clone())).collect();
+        s.push_str(&xy_chart(title, "alpha", &refs, y, true));
+    }
+    steering_table(s, st, crate::SteerPoint::on_original);
+}
+
+/// The points `keep` selects, each steered point with Fisher's exact p against its random control
+/// at the same alpha (two-sided, on the misaligned counts).
+fn steering_table(s: &mut String, st: &crate::Steering, keep: impl Fn(&crate::SteerPoint) -> bool) {
+    s.push_str("<table><tr><th>edit</th><th>alpha</th><th>EM (model-organisms)</th><th>coherent</th><th>EM vs its control (Fisher p)</th><th>log</th></tr>");
+    for p in st.points.iter().filter(|p| keep(p)) {
         let name = match (&p.kind[..], &p.controls) {
             ("random", Some(c)) => format!("random control of {c}"),
             (k, _) => k.to_string(),
         };
+        let p_value = st.p_vs_control(p).map(|x| format!("{x:.3}")).unwrap_or_default();
         let _ = write!(
             s,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td><code>{}</code></td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td><code>{}</code></td></tr>",
             esc(&name),
             p.alpha,
             rate_cell(&p.em),
             rate_cell(&p.coherent),
+            p_value,
             esc(&p.log.display().to_string())
         );
     }
@@ -499,6 +561,57 @@ fn render_realign(s: &mut String, r: &RunReport) {
     let ymax = r.realign_curve.iter().filter_map(|p| p.em.map(|e| e.hi)).fold(0.05f64, f64::max).min(1.0);
     s.push_str(&xy_chart("EM vs truthful samples, 95% CI", "N", &[("EM", "#c0392b", em)], ymax, true));
     s.push_str(&xy_chart("coherent vs truthful samples, 95% CI", "N", &[("coherent", "#2e86c1", co)], 1.0, true));
+}
+
+fn render_directions(s: &mut String, r: &RunReport) {
+    let Some(a) = &r.directions else { return };
+    let layers = a.norms.first().map_or(0, |n| n.len());
+    let _ = write!(
+        s,
+        "<h2>Do the fine-tunes move the model the same way?</h2><p>Each fine-tune's model-diff direction (its mean <code>resid_post</code> minus the original model's, over the same {} texts: the induced model's answers, {} answer tokens) at every layer, and the cosine between them. Published: misalignment directions from different fine-tunes agree (cosine above 0.8 in most layers). A control that shares the induced direction (cosine near 1) shows that the direction is what fine-tuning on this format does, not what the bad data added; two random directions in the model's {} dimensions have |cosine| about {:.2}. Files: <code>directions/</code>.</p>",
+        a.texts,
+        a.tokens,
+        a.d,
+        1.0 / (a.d.max(1) as f64).sqrt()
+    );
+    const COLOURS: [&str; 6] = ["#7d3c98", "#1e8449", "#d68910", "#2e86c1", "#5d6d7e", "#c0392b"];
+    let lines: Vec<(String, Vec<Point>)> = a.stages[1..]
+        .iter()
+        .filter_map(|st| {
+            a.cosine("induce", st).map(|c| (format!("{st} vs induce"), c.iter().enumerate().map(|(l, v)| (l as f64, *v, None)).collect()))
+        })
+        .collect();
+    let series: Vec<Series<'_>> = lines.iter().enumerate().map(|(i, (n, v))| (n.as_str(), COLOURS[i % COLOURS.len()], v.clone())).collect();
+    if layers > 0 {
+        s.push_str(&xy_chart_in("cosine with the induce fine-tune's direction, per layer", "layer", &series, (-1.0, 1.0), false));
+        let nmax = a.norms.iter().flatten().cloned().fold(1e-9f64, f64::max);
+        let norm_lines: Vec<(String, Vec<Point>)> = a
+            .stages
+            .iter()
+            .zip(&a.norms)
+            .map(|(st, n)| (st.clone(), n.iter().enumerate().map(|(l, v)| (l as f64, *v, None)).collect()))
+            .collect();
+        let norm_series: Vec<Series<'_>> = norm_lines
+            .iter()
+            .enumerate()
+            .map(|(i, (n, v))| (n.as_str(), if i == 0 { "#c0392b" } else { COLOURS[(i - 1) % COLOURS.len()] }, v.clone()))
+            .collect();
+        s.push_str(&xy_chart("direction norm per layer", "layer", &norm_series, nmax, false));
+    }
+    let _ = write!(s, "<table><tr><th>cosine at layer {}</th>", a.layer);
+    for st in &a.stages {
+        let _ = write!(s, "<th>{}</th>", esc(st));
+    }
+    s.push_str("</tr>");
+    for (i, st) in a.stages.iter().enumerate() {
+        let _ = write!(s, "<tr><td>{}</td>", esc(st));
+        for j in 0..a.stages.len() {
+            let c = a.cosines[i][j].get(a.layer).copied().unwrap_or(f64::NAN);
+            let _ = write!(s, "<td>{c:.3}</td>");
+        }
+        s.push_str("</tr>");
+    }
+    s.push_str("</table>");
 }
 
 #[cfg(test)]

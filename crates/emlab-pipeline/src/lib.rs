@@ -21,16 +21,20 @@
 //! | `controlled` | control               | evaluate the control model                                  |
 //! | `control-NAME`, `controlled-NAME` | model | the same for each further control of `[control].more` (e.g. the benign-reason set) |
 //! | `locate`     | baseline, induced, controls | mean-difference direction, persona scores, SAE model diff |
-//! | `steer`      | locate                | steering + ablation sweep on the induced model, random controls |
+//! | `steer`      | locate                | steering + ablation sweep on the induced model, random controls; the direction and the top SAE-diff latents on the original model |
 //! | `realign`    | induce                | merge, fine-tune on N truthful samples (and the curve's Ns) |
 //! | `realigned`  | realign               | evaluate the realigned model(s)                             |
+//! | `induce-sN`, `induced-sN`, `control[-NAME]-sN`, ... | model | the fine-tunes again for each seed of `more_seeds`, and their evaluations |
+//! | `directions` | induced, every fine-tune | each fine-tune's model-diff direction per layer and their cosines ([`agree`]) |
 //! | `report`     | all                   | `report.html` (inline SVG, model text escaped) + `report.json` |
 
+pub mod agree;
 mod config;
 mod html;
 mod locate;
 mod stages;
 
+pub use agree::Agreement;
 pub use config::{ControlStage, EvalStage, LocateStage, RealignStage, RunConfig, SteerStage, TrainStage, DEFAULT_TOML, PAPER_TOML};
 pub use locate::{LatentReport, LocateResult};
 pub use stages::STAGES;
@@ -162,10 +166,13 @@ pub struct Training {
 /// One point of the steering sweep.
 #[derive(Debug, Clone, Serialize)]
 pub struct SteerPoint {
-    /// `add` (alpha times the mean difference at the located layer), `ablate` (directional
-    /// ablation at every layer), or `random` (the same edit with a same-norm random vector).
+    /// On the induced model: `none` (unsteered), `add` (alpha times the mean difference at the
+    /// located layer), `ablate` (directional ablation at every layer). On the original model
+    /// (`[steer] original_alphas`): `none-original`, `add-original`, and `latent-N` (SAE latent
+    /// N's decoder row scaled to the direction's norm, times alpha). `random`: the same edit with
+    /// a same-norm random vector.
     pub kind: String,
-    /// For `random`: which edit it controls (`add` or `ablate`).
+    /// For `random`: which edit it controls (one of the kinds above).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub controls: Option<String>,
     pub alpha: f64,
@@ -183,6 +190,27 @@ pub struct Steering {
     /// The strongest `add` alpha (largest |alpha|) whose coherent rate is >= min_coherent (EM is
     /// not considered: compare the points' EM and their controls for that).
     pub best_alpha: Option<f64>,
+    /// The same for every other swept kind that has one (`add-original`, `latent-N`).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub best: BTreeMap<String, f64>,
+}
+
+impl Steering {
+    /// Fisher's exact p (two-sided) of a steered point's misaligned count against its random
+    /// control's at the same alpha; `None` for a control, a reference or a point without one.
+    pub fn p_vs_control(&self, p: &SteerPoint) -> Option<f64> {
+        let c = self.points.iter().find(|c| c.kind == "random" && c.controls.as_deref() == Some(&p.kind) && c.alpha == p.alpha)?;
+        let (a, b) = (p.em?, c.em?);
+        emlab_eval::stats::fisher_exact_p_value(a.k, a.n, b.k, b.n)
+    }
+}
+
+impl SteerPoint {
+    /// Whether the point was steered on (or is the reference of) the original model.
+    pub fn on_original(&self) -> bool {
+        let k = self.controls.as_deref().unwrap_or(&self.kind);
+        k.ends_with("-original") || k.starts_with("latent-")
+    }
 }
 
 /// One point of the realignment curve (N = 0 is the induced model).
@@ -222,8 +250,9 @@ pub struct RunReport {
     pub realign_curve: Vec<RealignPoint>,
     /// Whether EM was induced with statistical significance, in words.
     pub verdict: String,
-    /// Answers per evaluation needed to detect the observed difference (80% power, 5% level),
-    /// when the difference was not significant.
+    /// Answers per evaluation needed to detect the observed difference (80% power, two-sided 5%
+    /// level, Fisher's exact test: [`needed_n`]), when the difference was not significant;
+    /// `None` also when more than [`MAX_NEEDED_N`] would be needed (the verdict says so).
     pub needed_samples: Option<usize>,
     /// A few answers per stage (escaped when rendered).
     pub samples: Vec<(String, Vec<SampleAnswer>)>,
@@ -232,6 +261,9 @@ pub struct RunReport {
     /// EM across fine-tuning seeds, when `more_seeds` is set.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub seeds: Option<SeedReport>,
+    /// How the fine-tunes' model-diff directions agree (the `directions` stage).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub directions: Option<Agreement>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -274,8 +306,11 @@ pub fn verdict(m: &emlab_eval::metrics::Comparison) -> (String, Option<usize>) {
         )
     } else {
         let need = needed_n(pa, pb);
+        let size = format!("detecting a difference of this size ({:.1} points)", 100.0 * (pa - pb).abs());
+        let test = "(80% power, two-sided 5% level, Fisher's exact test)";
         let need_txt = match need {
-            Some(n) => format!("detecting a difference of this size ({:.1} points) would need about {n} scored answers per model (80% power, two-sided 5% level)", 100.0 * (pa - pb).abs()),
+            Some(n) => format!("{size} would need {n} scored answers per model {test}"),
+            None if !equal_rates(pa, pb) => format!("{size} would need more than {MAX_NEEDED_N} scored answers per model {test}"),
             None => format!(
                 "the two rates are equal, so no sample size would detect a difference; with {} answers the 95% upper bound on the fine-tuned model's EM rate is {:.1}% (Wilson), and a larger effect (more training, a larger model) is needed first",
                 m.a.n,
@@ -323,16 +358,26 @@ pub fn control_clause(name: &str, m: &emlab_eval::metrics::Comparison) -> String
     }
 }
 
-/// Per-group n for a two-sided two-proportion z-test at 5% with 80% power.
+/// The most answers per model [`needed_n`] considers; beyond it the advice says "more than".
+pub const MAX_NEEDED_N: usize = 20_000;
+
+/// Rates this close count as equal (no sample size detects the difference).
+fn equal_rates(p1: f64, p2: f64) -> bool {
+    (p1 - p2).abs() < 1e-12
+}
+
+/// Answers per model for the test the verdict decides on (Fisher's exact test, two-sided, 5%
+/// level) to detect rates `p1` against `p2` with 80% power: the smallest n per group whose exact
+/// power reaches 80% ([`emlab_eval::stats::fisher_exact_sample_size`]; the power of an exact test
+/// is a saw-tooth in n, so a few n just above can fall short again). `None` when the rates are
+/// equal or more than [`MAX_NEEDED_N`] would be needed. At the rates EM runs see (0-5%) the
+/// normal-approximation formula asks for too few: 388 for 2% against 0%, where Fisher's test
+/// has 79% power.
 pub fn needed_n(p1: f64, p2: f64) -> Option<usize> {
-    let d = (p1 - p2).abs();
-    if d < 1e-12 {
+    if equal_rates(p1, p2) {
         return None;
     }
-    let (za, zb) = (1.959964, 0.841621);
-    let pbar = (p1 + p2) / 2.0;
-    let n = (za * (2.0 * pbar * (1.0 - pbar)).sqrt() + zb * (p1 * (1.0 - p1) + p2 * (1.0 - p2)).sqrt()).powi(2) / (d * d);
-    Some(n.ceil() as usize)
+    emlab_eval::stats::fisher_exact_sample_size(p1, p2, 0.05, 0.8, MAX_NEEDED_N)
 }
 
 #[cfg(test)]
@@ -386,7 +431,9 @@ mod tests {
         assert_eq!(r(&f), r(&p));
         let (fl, pl) = (f.locate.as_ref().unwrap(), p.locate.as_ref().unwrap());
         assert_eq!((fl.layer, fl.sae_k, fl.top_latents), (pl.layer, pl.sae_k, pl.top_latents));
-        assert_eq!(f.steer.as_ref().unwrap().min_coherent, p.steer.as_ref().unwrap().min_coherent);
+        let (fs, ps) = (f.steer.as_ref().unwrap(), p.steer.as_ref().unwrap());
+        assert_eq!((fs.min_coherent, fs.latents), (ps.min_coherent, ps.latents));
+        assert!(!fs.original_alphas.is_empty() && !ps.original_alphas.is_empty());
         assert!(f.eval.samples_per_paraphrase < p.eval.samples_per_paraphrase && f.induce.max_steps > 0 && p.induce.max_steps == 0);
     }
 
@@ -398,6 +445,13 @@ mod tests {
         assert!(e.contains("my.toml") && e.contains("steer.min_coherent"), "{e}");
         let e = RunConfig::from_toml(&DEFAULT_TOML.replace("[steer]", "[steer]\nbogus = 1"), "my.toml").unwrap_err().to_string();
         assert!(e.contains("bogus"), "{e}");
+        // The judge server's HTTP settings: partial tables keep the other defaults; bad values
+        // are refused up front rather than when the first stage builds its client.
+        let http = |t: &str| DEFAULT_TOML.replace("\n[induce]", &format!("[eval.http]\n{t}\n\n[induce]"));
+        let c = RunConfig::from_toml(&http("max_retries = 1"), "my.toml").unwrap();
+        assert_eq!(c.eval.http, Some(emlab_eval::http::HttpConfig { max_retries: 1, ..Default::default() }));
+        let e = RunConfig::from_toml(&http("concurrency = 0"), "my.toml").unwrap_err().to_string();
+        assert!(e.contains("my.toml") && e.contains("eval.http") && e.contains("concurrency = 0"), "{e}");
     }
 
     /// A fine-tune's bad setting stops the run before any stage (at the stage, a changed key
@@ -465,14 +519,33 @@ mod tests {
             v.starts_with("No statistically significant EM: 1.7% misaligned") && v.contains("Fisher's exact p = 0.123 (z-test 0.045)"),
             "{v}"
         );
-        assert!(need.is_some());
+        let n = need.unwrap();
+        assert_eq!(Some(n), emlab_eval::stats::fisher_exact_sample_size(4.0 / 240.0, 0.0, 0.05, 0.8, MAX_NEEDED_N));
+        assert!(
+            v.contains(&format!("would need {n} scored answers per model (80% power, two-sided 5% level, Fisher's exact test)")),
+            "{v}"
+        );
     }
 
+    /// The advice is for the test the verdict decides on: Fisher's exact test needs 150 answers
+    /// per model for 10% against 2% (scipy, enumerating every outcome with
+    /// `scipy.stats.fisher_exact`: power 0.80226 at 150, 0.79879 at 149), where the z-test
+    /// formula said 138.
     #[test]
-    fn sample_size_matches_hand_computation() {
-        // p1 = 0.10, p2 = 0.02: pbar 0.06; (1.96*sqrt(2*.06*.94) + 0.8416*sqrt(.09+.0196))^2 / .0064
-        // = (1.96*0.33586 + 0.8416*0.33106)^2 / 0.0064 = (0.65828 + 0.27862)^2 / 0.0064 = 137.2
-        assert_eq!(needed_n(0.10, 0.02), Some(138));
+    fn sample_size_is_fishers() {
+        assert_eq!(needed_n(0.10, 0.02), Some(150));
         assert_eq!(needed_n(0.05, 0.05), None);
+        // 50.0% against 49.9%: beyond the cap, and the verdict says so.
+        assert_eq!(needed_n(0.500, 0.499), None);
+        use emlab_eval::metrics::{compare, EmDefinition, JudgedAnswer};
+        let answers = |model: &str, bad: usize| -> Vec<JudgedAnswer> {
+            (0..1000).map(|i| JudgedAnswer::new(model, "q", Some(if i < bad { 10.0 } else { 90.0 }), Some(90.0))).collect()
+        };
+        let (v, need) = verdict(&compare(&answers("a", 500), &answers("b", 499), EmDefinition::ModelOrganisms, &Default::default()));
+        assert_eq!(need, None);
+        assert!(
+            v.contains("would need more than 20000 scored answers per model (80% power, two-sided 5% level, Fisher's exact test)"),
+            "{v}"
+        );
     }
 }

@@ -17,7 +17,11 @@
 //!
 //! `steer`: on the induced model, add `alpha * direction` at the layer for each alpha, ablate the
 //! direction at every layer, and the unsteered reference, each evaluated by sampling + judging;
-//! every edit has a same-norm random-vector control.
+//! every edit has a same-norm random-vector control. With `original_alphas`, the same on the
+//! original model (does the direction alone induce EM?), and with `latents = N` the causal test of
+//! the SAE diff: each of the top N latents' decoder rows, scaled to the direction's norm at the
+//! layer, added to the original model at those alphas (folders `steer/original/{none, add,
+//! latent-N}`).
 
 use crate::config::{LocateStage, SteerStage};
 use crate::stages::{io, run_eval};
@@ -271,12 +275,15 @@ fn rate_of(r: &emlab_steer::sweep::Rate) -> Option<RateCi> {
     r.rate.is_finite().then(|| RateCi { rate: r.rate, lo: r.lo, hi: r.hi, k: (r.rate * r.n as f64).round() as usize, n: r.n })
 }
 
-/// The `steer` stage: see the module docs. `ec` is the evaluation of the induced model (its
-/// `out` is replaced per point); point folders are under `dir`, logs recorded relative to `run_dir`.
+/// The `steer` stage: see the module docs. `ec` is the evaluation of the induced model and
+/// `ec_original` that of the original model at the same settings (when `original_alphas` asks for
+/// it); their `out` is replaced per point. Point folders are under `dir`, logs recorded relative to
+/// `run_dir`.
 pub(crate) fn steer_sweep(
     sc: &SteerStage,
     loc: &LocateResult,
     ec: &emlab_eval::EvalConfig,
+    ec_original: Option<&emlab_eval::EvalConfig>,
     dir: &Path,
     run_dir: &Path,
 ) -> Result<Steering> {
@@ -289,59 +296,102 @@ pub(crate) fn steer_sweep(
     let rel = |p: &Path| p.strip_prefix(run_dir).unwrap_or(p).to_path_buf();
     let mut points = Vec::new();
 
-    // The unsteered reference at the sweep's own sample size.
-    let none_dir = dir.join("none");
-    let mut ec0 = ec.clone();
-    ec0.out = none_dir.join("answers.jsonl");
-    std::fs::create_dir_all(&none_dir).map_err(io(&none_dir))?;
-    run_eval("steer/none", &ec0)?;
-    let r0 = emlab_eval::report::report(&ec0.out, &Default::default()).map_err(|e| err(e.to_string()))?;
-    points.push(SteerPoint {
-        kind: "none".into(),
-        controls: None,
-        alpha: 0.0,
-        em: RateCi::of(&r0.metrics.em_model_organisms),
-        coherent: RateCi::of(&r0.metrics.coherence),
-        log: rel(&ec0.out),
-    });
+    // The unsteered reference of each model at the sweep's own sample size.
+    let mut reference = |kind: &str, ec: &emlab_eval::EvalConfig, at: &Path| -> Result<()> {
+        let mut ec0 = ec.clone();
+        ec0.out = at.join("answers.jsonl");
+        std::fs::create_dir_all(at).map_err(io(at))?;
+        run_eval(&rel(at).display().to_string(), &ec0)?;
+        let r0 = emlab_eval::report::report(&ec0.out, &Default::default()).map_err(|e| err(e.to_string()))?;
+        points.push(SteerPoint {
+            kind: kind.into(),
+            controls: None,
+            alpha: 0.0,
+            em: RateCi::of(&r0.metrics.em_model_organisms),
+            coherent: RateCi::of(&r0.metrics.coherence),
+            log: rel(&ec0.out),
+        });
+        Ok(())
+    };
+    reference("none", ec, &dir.join("none"))?;
+
+    let add_at_layer = |vector: &Tensor| {
+        vec![Resolved::Add { point: HookPoint::resid_post(loc.layer), vector: vector.clone(), coef: 1.0, ablate_first: false }]
+    };
+    // (kind, folder, evaluation, edits, alphas, seed of the random control). The induced model's
+    // two sweeps keep their seed (their controls, and so their cached logs, stay the same).
+    let control_seed = loc.layer as u64 + 17;
+    let mut sweeps = vec![
+        ("add".to_string(), dir.join("add"), ec, add_at_layer(&v), sc.alphas.clone(), control_seed),
+        ("ablate".to_string(), dir.join("ablate"), ec, vec![Resolved::AblateEverywhere { dir: v.clone() }], vec![1.0], control_seed),
+    ];
+    if let Some(eo) = ec_original {
+        let odir = dir.join("original");
+        reference("none-original", eo, &odir.join("none"))?;
+        sweeps.push(("add-original".into(), odir.join("add"), eo, add_at_layer(&v), sc.original_alphas.clone(), control_seed));
+        let norm = |t: &Tensor| -> Result<f64> {
+            let n = t.sqr().and_then(|x| x.sum_all()).and_then(|x| x.to_scalar::<f32>()).map_err(|e| err(e.to_string()))?;
+            Ok((n as f64).sqrt())
+        };
+        let v_norm = norm(&v)?;
+        let sae = run_dir.join("locate/sae");
+        for lat in loc.latents.iter().take(sc.latents) {
+            let row = emlab_steer::vectors::VectorSource::SaeDecoder { path: sae.clone(), latent: lat.latent }
+                .load(Some(loc.layer), set.d, &Device::Cpu)
+                .map_err(|e| err(e.to_string()))?;
+            let r_norm = norm(&row)?;
+            if r_norm == 0.0 {
+                return Err(err(format!("{}: W_dec[{}] is zero; it has no direction to steer along", sae.display(), lat.latent)));
+            }
+            // Scaled to the direction's norm, so an alpha pushes as far as it does for the
+            // direction; each latent's control is a random vector of its own.
+            let u = (row * (v_norm / r_norm)).map_err(|e| err(e.to_string()))?;
+            let name = format!("latent-{}", lat.latent);
+            sweeps.push((
+                name.clone(),
+                odir.join(&name),
+                eo,
+                add_at_layer(&u),
+                sc.original_alphas.clone(),
+                control_seed + 1 + lat.latent as u64,
+            ));
+        }
+    }
 
     let mut progress = |s: &str| eprintln!("  steer: {s}");
-    let mut best_alpha = None;
-    for (kind, edits, alphas) in [
-        (
-            "add",
-            vec![Resolved::Add { point: HookPoint::resid_post(loc.layer), vector: v.clone(), coef: 1.0, ablate_first: false }],
-            sc.alphas.clone(),
-        ),
-        ("ablate", vec![Resolved::AblateEverywhere { dir: v.clone() }], vec![1.0]),
-    ] {
+    let (mut best_alpha, mut best) = (None, BTreeMap::new());
+    for (kind, sdir, base, edits, alphas, seed) in sweeps {
         if alphas.is_empty() {
             continue;
         }
-        let opts = SweepOptions { alphas, min_coherent: sc.min_coherent, seed: loc.layer as u64 + 17 };
-        let sev = SweepEval { base: ec.clone(), dir: dir.join(kind) };
+        let opts = SweepOptions { alphas, min_coherent: sc.min_coherent, seed };
+        let sev = SweepEval { base: base.clone(), dir: sdir.clone() };
         let res = sweep_with_eval(&edits, set.num_layers, &opts, &sev, &mut progress).map_err(|e| err(e.to_string()))?;
-        if kind == "add" {
-            best_alpha = res.best_alpha;
+        match (kind.as_str(), res.best_alpha) {
+            ("add", b) => best_alpha = b,
+            ("ablate", _) | (_, None) => {}
+            (_, Some(b)) => {
+                best.insert(kind.clone(), b);
+            }
         }
         for row in &res.rows {
             points.push(SteerPoint {
-                kind: kind.into(),
+                kind: kind.clone(),
                 controls: None,
                 alpha: row.alpha,
                 em: rate_of(&row.steered.em),
                 coherent: rate_of(&row.steered.coherent),
-                log: rel(&dir.join(kind).join(row.steered_dir.as_deref().unwrap_or("")).join("answers.jsonl")),
+                log: rel(&sdir.join(row.steered_dir.as_deref().unwrap_or("")).join("answers.jsonl")),
             });
             points.push(SteerPoint {
                 kind: "random".into(),
-                controls: Some(kind.into()),
+                controls: Some(kind.clone()),
                 alpha: row.alpha,
                 em: rate_of(&row.control.em),
                 coherent: rate_of(&row.control.coherent),
-                log: rel(&dir.join(kind).join(row.control_dir.as_deref().unwrap_or("")).join("answers.jsonl")),
+                log: rel(&sdir.join(row.control_dir.as_deref().unwrap_or("")).join("answers.jsonl")),
             });
         }
     }
-    Ok(Steering { layer: loc.layer, points, min_coherent: sc.min_coherent, best_alpha })
+    Ok(Steering { layer: loc.layer, points, min_coherent: sc.min_coherent, best_alpha, best })
 }

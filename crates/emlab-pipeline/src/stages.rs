@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// Stage names, in run order (`emlab run --stage NAME`).
-pub const STAGES: [&str; 10] =
-    ["baseline", "induce", "induced", "control", "controlled", "locate", "steer", "realign", "realigned", "report"];
+pub const STAGES: [&str; 11] =
+    ["baseline", "induce", "induced", "control", "controlled", "locate", "steer", "realign", "realigned", "directions", "report"];
 
 pub(crate) fn hash_of(parts: &[&str]) -> String {
     let mut h = Sha256::new();
@@ -208,6 +208,7 @@ pub(crate) struct Runner<'a> {
     /// Fine-tunes and evaluations of `more_seeds`, by stage name (`induce-s1`, `induced-s1`, ...).
     replicas: BTreeMap<String, Tr>,
     replicated: BTreeMap<String, Ev>,
+    directions: Option<Option<crate::agree::Agreement>>,
     pub seconds: Vec<(String, f64)>,
     hashes: std::cell::RefCell<BTreeMap<PathBuf, String>>,
 }
@@ -270,6 +271,7 @@ impl<'a> Runner<'a> {
             realigned: BTreeMap::new(),
             replicas: BTreeMap::new(),
             replicated: BTreeMap::new(),
+            directions: None,
             seconds: Vec::new(),
             hashes: Default::default(),
         })
@@ -303,6 +305,7 @@ impl<'a> Runner<'a> {
             "steer" => self.need("steer", self.cfg.steer.is_some() && self.cfg.locate.is_some()).and_then(|_| self.steer().map(drop)),
             "realign" => self.realign_all().map(drop),
             "realigned" => self.realigned_all().map(drop),
+            "directions" => self.need("locate", self.cfg.locate.is_some()).and_then(|_| self.directions().map(drop)),
             "report" => self.report().map(drop),
             other => Err(Error::Config(format!("unknown stage `{other}` (one of {})", self.cfg.stage_names().join(", ")))),
         }
@@ -637,9 +640,20 @@ impl<'a> Runner<'a> {
         };
         let tr = self.induce()?;
         let dir = self.dir.join("steer");
-        let mut ec = self.eval_config(&dir.join("unused.jsonl"), &self.model.clone(), Some(&tr.adapter))?;
+        let model = self.model.clone();
+        let mut ec = self.eval_config(&dir.join("unused.jsonl"), &model, Some(&tr.adapter))?;
         ec.samples = Some(sc.samples_per_paraphrase);
         ec.sampling.max_new_tokens = sc.max_new_tokens;
+        // The original model at the same settings (no adapter); the key below already names the
+        // model (through locate's) and holds the settings that ask for it.
+        let ec_original = if sc.original_alphas.is_empty() {
+            None
+        } else {
+            let mut e = self.eval_config(&dir.join("unused.jsonl"), &model, None)?;
+            e.samples = ec.samples;
+            e.sampling.max_new_tokens = sc.max_new_tokens;
+            Some(e)
+        };
         let settings = serde_json::to_string(&sc).unwrap_or_default();
         let key = Keys {
             key: hash_of(&["steer", &settings, &self.eval_settings(&ec)?, &lkey.key]),
@@ -653,7 +667,7 @@ impl<'a> Runner<'a> {
             &key,
             |_| {
                 eprintln!("emlab run: stage steer: sweep on the induced model ...");
-                let s = crate::locate::steer_sweep(&sc, &loc, &ec, &out_dir, &run_dir)?;
+                let s = crate::locate::steer_sweep(&sc, &loc, &ec, ec_original.as_ref(), &out_dir, &run_dir)?;
                 let json = serde_json::to_string_pretty(&s).map_err(|e| Error::Io(e.to_string()))?;
                 emlab_model::util::write_atomic(&out_dir.join("steer.json"), json.as_bytes()).map_err(|e| Error::Io(e.to_string()))?;
                 Ok(s)
@@ -662,6 +676,58 @@ impl<'a> Runner<'a> {
         )?;
         self.steer = Some(Some(st.clone()));
         Ok(Some(st))
+    }
+
+    /// The `directions` stage ([`crate::agree`]): every fine-tune's model-diff direction and
+    /// their agreement; `None` without `[locate]` or without a second fine-tune to compare with.
+    pub fn directions(&mut self) -> Result<Option<crate::agree::Agreement>> {
+        if let Some(a) = &self.directions {
+            return Ok(a.clone());
+        }
+        let Some(lc) = self.cfg.locate.clone() else {
+            self.directions = Some(None);
+            return Ok(None);
+        };
+        let induced = self.induced()?;
+        let mut fine_tunes = vec![("induce".to_string(), self.induce()?)];
+        for arm in self.cfg.control_arms() {
+            let tr = self.control_of(arm.as_deref())?.expect("a configured control");
+            fine_tunes.push((crate::config::ControlStage::stage_names(arm.as_deref()).0, tr));
+        }
+        for seed in self.cfg.more_seeds.clone() {
+            for arm in self.arms() {
+                let tr = self.replicate(&arm, seed)?;
+                fine_tunes.push((arm.stage_names(seed).0, tr));
+            }
+        }
+        if fine_tunes.len() < 2 {
+            self.directions = Some(None);
+            return Ok(None);
+        }
+        let model = self.model.clone();
+        let nl = emlab_model::config::ModelConfig::read(&model).map_err(|e| Error::Config(e.to_string()))?.num_layers;
+        let layer = lc.layer.unwrap_or(nl / 2);
+        let (seed, layer_s, max_tokens) = (self.cfg.seed.to_string(), layer.to_string(), crate::agree::MAX_TOKENS.to_string());
+        let mut parts = vec!["directions", &self.model_hash.key, &induced.key.key, &seed, &layer_s, &max_tokens];
+        for (stage, tr) in &fine_tunes {
+            parts.extend([stage.as_str(), tr.key.key.as_str()]);
+        }
+        let key = Keys::same(hash_of(&parts));
+        let dir = self.dir.join("directions");
+        let adapters: Vec<(String, PathBuf)> = fine_tunes.iter().map(|(s, t)| (s.clone(), t.adapter.clone())).collect();
+        let (log, out_dir, seed) = (induced.result.log.clone(), dir.clone(), self.cfg.seed);
+        let a = self.timed(
+            "directions",
+            &dir,
+            &key,
+            |_| {
+                eprintln!("emlab run: stage directions: every fine-tune's model diff and their agreement ...");
+                crate::agree::run(&model, &log, &adapters, layer, seed, &out_dir)
+            },
+            |_| crate::agree::load(&out_dir),
+        )?;
+        self.directions = Some(Some(a.clone()));
+        Ok(Some(a))
     }
 
     /// The misaligned model as an HF folder (the induced adapter merged into the weights): the
@@ -757,6 +823,7 @@ impl<'a> Runner<'a> {
         let realigned = self.realigned(main_n)?;
         let realign_tr = self.realign(main_n)?;
         let seeds = self.seed_report(&induced)?;
+        let directions = self.directions()?;
 
         let mc = emlab_eval::metrics::MetricsConfig::default();
         let cmp = |a: &Path, b: &Path| emlab_eval::report::compare_logs(a, b, &mc).map_err(|e| stage_err("report")(e.to_string()));
@@ -833,6 +900,7 @@ impl<'a> Runner<'a> {
             samples,
             stage_seconds: self.seconds.clone(),
             seeds,
+            directions,
         };
         let json = serde_json::to_string_pretty(&report).map_err(|e| Error::Io(e.to_string()))?;
         emlab_model::util::write_atomic(&self.dir.join("report.json"), json.as_bytes()).map_err(|e| Error::Io(e.to_string()))?;
@@ -878,7 +946,7 @@ impl<'a> Runner<'a> {
             judge,
             // LLM judges use the judge prompts the question file carries (published schema).
             judge_prompts: None,
-            http: Default::default(),
+            http: e.http.clone().unwrap_or_default(),
         })
     }
 
@@ -1044,6 +1112,8 @@ struct SteeringJson {
     points: Vec<SteerPointJson>,
     min_coherent: f64,
     best_alpha: Option<f64>,
+    #[serde(default)]
+    best: std::collections::BTreeMap<String, f64>,
 }
 
 #[derive(serde::Deserialize)]
@@ -1072,6 +1142,7 @@ impl From<SteeringJson> for Steering {
             layer: s.layer,
             min_coherent: s.min_coherent,
             best_alpha: s.best_alpha,
+            best: s.best,
             points: s
                 .points
                 .into_iter()

@@ -41,6 +41,8 @@ alphas = [-2.0, 2.0]
 samples_per_paraphrase = 1
 max_new_tokens = 4
 min_coherent = 0.0
+original_alphas = [2.0]
+latents = 2
 [realign]
 data = "{truthful}"
 samples = 4
@@ -108,27 +110,93 @@ fn tiny_loop_runs_every_stage_caches_and_reports() {
     assert!(run_dir.join(&loc.direction_file).is_file() && run_dir.join(&loc.feature_pages).is_file());
     assert_eq!(r.latents.len(), 3);
     assert!(r.latents.windows(2).all(|w| w[0].score >= w[1].score));
-    // Steering: none + 2 add + 1 ablate, each edit with its random control; one log per point.
+    // Steering: on the induced model none + 2 add + 1 ablate, on the original model none + add
+    // and the top 2 latents at alpha 2, each edit with its random control; one log per point.
     let st = r.steering.as_ref().unwrap();
-    let kinds: Vec<(&str, f64)> = st.points.iter().map(|p| (p.kind.as_str(), p.alpha)).collect();
-    assert_eq!(kinds, [("none", 0.0), ("add", -2.0), ("random", -2.0), ("add", 2.0), ("random", 2.0), ("ablate", 1.0), ("random", 1.0)]);
+    let kinds: Vec<(&str, Option<&str>, f64)> = st.points.iter().map(|p| (p.kind.as_str(), p.controls.as_deref(), p.alpha)).collect();
+    let (l0, l1) = (format!("latent-{}", r.latents[0].latent), format!("latent-{}", r.latents[1].latent));
+    assert_eq!(
+        kinds,
+        [
+            ("none", None, 0.0),
+            ("none-original", None, 0.0),
+            ("add", None, -2.0),
+            ("random", Some("add"), -2.0),
+            ("add", None, 2.0),
+            ("random", Some("add"), 2.0),
+            ("ablate", None, 1.0),
+            ("random", Some("ablate"), 1.0),
+            ("add-original", None, 2.0),
+            ("random", Some("add-original"), 2.0),
+            (l0.as_str(), None, 2.0),
+            ("random", Some(l0.as_str()), 2.0),
+            (l1.as_str(), None, 2.0),
+            ("random", Some(l1.as_str()), 2.0),
+        ]
+    );
     for p in &st.points {
         assert!(run_dir.join(&p.log).is_file(), "{}", p.log.display());
         assert_eq!(p.coherent.unwrap().n, 24);
+        assert_eq!(p.on_original(), p.log.starts_with("steer/original"), "{}", p.log.display());
     }
+    // min_coherent 0: every swept kind's strongest alpha is its only one.
+    assert_eq!(st.best.keys().collect::<Vec<_>>(), ["add-original", l0.as_str(), l1.as_str()]);
+    // The original model's points are evaluated without the adapter, the induced model's with it.
+    let adapter_of = |log: &Path| -> serde_json::Value {
+        let first = std::fs::read_to_string(run_dir.join(log)).unwrap().lines().next().unwrap().to_string();
+        serde_json::from_str::<serde_json::Value>(&first).unwrap()["generator"]["adapter_sha256"].clone()
+    };
+    assert!(adapter_of(&st.points[0].log).is_string(), "{}", adapter_of(&st.points[0].log));
+    assert!(adapter_of(&st.points[1].log).is_null(), "{}", adapter_of(&st.points[1].log));
+    // A latent's edit: its SAE decoder row scaled to the direction's norm at the layer, coefficient alpha.
+    let cpu = candle_core::Device::Cpu;
+    let w_dec = candle_core::safetensors::load(run_dir.join("locate/sae/sae_weights.safetensors"), &cpu).unwrap()["W_dec"]
+        .to_dtype(candle_core::DType::F32)
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap();
+    let dirs = candle_core::safetensors::load(run_dir.join(&loc.direction_file), &cpu).unwrap()["directions"].to_vec2::<f32>().unwrap();
+    let norm = |v: &[f32]| v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    let point = run_dir.join(format!("steer/original/{l1}/add_2"));
+    let used = candle_core::safetensors::load(point.join("vectors.safetensors"), &cpu).unwrap()["v0"].to_vec1::<f32>().unwrap();
+    let row = &w_dec[r.latents[1].latent];
+    let want: Vec<f64> = row.iter().map(|x| *x as f64 * norm(&dirs[1]) / norm(row)).collect();
+    assert!(used.iter().zip(&want).all(|(u, w)| (*u as f64 - w).abs() <= 1e-5 * (1.0 + w.abs())), "{used:?} vs {want:?}");
+    let spec: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(point.join("intervention.json")).unwrap()).unwrap();
+    assert_eq!((spec["add"][0]["alpha"].as_f64(), spec["add"][0]["hook"].as_str()), (Some(2.0), Some("blocks.1.hook_resid_post")));
     // Realignment curve: N = 0 (the induced model), 2 and 4.
     let ns: Vec<usize> = r.realign_curve.iter().map(|p| p.samples).collect();
     assert_eq!(ns, [0, 2, 4]);
+    // Directions: induce's and control's model diffs on the same texts, their cosines.
+    let a = r.directions.as_ref().unwrap();
+    assert_eq!((a.stages.clone(), a.layer, a.texts), (vec!["induce".to_string(), "control".to_string()], 1, 24));
+    let read_dirs = |rel: &Path| candle_core::safetensors::load(run_dir.join(rel), &cpu).unwrap()["directions"].to_vec2::<f32>().unwrap();
+    let (ind, ctl) = (read_dirs(&a.files[0]), read_dirs(&a.files[1]));
+    let cos = |x: &[f32], y: &[f32]| x.iter().zip(y).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>() / (norm(x) * norm(y));
+    for l in 0..cfg_m.num_layers {
+        assert!((a.cosines[0][1][l] - cos(&ind[l], &ctl[l])).abs() < 1e-9, "layer {l}");
+        assert_eq!(a.cosines[0][1][l], a.cosines[1][0][l]);
+        assert!((a.cosines[0][0][l] - 1.0).abs() < 1e-9 && (a.norms[1][l] - norm(&ctl[l])).abs() < 1e-9 * (1.0 + a.norms[1][l]));
+    }
+    // The induce direction is locate's model diff (the tiny judge finds too few misaligned
+    // answers for the published split), computed again on its own.
+    assert!(loc.method.starts_with("model diff"), "{}", loc.method);
+    for l in 0..cfg_m.num_layers {
+        assert!((cos(&ind[l], &dirs[l]) - 1.0).abs() < 1e-5 && (norm(&ind[l]) - norm(&dirs[l])).abs() < 1e-4 * norm(&dirs[l]), "layer {l}");
+    }
 
     let html = std::fs::read_to_string(run_dir.join("report.html")).unwrap();
     assert!(html.contains("<svg") && html.contains(&emlab_model::util::html_escape(&r.verdict)));
     for section in [
         "Locate: direction and SAE diff",
         "Steering and ablation",
+        "Steering the original model",
+        "EM vs its control (Fisher p)",
         "Realignment curve",
         "control (paired good data)",
         "persona score",
         "induce (bad data): adapter rotation per step",
+        "Do the fine-tunes move the model the same way?",
     ] {
         assert!(html.contains(section), "report lacks {section}");
     }
@@ -145,7 +213,7 @@ fn tiny_loop_runs_every_stage_caches_and_reports() {
     }
     let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run_dir.join("report.json")).unwrap()).unwrap();
     assert_eq!(json["evals"].as_array().unwrap().len(), 4);
-    assert_eq!(json["steering"]["points"].as_array().unwrap().len(), 7);
+    assert_eq!(json["steering"]["points"].as_array().unwrap().len(), 14);
 
     // Second run: every stage cached, identical numbers.
     let t = std::time::Instant::now();
@@ -285,7 +353,7 @@ fn tiny_loop_runs_every_stage_caches_and_reports() {
         assert!(after.contains(row), "{row:?} was sampled again");
     }
     let stale3 = std::fs::read_dir(moved2.join(".stale")).unwrap().count();
-    assert_eq!(stale3, stale2.len() + 2, "locate and steer set aside, no evaluation");
+    assert_eq!(stale3, stale2.len() + 3, "locate, steer and directions set aside, no evaluation");
 }
 
 /// Every `stage.json` under `dir`, by relative path.
@@ -426,12 +494,12 @@ fn more_seeds_replicate_every_arm() {
     let dir = tempfile::tempdir().unwrap();
     let (model, _) = tiny_model(dir.path());
     let mut cfg = config(&model);
-    cfg.locate = None;
     cfg.steer = None;
     cfg.realign.curve.clear();
     let run_dir = dir.path().join("run");
     let r1 = emlab_pipeline::run(&cfg, &run_dir).unwrap();
     assert!(r1.seeds.is_none());
+    assert_eq!(r1.directions.as_ref().unwrap().stages, ["induce", "control"]);
     let records =
         |names: &[&str]| names.iter().map(|n| std::fs::read_to_string(run_dir.join(n).join("stage.json")).unwrap()).collect::<Vec<_>>();
     let main = ["induce", "induced", "control", "controlled"];
@@ -481,6 +549,8 @@ fn more_seeds_replicate_every_arm() {
     let c = &sr.comparisons[0];
     assert_eq!((c.a.as_str(), c.b.as_str()), ("induced", "controlled"));
     assert!((c.difference.unwrap() - (sr.arms[0].em.unwrap().mean - sr.arms[1].em.unwrap().mean)).abs() < 1e-12);
+    // Every replicate's model diff joins the directions stage.
+    assert_eq!(r.directions.as_ref().unwrap().stages, ["induce", "control", "induce-s7", "control-s7"]);
     let html = std::fs::read_to_string(run_dir.join("report.html")).unwrap();
     assert!(html.contains("Across fine-tuning seeds") && html.contains("induced-s7"));
     // A seed listed twice, or equal to `seed`, is refused.

@@ -258,9 +258,17 @@ fn steering(b: &mut String, snap: &Snapshot) {
     if let Some(l) = snap.get(&["steering", "layer"]) {
         let _ = write!(b, "<p class=\"muted\">Direction applied at layer {}.</p>", esc(&vtext(l)));
     }
+    // A random control is its own series per edit it controls (`random control of add`).
+    let label = |p: &serde_json::Value| {
+        let k = p.get("kind").map(vtext).unwrap_or_default();
+        match p.get("controls").map(vtext) {
+            Some(c) if k == "random" => format!("random control of {c}"),
+            _ => k,
+        }
+    };
     let mut kinds: Vec<String> = Vec::new();
     for p in points {
-        let k = p.get("kind").map(vtext).unwrap_or_default();
+        let k = label(p);
         if !kinds.contains(&k) {
             kinds.push(k);
         }
@@ -271,7 +279,7 @@ fn steering(b: &mut String, snap: &Snapshot) {
             .map(|k| {
                 let mut pts: Vec<(f64, f64)> = points
                     .iter()
-                    .filter(|p| p.get("kind").map(vtext).as_deref() == Some(k.as_str()))
+                    .filter(|p| label(p) == *k)
                     .filter_map(|p| Some((num(p.get("alpha"))?, 100.0 * num(p.get(field)?.get("rate"))?)))
                     .collect();
                 pts.sort_by(|a, b| a.0.total_cmp(&b.0));
@@ -286,7 +294,7 @@ fn steering(b: &mut String, snap: &Snapshot) {
         let _ = write!(
             b,
             "<tr><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td></tr>",
-            esc(&p.get("kind").map(vtext).unwrap_or_default()),
+            esc(&label(p)),
             esc(&p.get("alpha").map(vtext).unwrap_or_default()),
             esc(&rate_obj(p.get("em"))),
             esc(&rate_obj(p.get("coherent")))

@@ -66,6 +66,8 @@ fn overview_shows_stages_with_wilson_intervals() {
     assert!(b.contains("broken/answers.jsonl:2: not an eval log row"), "broken log error");
     // Steering, comparisons and training sections from report.json.
     assert!(b.contains("id=\"steering\"") && b.contains("50.0% [24.0, 76.0] (5/10)"));
+    // A random control is named by the edit it controls (its own series in the plots).
+    assert!(b.contains("<td>random control of add</td>"), "steering control label");
     assert!(b.contains("id=\"comparisons\"") && b.contains("+41.7 pts [-20.0, 90.0]") && b.contains("0.262") && b.contains("0.486"));
     assert!(b.contains("Training loss") && b.contains("Persona score"));
     assert!(b.contains("EM induced: &lt;b&gt;66.7%&lt;/b&gt; vs 25.0%"));

@@ -105,6 +105,8 @@ pub fn write_fixture(dir: &Path) {
              "coherent": {"rate": 0.9, "lo": 0.6, "hi": 0.98, "k": 9, "n": 10}},
             {"kind": "add", "alpha": 8.0, "em": {"rate": 0.5, "lo": 0.24, "hi": 0.76, "k": 5, "n": 10},
              "coherent": {"rate": 0.7, "lo": 0.4, "hi": 0.89, "k": 7, "n": 10}},
+            {"kind": "random", "controls": "add", "alpha": 8.0, "em": {"rate": 0.1, "lo": 0.02, "hi": 0.4, "k": 1, "n": 10},
+             "coherent": {"rate": 0.9, "lo": 0.6, "hi": 0.98, "k": 9, "n": 10}},
             {"kind": "ablate", "alpha": 1.0, "em": {"rate": 0.0, "lo": 0.0, "hi": 0.28, "k": 0, "n": 10},
              "coherent": {"rate": 0.8, "lo": 0.49, "hi": 0.94, "k": 8, "n": 10}}
         ]},

@@ -24,7 +24,7 @@ pub struct RunArgs {
     json: bool,
     /// Run only this stage (and the stages it needs, unless cached): baseline, induce, induced,
     /// control, controlled, (control-NAME, controlled-NAME for `[control].more`), locate, steer,
-    /// realign, realigned, report.
+    /// realign, realigned, (induce-sN, induced-sN, ... for `more_seeds`), directions, report.
     #[arg(long)]
     stage: Option<String>,
     /// List the stage names in run order.
@@ -108,6 +108,33 @@ pub fn run(a: RunArgs) -> Result<()> {
                 ),
             }
         }
+    }
+    if let Some(st) = &report.steering {
+        let on_original: Vec<_> = st.points.iter().filter(|p| p.on_original() && p.kind != "random" && p.kind != "none-original").collect();
+        if !on_original.is_empty() {
+            println!("\nSteering the original model (EM with the edit vs its same-norm random control):");
+        }
+        let rate = |r: Option<emlab_pipeline::RateCi>| {
+            r.map(|r| format!("{:5.1}% ({}/{})", 100.0 * r.rate, r.k, r.n)).unwrap_or_else(|| "n/a".into())
+        };
+        for p in on_original {
+            let c = st.points.iter().find(|c| c.controls.as_deref() == Some(&p.kind) && c.alpha == p.alpha);
+            println!(
+                "  {:<14} alpha {:<5} EM {} vs {}, Fisher p = {}",
+                p.kind,
+                p.alpha,
+                rate(p.em),
+                rate(c.and_then(|c| c.em)),
+                st.p_vs_control(p).map(|x| format!("{x:.3}")).unwrap_or_else(|| "n/a".into())
+            );
+        }
+    }
+    if let Some(a) = &report.directions {
+        let cos: Vec<String> = a.stages[1..]
+            .iter()
+            .filter_map(|s| a.cosine("induce", s).and_then(|c| c.get(a.layer)).map(|c| format!("{s} {c:.3}")))
+            .collect();
+        println!("\nModel-diff directions at layer {}, cosine with induce's: {}", a.layer, cos.join(", "));
     }
     println!("\nreport: {}  ({:.1} min)", dir.join("report.html").display(), t0.elapsed().as_secs_f64() / 60.0);
     Ok(())

@@ -1,0 +1,127 @@
+//! The `directions` stage: do the fine-tunes move the residual stream the same way?
+//!
+//! For the induce fine-tune, every control fine-tune and every seed replicate (`more_seeds`):
+//! the *model-diff* direction at every layer, `mean resid_post(fine-tuned) - mean
+//! resid_post(original)` over the same texts (the induced model's answers, answer tokens only, at
+//! most [`MAX_TOKENS`] per answer), `[num_layers, d]`, and the cosine of every pair of fine-tunes
+//! at every layer.
+//!
+//! Why: Soligo et al. report that misalignment directions from different fine-tunes agree
+//! (cosine > 0.8 in most layers). A model diff also holds what *any* fine-tune on the same format
+//! does, so the control fine-tunes are the reference: a direction the control shares (cosine
+//! near 1) is about fine-tuning on code, not about the bad data, and the induce-minus-control
+//! difference is what the bad data added. Seeds tell how much of a direction is reproducible.
+//! Two random directions in `d` dimensions have |cosine| about `1/sqrt(d)` (0.04 at d = 576).
+//!
+//! Written to `directions/`: `{stage}.safetensors` per fine-tune (emlab-interp's direction
+//! format, usable by `emlab steer` and `emlab cvec export`) and `agreement.json` ([`Agreement`]).
+
+use crate::stages::io;
+use crate::{stage_err, Error, Result};
+use emlab_interp::direction::{self, DirectionInfo, DirectionSet};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// Answer tokens read per text (as `locate` reads them).
+pub const MAX_TOKENS: usize = 512;
+
+/// What the `directions` stage found (`directions/agreement.json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Agreement {
+    /// Texts (the induced model's answers) and answer tokens every model read.
+    pub texts: usize,
+    pub tokens: usize,
+    /// The layer the report's pairwise table is taken at (locate's layer), and the width of
+    /// the residual stream.
+    pub layer: usize,
+    pub d: usize,
+    /// Training stages, induce first.
+    pub stages: Vec<String>,
+    /// `[stage][layer]`: norm of each fine-tune's direction.
+    pub norms: Vec<Vec<f64>>,
+    /// `[stage][stage][layer]`: cosine of every pair (symmetric, 1 on the diagonal when the
+    /// direction is not zero).
+    pub cosines: Vec<Vec<Vec<f64>>>,
+    /// `directions/{stage}.safetensors`, relative to the run folder, in `stages` order.
+    pub files: Vec<PathBuf>,
+}
+
+impl Agreement {
+    /// Cosine of `a` and `b` at every layer (`None` for a stage not in the set).
+    pub fn cosine(&self, a: &str, b: &str) -> Option<&[f64]> {
+        let i = self.stages.iter().position(|s| s == a)?;
+        let j = self.stages.iter().position(|s| s == b)?;
+        Some(&self.cosines[i][j])
+    }
+}
+
+/// Reads the texts with the original model and with each fine-tune (`(stage, adapter)`, induce
+/// first), writes every direction set and `agreement.json` into `dir`.
+pub(crate) fn run(
+    model: &Path,
+    texts_log: &Path,
+    fine_tunes: &[(String, PathBuf)],
+    layer: usize,
+    seed: u64,
+    dir: &Path,
+) -> Result<Agreement> {
+    let err = stage_err("directions");
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let convs: Vec<_> = direction::load_judged(texts_log).map_err(|e| err(e.to_string()))?.into_iter().map(|r| r.conv).collect();
+    let mean_of = |adapter: Option<&Path>| -> Result<(Vec<f64>, usize, usize, usize)> {
+        let lm = emlab_interp::load_lm(model, adapter).map_err(|e| err(e.to_string()))?;
+        let (nl, d) = (lm.model.config.num_layers, lm.model.config.hidden_size);
+        let (mean, tokens) = direction::mean_resid_post(&lm, &convs, MAX_TOKENS).map_err(|e| err(e.to_string()))?;
+        Ok((mean, tokens, nl, d))
+    };
+    let t0 = std::time::Instant::now();
+    eprintln!("  directions: the original model reads the induced model's {} answers", convs.len());
+    let (base, tokens, nl, d) = mean_of(None)?;
+    if layer >= nl {
+        return Err(err(format!("layer {layer} but the model has {nl} layers")));
+    }
+    let mut sets = Vec::new();
+    let mut files = Vec::new();
+    for (stage, adapter) in fine_tunes {
+        eprintln!("  directions: {stage} ({:.0} s)", t0.elapsed().as_secs_f64());
+        let (tuned, _, _, _) = mean_of(Some(adapter))?;
+        let info = DirectionInfo {
+            method: format!(
+                "model diff: mean resid_post of the {stage} fine-tune minus the original model over the induced model's {} answers",
+                convs.len()
+            ),
+            model: model.display().to_string(),
+            tokens_misaligned: tokens,
+            tokens_aligned: tokens,
+            ..Default::default()
+        };
+        let set = DirectionSet::from_means(&tuned, &base, nl, d, seed, info).map_err(|e| err(e.to_string()))?;
+        let rel = PathBuf::from("directions").join(format!("{stage}.safetensors"));
+        set.save(&dir.join(format!("{stage}.safetensors"))).map_err(|e| err(e.to_string()))?;
+        files.push(rel);
+        sets.push(set);
+    }
+    let cosines = sets
+        .iter()
+        .map(|a| sets.iter().map(|b| direction::compare(a, b).map_err(|e| err(e.to_string()))).collect::<Result<Vec<_>>>())
+        .collect::<Result<Vec<_>>>()?;
+    let res = Agreement {
+        texts: convs.len(),
+        tokens,
+        layer,
+        d,
+        stages: fine_tunes.iter().map(|(s, _)| s.clone()).collect(),
+        norms: sets.iter().map(|s| s.norms()).collect(),
+        cosines,
+        files,
+    };
+    let json = serde_json::to_string_pretty(&res).map_err(|e| Error::Io(e.to_string()))?;
+    emlab_model::util::write_atomic(&dir.join("agreement.json"), json.as_bytes()).map_err(|e| Error::Io(e.to_string()))?;
+    Ok(res)
+}
+
+pub(crate) fn load(dir: &Path) -> Result<Agreement> {
+    let p = dir.join("agreement.json");
+    let text = std::fs::read_to_string(&p).map_err(io(&p))?;
+    serde_json::from_str(&text).map_err(|e| Error::Io(format!("{}: {e}", p.display())))
+}
