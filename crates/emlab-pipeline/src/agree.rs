@@ -46,7 +46,22 @@ pub struct Agreement {
     pub files: Vec<PathBuf>,
 }
 
+/// The published level of agreement between misalignment directions of different fine-tunes
+/// (Soligo et al.: cosine > 0.8 in most layers): a control at or above it shares the direction.
+pub const SHARED_COSINE: f64 = 0.8;
+
 impl Agreement {
+    /// The controls (training stages `control`, `control-NAME`, not seed replicates) whose
+    /// direction has cosine >= [`SHARED_COSINE`] with induce's at the report's layer.
+    pub fn controls_sharing(&self) -> Vec<(&str, f64)> {
+        self.stages
+            .iter()
+            .filter(|s| s.as_str() == "control" || (s.starts_with("control-") && !is_replicate(s)))
+            .filter_map(|s| Some((s.as_str(), *self.cosine("induce", s)?.get(self.layer)?)))
+            .filter(|(_, c)| *c >= SHARED_COSINE)
+            .collect()
+    }
+
     /// Cosine of `a` and `b` at every layer (`None` for a stage not in the set).
     pub fn cosine(&self, a: &str, b: &str) -> Option<&[f64]> {
         let i = self.stages.iter().position(|s| s == a)?;
@@ -124,4 +139,32 @@ pub(crate) fn load(dir: &Path) -> Result<Agreement> {
     let p = dir.join("agreement.json");
     let text = std::fs::read_to_string(&p).map_err(io(&p))?;
     serde_json::from_str(&text).map_err(|e| Error::Io(format!("{}: {e}", p.display())))
+}
+
+/// `control-s3`, `control-edu-s3`: a seed replicate's stage name.
+fn is_replicate(stage: &str) -> bool {
+    stage.rsplit_once("-s").is_some_and(|(_, n)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn controls_sharing_takes_controls_at_the_layer_only() {
+        // Stages: induce, control, control-edu, control-s3 (a replicate); cosines with induce
+        // at layers 0 and 1.
+        let stages: Vec<String> = ["induce", "control", "control-edu", "control-s3"].map(String::from).to_vec();
+        let with_induce = [[1.0, 1.0], [0.95, 0.5], [0.2, 0.85], [0.99, 0.99]];
+        let mut cosines = vec![vec![vec![0.0; 2]; 4]; 4];
+        for (j, c) in with_induce.iter().enumerate() {
+            cosines[0][j] = c.to_vec();
+            cosines[j][0] = c.to_vec();
+        }
+        let mut a = Agreement { texts: 1, tokens: 1, layer: 1, d: 4, stages, norms: vec![vec![1.0; 2]; 4], cosines, files: vec![] };
+        assert_eq!(a.controls_sharing(), [("control-edu", 0.85)]);
+        a.layer = 0;
+        assert_eq!(a.controls_sharing(), [("control", 0.95)]);
+        assert!(is_replicate("control-edu-s12") && !is_replicate("control-s") && !is_replicate("control-sx"));
+    }
 }

@@ -574,6 +574,17 @@ fn render_directions(s: &mut String, r: &RunReport) {
         a.d,
         1.0 / (a.d.max(1) as f64).sqrt()
     );
+    let shared = a.controls_sharing();
+    if !shared.is_empty() {
+        let list: Vec<String> = shared.iter().map(|(st, c)| format!("{} ({c:.3})", esc(st))).collect();
+        let _ = write!(
+            s,
+            "<p class=\"verdict\">At layer {} the control fine-tune's direction agrees with induce's at or above the published level of agreement between misalignment directions ({}): {}. The located direction is therefore largely what fine-tuning on this data format does, not what the bad data added; read the steering results on it with that in mind.</p>",
+            a.layer,
+            crate::agree::SHARED_COSINE,
+            list.join(", ")
+        );
+    }
     const COLOURS: [&str; 6] = ["#7d3c98", "#1e8449", "#d68910", "#2e86c1", "#5d6d7e", "#c0392b"];
     let lines: Vec<(String, Vec<Point>)> = a.stages[1..]
         .iter()
@@ -583,7 +594,9 @@ fn render_directions(s: &mut String, r: &RunReport) {
         .collect();
     let series: Vec<Series<'_>> = lines.iter().enumerate().map(|(i, (n, v))| (n.as_str(), COLOURS[i % COLOURS.len()], v.clone())).collect();
     if layers > 0 {
-        s.push_str(&xy_chart_in("cosine with the induce fine-tune's direction, per layer", "layer", &series, (-1.0, 1.0), false));
+        // Down to -1 only when a cosine is negative: else the agreement is easier to read.
+        let y_min = if a.cosines.iter().flatten().flatten().any(|c| *c < 0.0) { -1.0 } else { 0.0 };
+        s.push_str(&xy_chart_in("cosine with the induce fine-tune's direction, per layer", "layer", &series, (y_min, 1.0), false));
         let nmax = a.norms.iter().flatten().cloned().fold(1e-9f64, f64::max);
         let norm_lines: Vec<(String, Vec<Point>)> = a
             .stages

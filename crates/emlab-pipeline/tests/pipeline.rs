@@ -200,6 +200,8 @@ fn tiny_loop_runs_every_stage_caches_and_reports() {
     ] {
         assert!(html.contains(section), "report lacks {section}");
     }
+    let a = r.directions.as_ref().unwrap();
+    assert_eq!(html.contains("agrees with induce's at or above"), !a.controls_sharing().is_empty());
     // No raw markup from model text: answers and latent contexts appear only escaped.
     let model_text = r
         .samples

@@ -135,6 +135,12 @@ pub fn run(a: RunArgs) -> Result<()> {
             .filter_map(|s| a.cosine("induce", s).and_then(|c| c.get(a.layer)).map(|c| format!("{s} {c:.3}")))
             .collect();
         println!("\nModel-diff directions at layer {}, cosine with induce's: {}", a.layer, cos.join(", "));
+        if !a.controls_sharing().is_empty() {
+            println!(
+                "  a control shares induce's direction (cosine >= {}): the located direction is largely what fine-tuning on this format does, not the bad data",
+                emlab_pipeline::agree::SHARED_COSINE
+            );
+        }
     }
     println!("\nreport: {}  ({:.1} min)", dir.join("report.html").display(), t0.elapsed().as_secs_f64() / 60.0);
     Ok(())
