@@ -27,7 +27,7 @@
 //!
 //! | path | what |
 //! |---|---|
-//! | `/` | overview: verdict, per-stage EM and coherence with 95% Wilson intervals, comparisons, steering and training plots |
+//! | `/` | overview: verdict, per-stage EM and coherence with 95% Wilson intervals, comparisons, steering, directions and training plots |
 //! | `/answers` | every answer with its scores; filters in the query ([`filter`]) |
 //! | `/latents` | top SAE latents and their contexts |
 //! | `/report` | the run's `report.html` |
@@ -395,6 +395,7 @@ pub fn summary(snap: &rundir::Snapshot) -> serde_json::Value {
         "stages": stages,
         "sections": {
             "steering": snap.get(&["steering"]).is_some(),
+            "directions": snap.get(&["directions"]).is_some(),
             "latents": snap.get(&["latents"]).is_some(),
             "training": snap.get(&["training"]).is_some(),
         },

@@ -150,6 +150,7 @@ pub fn index(snap: &Snapshot) -> String {
 
     comparisons(&mut b, snap);
     steering(&mut b, snap);
+    directions(&mut b, snap);
     training(&mut b, snap);
 
     b.push_str(
@@ -299,6 +300,39 @@ fn steering(b: &mut String, snap: &Snapshot) {
             esc(&rate_obj(p.get("em"))),
             esc(&rate_obj(p.get("coherent")))
         );
+    }
+    b.push_str("</table>");
+}
+
+/// The `directions` stage: each fine-tune's cosine with induce's model diff per layer, and every
+/// pair at the located layer (`report.json` `directions`).
+fn directions(b: &mut String, snap: &Snapshot) {
+    let Some(stages) = snap.get(&["directions", "stages"]).and_then(|s| s.as_array()) else { return };
+    let Some(cos) = snap.get(&["directions", "cosines"]).and_then(|c| c.as_array()) else { return };
+    let names: Vec<String> = stages.iter().map(vtext).collect();
+    let layer = snap.get(&["directions", "layer"]).and_then(|l| l.as_u64()).unwrap_or(0) as usize;
+    let pair = |i: usize, j: usize| -> Option<Vec<f64>> {
+        Some(cos.get(i)?.as_array()?.get(j)?.as_array()?.iter().filter_map(|v| v.as_f64()).collect())
+    };
+    b.push_str("<h2>Directions</h2><p class=\"muted\">Each fine-tune's model diff (mean residual stream minus the original model's, on the induced model's answers) per layer; cosine 0.8 or more with a control means the located direction is not specific to the bad data.</p>");
+    let series: Vec<(String, Vec<(f64, f64)>)> = (1..names.len())
+        .filter_map(|j| {
+            Some((format!("{} vs {}", names[j], names[0]), pair(0, j)?.into_iter().enumerate().map(|(l, c)| (l as f64, c)).collect()))
+        })
+        .collect();
+    b.push_str(&line_chart("Cosine with the first fine-tune's direction", "layer", "cosine", &series, Some((-1.0, 1.0))));
+    let _ = write!(b, "<table id=\"directions\"><tr><th>Cosine at layer {layer}</th>");
+    for n in &names {
+        let _ = write!(b, "<th>{}</th>", esc(n));
+    }
+    b.push_str("</tr>");
+    for (i, n) in names.iter().enumerate() {
+        let _ = write!(b, "<tr><td>{}</td>", esc(n));
+        for j in 0..names.len() {
+            let c = pair(i, j).and_then(|v| v.get(layer).copied()).map(|c| format!("{c:.3}")).unwrap_or_default();
+            let _ = write!(b, "<td class=\"num\">{c}</td>");
+        }
+        b.push_str("</tr>");
     }
     b.push_str("</table>");
 }

@@ -68,6 +68,9 @@ fn overview_shows_stages_with_wilson_intervals() {
     assert!(b.contains("id=\"steering\"") && b.contains("50.0% [24.0, 76.0] (5/10)"));
     // A random control is named by the edit it controls (its own series in the plots).
     assert!(b.contains("<td>random control of add</td>"), "steering control label");
+    // Directions: the pairwise cosines at the report's layer (1), stage names escaped.
+    assert!(b.contains("id=\"directions\"") && b.contains("<td class=\"num\">0.875</td>") && !b.contains("0.250</td>"), "directions table");
+    assert!(b.contains("control-&lt;b&gt;x&lt;/b&gt;") && !b.contains("control-<b>x</b>"), "stage names escaped");
     assert!(b.contains("id=\"comparisons\"") && b.contains("+41.7 pts [-20.0, 90.0]") && b.contains("0.262") && b.contains("0.486"));
     assert!(b.contains("Training loss") && b.contains("Persona score"));
     assert!(b.contains("EM induced: &lt;b&gt;66.7%&lt;/b&gt; vs 25.0%"));
@@ -82,7 +85,7 @@ fn overview_shows_stages_with_wilson_intervals() {
     assert_eq!(st[2]["rows"], 5);
     assert_eq!(st[2]["n_scored"], 3);
     assert!(st[1]["error"].as_str().unwrap().starts_with("broken/answers.jsonl:2: "));
-    assert_eq!(s["sections"], serde_json::json!({"steering": true, "latents": true, "training": true}));
+    assert_eq!(s["sections"], serde_json::json!({"steering": true, "directions": true, "latents": true, "training": true}));
 }
 
 /// (stage, question id, sample index) of one answer.

@@ -110,6 +110,9 @@ pub fn write_fixture(dir: &Path) {
             {"kind": "ablate", "alpha": 1.0, "em": {"rate": 0.0, "lo": 0.0, "hi": 0.28, "k": 0, "n": 10},
              "coherent": {"rate": 0.8, "lo": 0.49, "hi": 0.94, "k": 8, "n": 10}}
         ]},
+        "directions": {"texts": 4, "tokens": 40, "layer": 1, "d": 8, "stages": ["induce", "control-<b>x</b>"],
+            "norms": [[1.0, 2.0], [1.5, 2.5]],
+            "cosines": [[[1.0, 1.0], [0.25, 0.875]], [[0.25, 0.875], [1.0, 1.0]]], "files": []},
         "latents": [
             {"latent": 1717, "score": 2.5, "base_mean": 0.1, "tuned_mean": 2.6, "contexts": [
                 {"text": "<script>alert(4)</script> seize the grid", "activation": 3.2},
