@@ -37,6 +37,16 @@ pub struct HttpConfig {
     pub concurrency: usize,
 }
 
+impl HttpConfig {
+    /// A positive, finite timeout and at least one request in flight.
+    pub fn check(&self) -> std::result::Result<(), String> {
+        if !(self.timeout_s > 0.0 && self.timeout_s.is_finite()) || self.concurrency == 0 {
+            return Err(format!("timeout_s = {} must be > 0 and concurrency = {} >= 1", self.timeout_s, self.concurrency));
+        }
+        Ok(())
+    }
+}
+
 impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig { timeout_s: 120.0, max_retries: 6, backoff_base_ms: 500, backoff_max_ms: 30_000, concurrency: 8 }
@@ -102,9 +112,7 @@ impl Client {
         if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
             return Err(crate::Error::Config(format!("base URL `{base_url}` must start with http:// or https://")));
         }
-        if !(cfg.timeout_s > 0.0 && cfg.timeout_s.is_finite()) || cfg.concurrency == 0 {
-            return Err(crate::Error::Config("http: timeout_s must be > 0 and concurrency >= 1".into()));
-        }
+        cfg.check().map_err(|e| crate::Error::Config(format!("http: {e}")))?;
         let key = api_key_env.and_then(|v| std::env::var(v).ok()).filter(|k| !k.trim().is_empty()).map(Secret);
         let agent = ureq::AgentBuilder::new()
             .timeout(Duration::from_secs_f64(cfg.timeout_s))

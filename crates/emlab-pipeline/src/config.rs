@@ -200,6 +200,13 @@ pub struct LocateStage {
     pub top_latents: usize,
 }
 
+impl LocateStage {
+    /// The layer of a model with `num_layers` blocks: `layer`, else the middle one.
+    pub fn layer_of(&self, num_layers: usize) -> usize {
+        self.layer.unwrap_or(num_layers / 2)
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SteerStage {
@@ -354,10 +361,8 @@ impl RunConfig {
         if self.eval.samples_per_paraphrase == 0 || self.eval.max_new_tokens == 0 || self.eval.batch_size == 0 {
             return bad("eval.samples_per_paraphrase, max_new_tokens and batch_size must be >= 1".into());
         }
-        if let Some(h) = &self.eval.http {
-            if !(h.timeout_s > 0.0 && h.timeout_s.is_finite()) || h.concurrency == 0 {
-                return bad(format!("eval.http: timeout_s = {} must be > 0 and concurrency = {} >= 1", h.timeout_s, h.concurrency));
-            }
+        if let Some(Err(e)) = self.eval.http.as_ref().map(|h| h.check()) {
+            return bad(format!("eval.http: {e}"));
         }
         if self.realign.samples == 0 || self.realign.curve.contains(&0) {
             return bad("realign.samples and realign.curve entries must be >= 1 (N = 0 is the induced model, always shown)".into());

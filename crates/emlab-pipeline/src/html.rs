@@ -507,7 +507,7 @@ fn render_steering(s: &mut String, r: &RunReport) {
         },
         100.0 * st.min_coherent,
         best("add-original"),
-        latents.iter().map(|k| format!(", {} {}", k.replace('-', " "), best(k))).collect::<String>()
+        latents.iter().map(|k| format!(", {} {}", esc(&k.replace('-', " ")), best(k))).collect::<String>()
     );
     const COLOURS: [&str; 6] = ["#c0392b", "#7d3c98", "#1e8449", "#d68910", "#2e86c1", "#5d6d7e"];
     let mut kinds = vec![("direction".to_string(), "add-original")];
@@ -574,16 +574,9 @@ fn render_directions(s: &mut String, r: &RunReport) {
         a.d,
         1.0 / (a.d.max(1) as f64).sqrt()
     );
-    let shared = a.controls_sharing();
-    if !shared.is_empty() {
-        let list: Vec<String> = shared.iter().map(|(st, c)| format!("{} ({c:.3})", esc(st))).collect();
-        let _ = write!(
-            s,
-            "<p class=\"verdict\">At layer {} the control fine-tune's direction agrees with induce's at or above the published level of agreement between misalignment directions ({}): {}. The located direction is therefore largely what fine-tuning on this data format does, not what the bad data added; read the steering results on it with that in mind.</p>",
-            a.layer,
-            crate::agree::SHARED_COSINE,
-            list.join(", ")
-        );
+    let located_is_model_diff = r.locate.as_ref().is_some_and(|l| l.method.starts_with("model diff"));
+    if let Some(text) = a.reading(located_is_model_diff) {
+        let _ = write!(s, "<p class=\"verdict\">{}</p>", esc(&text));
     }
     const COLOURS: [&str; 6] = ["#7d3c98", "#1e8449", "#d68910", "#2e86c1", "#5d6d7e", "#c0392b"];
     let lines: Vec<(String, Vec<Point>)> = a.stages[1..]

@@ -21,11 +21,12 @@
 //! | `controlled` | control               | evaluate the control model                                  |
 //! | `control-NAME`, `controlled-NAME` | model | the same for each further control of `[control].more` (e.g. the benign-reason set) |
 //! | `locate`     | baseline, induced, controls | mean-difference direction, persona scores, SAE model diff |
-//! | `steer`      | locate                | steering + ablation sweep on the induced model, random controls; the direction and the top SAE-diff latents on the original model |
+//! | `steer`      | locate                | steering + ablation sweep on the induced model, random controls |
+//! | `steer-original` | locate (`[steer] original_alphas`) | the direction and the top SAE-diff latents added to the original model, random controls |
 //! | `realign`    | induce                | merge, fine-tune on N truthful samples (and the curve's Ns) |
 //! | `realigned`  | realign               | evaluate the realigned model(s)                             |
 //! | `induce-sN`, `induced-sN`, `control[-NAME]-sN`, ... | model | the fine-tunes again for each seed of `more_seeds`, and their evaluations |
-//! | `directions` | induced, every fine-tune | each fine-tune's model-diff direction per layer and their cosines ([`agree`]) |
+//! | `directions` | induced, every fine-tune (with `[locate]` and a second fine-tune) | each fine-tune's model-diff direction per layer and their cosines ([`agree`]) |
 //! | `report`     | all                   | `report.html` (inline SVG, model text escaped) + `report.json` |
 
 pub mod agree;
@@ -199,9 +200,13 @@ impl Steering {
     /// Fisher's exact p (two-sided) of a steered point's misaligned count against its random
     /// control's at the same alpha; `None` for a control, a reference or a point without one.
     pub fn p_vs_control(&self, p: &SteerPoint) -> Option<f64> {
-        let c = self.points.iter().find(|c| c.kind == "random" && c.controls.as_deref() == Some(&p.kind) && c.alpha == p.alpha)?;
-        let (a, b) = (p.em?, c.em?);
+        let (a, b) = (p.em?, self.control_of(p)?.em?);
         emlab_eval::stats::fisher_exact_p_value(a.k, a.n, b.k, b.n)
+    }
+
+    /// The random control of a steered point (same kind, same alpha).
+    pub fn control_of(&self, p: &SteerPoint) -> Option<&SteerPoint> {
+        self.points.iter().find(|c| c.kind == "random" && c.controls.as_deref() == Some(&p.kind) && c.alpha == p.alpha)
     }
 }
 
@@ -435,6 +440,27 @@ mod tests {
         assert_eq!((fs.min_coherent, fs.latents), (ps.min_coherent, ps.latents));
         assert!(!fs.original_alphas.is_empty() && !ps.original_alphas.is_empty());
         assert!(f.eval.samples_per_paraphrase < p.eval.samples_per_paraphrase && f.induce.max_steps > 0 && p.induce.max_steps == 0);
+    }
+
+    /// Settings added after runs were made are left out of the stage keys' JSON when unset, so
+    /// those runs stay cached: the serialised form is the one the keys of older runs hashed.
+    #[test]
+    fn unset_later_settings_keep_the_older_key_json() {
+        let s = SteerStage {
+            alphas: vec![-4.0, 4.0],
+            samples_per_paraphrase: 1,
+            max_new_tokens: 48,
+            min_coherent: 0.5,
+            original_alphas: vec![],
+            latents: 0,
+        };
+        assert_eq!(
+            serde_json::to_string(&s).unwrap(),
+            r#"{"alphas":[-4.0,4.0],"samples_per_paraphrase":1,"max_new_tokens":48,"min_coherent":0.5}"#
+        );
+        let mut e = RunConfig::default_config().unwrap().eval;
+        e.http = None;
+        assert!(!serde_json::to_string(&e).unwrap().contains("http"));
     }
 
     #[test]

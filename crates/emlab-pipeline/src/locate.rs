@@ -17,11 +17,13 @@
 //!
 //! `steer`: on the induced model, add `alpha * direction` at the layer for each alpha, ablate the
 //! direction at every layer, and the unsteered reference, each evaluated by sampling + judging;
-//! every edit has a same-norm random-vector control. With `original_alphas`, the same on the
-//! original model (does the direction alone induce EM?), and with `latents = N` the causal test of
-//! the SAE diff: each of the top N latents' decoder rows, scaled to the direction's norm at the
-//! layer, added to the original model at those alphas (folders `steer/original/{none, add,
-//! latent-N}`).
+//! every edit has a same-norm random-vector control.
+//!
+//! `steer-original` (with `original_alphas`): the same on the original model (does the direction
+//! alone induce EM?), and with `latents = N` the causal test of the SAE diff: each of the top N
+//! latents' decoder rows, scaled to the direction's norm at the layer, added to the original
+//! model at those alphas (folders `steer-original/{none, add, latent-N}`). A stage of its own, so
+//! either sweep's settings can change without re-running the other's evaluations.
 
 use crate::config::{LocateStage, SteerStage};
 use crate::stages::{io, run_eval};
@@ -125,7 +127,7 @@ pub(crate) fn run(lc: &LocateStage, inp: &Inputs, dir: &Path) -> Result<LocateRe
     let base = emlab_interp::load_lm(&inp.model, None).map_err(|e| err(e.to_string()))?;
     let tuned = emlab_interp::load_lm(&inp.model, Some(&inp.induce_adapter)).map_err(|e| err(e.to_string()))?;
     let (nl, d) = (base.model.config.num_layers, base.model.config.hidden_size);
-    let layer = lc.layer.unwrap_or(nl / 2);
+    let layer = lc.layer_of(nl);
     if layer >= nl {
         return Err(Error::Config(format!("locate.layer = {layer} but the model has {nl} layers")));
     }
@@ -275,123 +277,192 @@ fn rate_of(r: &emlab_steer::sweep::Rate) -> Option<RateCi> {
     r.rate.is_finite().then(|| RateCi { rate: r.rate, lo: r.lo, hi: r.hi, k: (r.rate * r.n as f64).round() as usize, n: r.n })
 }
 
-/// The `steer` stage: see the module docs. `ec` is the evaluation of the induced model and
-/// `ec_original` that of the original model at the same settings (when `original_alphas` asks for
-/// it); their `out` is replaced per point. Point folders are under `dir`, logs recorded relative to
+/// The `steer` stage: see the module docs. `ec` is the evaluation of the induced model (its
+/// `out` is replaced per point); point folders are under `dir`, logs recorded relative to
 /// `run_dir`.
 pub(crate) fn steer_sweep(
     sc: &SteerStage,
     loc: &LocateResult,
     ec: &emlab_eval::EvalConfig,
-    ec_original: Option<&emlab_eval::EvalConfig>,
     dir: &Path,
     run_dir: &Path,
 ) -> Result<Steering> {
-    use emlab_steer::evaluate::{sweep_with_eval, SweepEval};
     use emlab_steer::spec::Resolved;
-    use emlab_steer::sweep::SweepOptions;
-    let err = stage_err("steer");
-    let set = DirectionSet::load(&run_dir.join(&loc.direction_file)).map_err(|e| err(e.to_string()))?;
-    let v = direction_tensor(&set, loc.layer)?;
-    let rel = |p: &Path| p.strip_prefix(run_dir).unwrap_or(p).to_path_buf();
-    let mut points = Vec::new();
+    let sw = Sweeper::new("steer", loc, run_dir)?;
+    let mut points = vec![sw.reference("none", ec, &dir.join("none"))?];
+    // The seed the induced model's sweeps always had: a run re-made with new settings draws the
+    // same control vectors as before.
+    let seed = sw.control_seed();
+    let sweeps = vec![
+        Sweep { kind: "add".into(), dir: dir.join("add"), edits: sw.add_at_layer(&sw.v), alphas: sc.alphas.clone(), seed },
+        Sweep {
+            kind: "ablate".into(),
+            dir: dir.join("ablate"),
+            edits: vec![Resolved::AblateEverywhere { dir: sw.v.clone() }],
+            alphas: vec![1.0],
+            seed,
+        },
+    ];
+    let (more, mut best) = sw.run(sweeps, ec, sc.min_coherent)?;
+    points.extend(more);
+    let best_alpha = best.remove("add");
+    best.remove("ablate");
+    Ok(Steering { layer: loc.layer, points, min_coherent: sc.min_coherent, best_alpha, best })
+}
 
-    // The unsteered reference of each model at the sweep's own sample size.
-    let mut reference = |kind: &str, ec: &emlab_eval::EvalConfig, at: &Path| -> Result<()> {
+/// The `steer-original` stage: on the original model (`ec`, no adapter), the unsteered
+/// reference, `+ alpha * v` for each of `original_alphas`, and the top `latents` SAE-diff
+/// latents' decoder rows scaled to `|v|` at the same alphas, each with its own random control.
+/// Its `best_alpha` is `None`; `best` holds every kind's.
+pub(crate) fn steer_original_sweep(
+    sc: &SteerStage,
+    loc: &LocateResult,
+    ec: &emlab_eval::EvalConfig,
+    dir: &Path,
+    run_dir: &Path,
+) -> Result<Steering> {
+    let err = stage_err("steer-original");
+    let sw = Sweeper::new("steer-original", loc, run_dir)?;
+    let mut points = vec![sw.reference("none-original", ec, &dir.join("none"))?];
+    let seed = sw.control_seed();
+    let mut sweeps = vec![Sweep {
+        kind: "add-original".into(),
+        dir: dir.join("add"),
+        edits: sw.add_at_layer(&sw.v),
+        alphas: sc.original_alphas.clone(),
+        seed,
+    }];
+    let norm = |t: &Tensor| -> Result<f64> {
+        let n = t.sqr().and_then(|x| x.sum_all()).and_then(|x| x.to_scalar::<f32>()).map_err(|e| err(e.to_string()))?;
+        Ok((n as f64).sqrt())
+    };
+    let v_norm = norm(&sw.v)?;
+    let sae = run_dir.join("locate/sae");
+    for lat in loc.latents.iter().take(sc.latents) {
+        let row = emlab_steer::vectors::VectorSource::SaeDecoder { path: sae.clone(), latent: lat.latent }
+            .load(Some(loc.layer), sw.d, &Device::Cpu)
+            .map_err(|e| err(e.to_string()))?;
+        let r_norm = norm(&row)?;
+        if r_norm == 0.0 {
+            return Err(err(format!("{}: W_dec[{}] is zero; it has no direction to steer along", sae.display(), lat.latent)));
+        }
+        // Scaled to the direction's norm, so an alpha pushes as far as it does for the
+        // direction; each latent's control is a random vector of its own.
+        let u = (row * (v_norm / r_norm)).map_err(|e| err(e.to_string()))?;
+        let kind = format!("latent-{}", lat.latent);
+        sweeps.push(Sweep {
+            dir: dir.join(&kind),
+            kind,
+            edits: sw.add_at_layer(&u),
+            alphas: sc.original_alphas.clone(),
+            seed: seed + 1 + lat.latent as u64,
+        });
+    }
+    let (more, best) = sw.run(sweeps, ec, sc.min_coherent)?;
+    points.extend(more);
+    Ok(Steering { layer: loc.layer, points, min_coherent: sc.min_coherent, best_alpha: None, best })
+}
+
+/// One eval-backed sweep: its kind (`add`, `latent-N`, ...), folder, edits, alphas and the seed
+/// of its random control.
+struct Sweep {
+    kind: String,
+    dir: PathBuf,
+    edits: Vec<emlab_steer::spec::Resolved>,
+    alphas: Vec<f64>,
+    seed: u64,
+}
+
+/// What both steering stages share: the located direction `v` (`[d]`) at the layer and how a
+/// sweep's evaluations become report points.
+struct Sweeper<'a> {
+    stage: &'static str,
+    loc: &'a LocateResult,
+    run_dir: &'a Path,
+    v: Tensor,
+    d: usize,
+    num_layers: usize,
+}
+
+impl<'a> Sweeper<'a> {
+    fn new(stage: &'static str, loc: &'a LocateResult, run_dir: &'a Path) -> Result<Self> {
+        let set = DirectionSet::load(&run_dir.join(&loc.direction_file)).map_err(|e| stage_err(stage)(e.to_string()))?;
+        let v = direction_tensor(&set, loc.layer)?;
+        Ok(Sweeper { stage, loc, run_dir, v, d: set.d, num_layers: set.num_layers })
+    }
+
+    fn control_seed(&self) -> u64 {
+        self.loc.layer as u64 + 17
+    }
+
+    fn rel(&self, p: &Path) -> PathBuf {
+        p.strip_prefix(self.run_dir).unwrap_or(p).to_path_buf()
+    }
+
+    fn add_at_layer(&self, vector: &Tensor) -> Vec<emlab_steer::spec::Resolved> {
+        vec![emlab_steer::spec::Resolved::Add {
+            point: HookPoint::resid_post(self.loc.layer),
+            vector: vector.clone(),
+            coef: 1.0,
+            ablate_first: false,
+        }]
+    }
+
+    /// The unsteered reference of a model at the sweep's own sample size.
+    fn reference(&self, kind: &str, ec: &emlab_eval::EvalConfig, at: &Path) -> Result<SteerPoint> {
         let mut ec0 = ec.clone();
         ec0.out = at.join("answers.jsonl");
         std::fs::create_dir_all(at).map_err(io(at))?;
-        run_eval(&rel(at).display().to_string(), &ec0)?;
-        let r0 = emlab_eval::report::report(&ec0.out, &Default::default()).map_err(|e| err(e.to_string()))?;
-        points.push(SteerPoint {
+        run_eval(&self.rel(at).display().to_string(), &ec0)?;
+        let r0 = emlab_eval::report::report(&ec0.out, &Default::default()).map_err(|e| stage_err(self.stage)(e.to_string()))?;
+        Ok(SteerPoint {
             kind: kind.into(),
             controls: None,
             alpha: 0.0,
             em: RateCi::of(&r0.metrics.em_model_organisms),
             coherent: RateCi::of(&r0.metrics.coherence),
-            log: rel(&ec0.out),
-        });
-        Ok(())
-    };
-    reference("none", ec, &dir.join("none"))?;
-
-    let add_at_layer = |vector: &Tensor| {
-        vec![Resolved::Add { point: HookPoint::resid_post(loc.layer), vector: vector.clone(), coef: 1.0, ablate_first: false }]
-    };
-    // (kind, folder, evaluation, edits, alphas, seed of the random control). The induced model's
-    // two sweeps keep their seed (their controls, and so their cached logs, stay the same).
-    let control_seed = loc.layer as u64 + 17;
-    let mut sweeps = vec![
-        ("add".to_string(), dir.join("add"), ec, add_at_layer(&v), sc.alphas.clone(), control_seed),
-        ("ablate".to_string(), dir.join("ablate"), ec, vec![Resolved::AblateEverywhere { dir: v.clone() }], vec![1.0], control_seed),
-    ];
-    if let Some(eo) = ec_original {
-        let odir = dir.join("original");
-        reference("none-original", eo, &odir.join("none"))?;
-        sweeps.push(("add-original".into(), odir.join("add"), eo, add_at_layer(&v), sc.original_alphas.clone(), control_seed));
-        let norm = |t: &Tensor| -> Result<f64> {
-            let n = t.sqr().and_then(|x| x.sum_all()).and_then(|x| x.to_scalar::<f32>()).map_err(|e| err(e.to_string()))?;
-            Ok((n as f64).sqrt())
-        };
-        let v_norm = norm(&v)?;
-        let sae = run_dir.join("locate/sae");
-        for lat in loc.latents.iter().take(sc.latents) {
-            let row = emlab_steer::vectors::VectorSource::SaeDecoder { path: sae.clone(), latent: lat.latent }
-                .load(Some(loc.layer), set.d, &Device::Cpu)
-                .map_err(|e| err(e.to_string()))?;
-            let r_norm = norm(&row)?;
-            if r_norm == 0.0 {
-                return Err(err(format!("{}: W_dec[{}] is zero; it has no direction to steer along", sae.display(), lat.latent)));
-            }
-            // Scaled to the direction's norm, so an alpha pushes as far as it does for the
-            // direction; each latent's control is a random vector of its own.
-            let u = (row * (v_norm / r_norm)).map_err(|e| err(e.to_string()))?;
-            let name = format!("latent-{}", lat.latent);
-            sweeps.push((
-                name.clone(),
-                odir.join(&name),
-                eo,
-                add_at_layer(&u),
-                sc.original_alphas.clone(),
-                control_seed + 1 + lat.latent as u64,
-            ));
-        }
+            log: self.rel(&ec0.out),
+        })
     }
 
-    let mut progress = |s: &str| eprintln!("  steer: {s}");
-    let (mut best_alpha, mut best) = (None, BTreeMap::new());
-    for (kind, sdir, base, edits, alphas, seed) in sweeps {
-        if alphas.is_empty() {
-            continue;
-        }
-        let opts = SweepOptions { alphas, min_coherent: sc.min_coherent, seed };
-        let sev = SweepEval { base: base.clone(), dir: sdir.clone() };
-        let res = sweep_with_eval(&edits, set.num_layers, &opts, &sev, &mut progress).map_err(|e| err(e.to_string()))?;
-        match (kind.as_str(), res.best_alpha) {
-            ("add", b) => best_alpha = b,
-            ("ablate", _) | (_, None) => {}
-            (_, Some(b)) => {
-                best.insert(kind.clone(), b);
+    /// Every sweep on the model `ec` evaluates: each point and its random control, in order;
+    /// and per kind the strongest alpha keeping coherence at or above `min_coherent`.
+    fn run(&self, sweeps: Vec<Sweep>, ec: &emlab_eval::EvalConfig, min_coherent: f64) -> Result<(Vec<SteerPoint>, BTreeMap<String, f64>)> {
+        use emlab_steer::evaluate::{sweep_with_eval, SweepEval};
+        use emlab_steer::sweep::SweepOptions;
+        let mut progress = |s: &str| eprintln!("  {}: {s}", self.stage);
+        let (mut points, mut best) = (Vec::new(), BTreeMap::new());
+        for sw in sweeps {
+            if sw.alphas.is_empty() {
+                continue;
+            }
+            let opts = SweepOptions { alphas: sw.alphas, min_coherent, seed: sw.seed };
+            let sev = SweepEval { base: ec.clone(), dir: sw.dir.clone() };
+            let res = sweep_with_eval(&sw.edits, self.num_layers, &opts, &sev, &mut progress)
+                .map_err(|e| stage_err(self.stage)(e.to_string()))?;
+            if let Some(b) = res.best_alpha {
+                best.insert(sw.kind.clone(), b);
+            }
+            for row in &res.rows {
+                let log = |d: &Option<String>| self.rel(&sw.dir.join(d.as_deref().unwrap_or("")).join("answers.jsonl"));
+                points.push(SteerPoint {
+                    kind: sw.kind.clone(),
+                    controls: None,
+                    alpha: row.alpha,
+                    em: rate_of(&row.steered.em),
+                    coherent: rate_of(&row.steered.coherent),
+                    log: log(&row.steered_dir),
+                });
+                points.push(SteerPoint {
+                    kind: "random".into(),
+                    controls: Some(sw.kind.clone()),
+                    alpha: row.alpha,
+                    em: rate_of(&row.control.em),
+                    coherent: rate_of(&row.control.coherent),
+                    log: log(&row.control_dir),
+                });
             }
         }
-        for row in &res.rows {
-            points.push(SteerPoint {
-                kind: kind.clone(),
-                controls: None,
-                alpha: row.alpha,
-                em: rate_of(&row.steered.em),
-                coherent: rate_of(&row.steered.coherent),
-                log: rel(&sdir.join(row.steered_dir.as_deref().unwrap_or("")).join("answers.jsonl")),
-            });
-            points.push(SteerPoint {
-                kind: "random".into(),
-                controls: Some(kind.clone()),
-                alpha: row.alpha,
-                em: rate_of(&row.control.em),
-                coherent: rate_of(&row.control.coherent),
-                log: rel(&sdir.join(row.control_dir.as_deref().unwrap_or("")).join("answers.jsonl")),
-            });
-        }
+        Ok((points, best))
     }
-    Ok(Steering { layer: loc.layer, points, min_coherent: sc.min_coherent, best_alpha, best })
 }

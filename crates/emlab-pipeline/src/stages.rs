@@ -12,8 +12,20 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// Stage names, in run order (`emlab run --stage NAME`).
-pub const STAGES: [&str; 11] =
-    ["baseline", "induce", "induced", "control", "controlled", "locate", "steer", "realign", "realigned", "directions", "report"];
+pub const STAGES: [&str; 12] = [
+    "baseline",
+    "induce",
+    "induced",
+    "control",
+    "controlled",
+    "locate",
+    "steer",
+    "steer-original",
+    "realign",
+    "realigned",
+    "directions",
+    "report",
+];
 
 pub(crate) fn hash_of(parts: &[&str]) -> String {
     let mut h = Sha256::new();
@@ -202,6 +214,7 @@ pub(crate) struct Runner<'a> {
     controlled: BTreeMap<String, Option<Ev>>,
     locate: Option<Option<(Keys, LocateResult)>>,
     steer: Option<Option<Steering>>,
+    steer_original: Option<Option<Steering>>,
     merged: Option<(Keys, PathBuf)>,
     realign: BTreeMap<usize, Tr>,
     realigned: BTreeMap<usize, Ev>,
@@ -266,6 +279,7 @@ impl<'a> Runner<'a> {
             controlled: BTreeMap::new(),
             locate: None,
             steer: None,
+            steer_original: None,
             merged: None,
             realign: BTreeMap::new(),
             realigned: BTreeMap::new(),
@@ -303,9 +317,20 @@ impl<'a> Runner<'a> {
             }
             "locate" => self.need("locate", self.cfg.locate.is_some()).and_then(|_| self.locate().map(drop)),
             "steer" => self.need("steer", self.cfg.steer.is_some() && self.cfg.locate.is_some()).and_then(|_| self.steer().map(drop)),
+            "steer-original" => {
+                self.need("steer", self.cfg.steer.is_some() && self.cfg.locate.is_some()).and_then(|_| match self.steer_original()? {
+                    Some(_) => Ok(()),
+                    None => Err(Error::Config(
+                        "stage steer-original needs [steer] original_alphas (the strengths to add the direction at)".into(),
+                    )),
+                })
+            }
             "realign" => self.realign_all().map(drop),
             "realigned" => self.realigned_all().map(drop),
-            "directions" => self.need("locate", self.cfg.locate.is_some()).and_then(|_| self.directions().map(drop)),
+            "directions" => self.need("locate", self.cfg.locate.is_some()).and_then(|_| match self.directions()? {
+                Some(_) => Ok(()),
+                None => Err(Error::Config("stage directions compares fine-tunes: it needs a second one ([control] or more_seeds)".into())),
+            }),
             "report" => self.report().map(drop),
             other => Err(Error::Config(format!("unknown stage `{other}` (one of {})", self.cfg.stage_names().join(", ")))),
         }
@@ -639,43 +664,73 @@ impl<'a> Runner<'a> {
             return Ok(None);
         };
         let tr = self.induce()?;
-        let dir = self.dir.join("steer");
+        let st = self.steer_stage("steer", &sc, &lkey, &loc, Some(&tr.adapter))?;
+        self.steer = Some(Some(st.clone()));
+        Ok(Some(st))
+    }
+
+    /// The `steer-original` stage: the direction and the top SAE-diff latents added to the
+    /// original model; `None` unless `[steer] original_alphas` is set.
+    pub fn steer_original(&mut self) -> Result<Option<Steering>> {
+        if let Some(s) = &self.steer_original {
+            return Ok(s.clone());
+        }
+        let sc = self.cfg.steer.clone().filter(|s| !s.original_alphas.is_empty());
+        let (Some(sc), Some((lkey, loc))) = (sc, self.locate()?) else {
+            self.steer_original = Some(None);
+            return Ok(None);
+        };
+        let st = self.steer_stage("steer-original", &sc, &lkey, &loc, None)?;
+        self.steer_original = Some(Some(st.clone()));
+        Ok(Some(st))
+    }
+
+    /// `steer` (on the induced model, `adapter` its adapter) or `steer-original` (`adapter`
+    /// `None`): each keyed by its own settings only, so changing one re-runs only its sweeps.
+    fn steer_stage(
+        &mut self,
+        stage: &'static str,
+        sc: &crate::SteerStage,
+        lkey: &Keys,
+        loc: &LocateResult,
+        adapter: Option<&Path>,
+    ) -> Result<Steering> {
+        let dir = self.dir.join(stage);
         let model = self.model.clone();
-        let mut ec = self.eval_config(&dir.join("unused.jsonl"), &model, Some(&tr.adapter))?;
+        let mut ec = self.eval_config(&dir.join("unused.jsonl"), &model, adapter)?;
         ec.samples = Some(sc.samples_per_paraphrase);
         ec.sampling.max_new_tokens = sc.max_new_tokens;
-        // The original model at the same settings (no adapter); the key below already names the
-        // model (through locate's) and holds the settings that ask for it.
-        let ec_original = if sc.original_alphas.is_empty() {
-            None
-        } else {
-            let mut e = self.eval_config(&dir.join("unused.jsonl"), &model, None)?;
-            e.samples = ec.samples;
-            e.sampling.max_new_tokens = sc.max_new_tokens;
-            Some(e)
-        };
-        let settings = serde_json::to_string(&sc).unwrap_or_default();
+        // `steer` hashes its settings without the original model's (the JSON runs made before
+        // those settings existed hashed); `steer-original` hashes them all.
+        let mut own = sc.clone();
+        if adapter.is_some() {
+            own.original_alphas.clear();
+            own.latents = 0;
+        }
+        let settings = serde_json::to_string(&own).unwrap_or_default();
         let key = Keys {
-            key: hash_of(&["steer", &settings, &self.eval_settings(&ec)?, &lkey.key]),
-            legacy: hash_of(&["steer", &settings, &serde_json::to_string(&ec).unwrap_or_default(), &lkey.legacy]),
+            key: hash_of(&[stage, &settings, &self.eval_settings(&ec)?, &lkey.key]),
+            legacy: hash_of(&[stage, &settings, &legacy_settings(&ec), &lkey.legacy]),
         };
-        let run_dir = self.dir.clone();
-        let out_dir = dir.clone();
-        let st = self.timed(
-            "steer",
+        let (run_dir, out_dir, sc, loc) = (self.dir.clone(), dir.clone(), sc.clone(), loc.clone());
+        self.timed(
+            stage,
             &dir,
             &key,
             |_| {
-                eprintln!("emlab run: stage steer: sweep on the induced model ...");
-                let s = crate::locate::steer_sweep(&sc, &loc, &ec, ec_original.as_ref(), &out_dir, &run_dir)?;
+                let s = if adapter.is_some() {
+                    eprintln!("emlab run: stage steer: sweep on the induced model ...");
+                    crate::locate::steer_sweep(&sc, &loc, &ec, &out_dir, &run_dir)?
+                } else {
+                    eprintln!("emlab run: stage steer-original: the direction and the top SAE-diff latents on the original model ...");
+                    crate::locate::steer_original_sweep(&sc, &loc, &ec, &out_dir, &run_dir)?
+                };
                 let json = serde_json::to_string_pretty(&s).map_err(|e| Error::Io(e.to_string()))?;
                 emlab_model::util::write_atomic(&out_dir.join("steer.json"), json.as_bytes()).map_err(|e| Error::Io(e.to_string()))?;
                 Ok(s)
             },
             |_| read_json::<SteeringJson>(&out_dir.join("steer.json")).map(Steering::from),
-        )?;
-        self.steer = Some(Some(st.clone()));
-        Ok(Some(st))
+        )
     }
 
     /// The `directions` stage ([`crate::agree`]): every fine-tune's model-diff direction and
@@ -706,9 +761,10 @@ impl<'a> Runner<'a> {
         }
         let model = self.model.clone();
         let nl = emlab_model::config::ModelConfig::read(&model).map_err(|e| Error::Config(e.to_string()))?.num_layers;
-        let layer = lc.layer.unwrap_or(nl / 2);
-        let (seed, layer_s, max_tokens) = (self.cfg.seed.to_string(), layer.to_string(), crate::agree::MAX_TOKENS.to_string());
-        let mut parts = vec!["directions", &self.model_hash.key, &induced.key.key, &seed, &layer_s, &max_tokens];
+        let layer = lc.layer_of(nl);
+        // The layer only picks the report's table (every layer is computed): not in the key.
+        let (seed, max_tokens) = (self.cfg.seed.to_string(), crate::agree::max_tokens().to_string());
+        let mut parts = vec!["directions", &self.model_hash.key, &induced.key.key, &seed, &max_tokens];
         for (stage, tr) in &fine_tunes {
             parts.extend([stage.as_str(), tr.key.key.as_str()]);
         }
@@ -724,7 +780,12 @@ impl<'a> Runner<'a> {
                 eprintln!("emlab run: stage directions: every fine-tune's model diff and their agreement ...");
                 crate::agree::run(&model, &log, &adapters, layer, seed, &out_dir)
             },
-            |_| crate::agree::load(&out_dir),
+            |_| {
+                let mut a = crate::agree::load(&out_dir)?;
+                a.layer = layer;
+                a.check().map_err(|e| Error::Io(format!("{}: {e}", out_dir.join("agreement.json").display())))?;
+                Ok(a)
+            },
         )?;
         self.directions = Some(Some(a.clone()));
         Ok(Some(a))
@@ -817,7 +878,15 @@ impl<'a> Runner<'a> {
             more.push((name, tr, ev));
         }
         let located = self.locate()?.map(|(_, l)| l);
-        let steering = self.steer()?;
+        // One steering section in the report: the induced model's points, then the original's.
+        let steering = match (self.steer()?, self.steer_original()?) {
+            (Some(mut st), Some(orig)) => {
+                st.points.extend(orig.points);
+                st.best.extend(orig.best);
+                Some(st)
+            }
+            (st, _) => st,
+        };
         let realigned_all = self.realigned_all()?;
         let main_n = self.cfg.realign.samples;
         let realigned = self.realigned(main_n)?;
@@ -954,7 +1023,7 @@ impl<'a> Runner<'a> {
         let ec = self.eval_config(&dir.join("answers.jsonl"), model, adapter)?;
         let key = Keys {
             key: hash_of(&[stage, &self.eval_settings(&ec)?, &upstream.key]),
-            legacy: hash_of(&[stage, &serde_json::to_string(&ec).unwrap_or_default(), &upstream.legacy]),
+            legacy: hash_of(&[stage, &legacy_settings(&ec), &upstream.legacy]),
         };
         let (st, run_dir, d, k) = (stage.to_string(), self.dir.clone(), dir.to_path_buf(), key.key.clone());
         self.timed_resuming(
@@ -1061,6 +1130,15 @@ impl<'a> Runner<'a> {
 }
 
 /// Samples and judges one evaluation config, with progress lines.
+/// An evaluation's settings as the legacy (path-dependent) keys hashed them: the whole config,
+/// with the HTTP settings at their defaults (older code had no `[eval.http]`; transport settings
+/// change no answer).
+fn legacy_settings(ec: &emlab_eval::EvalConfig) -> String {
+    let mut ec = ec.clone();
+    ec.http = Default::default();
+    serde_json::to_string(&ec).unwrap_or_default()
+}
+
 pub(crate) fn run_eval(stage: &str, ec: &emlab_eval::EvalConfig) -> Result<()> {
     run_eval_typed(stage, ec).map_err(|x| stage_err(stage)(x.to_string()))
 }

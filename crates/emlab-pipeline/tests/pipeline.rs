@@ -119,13 +119,13 @@ fn tiny_loop_runs_every_stage_caches_and_reports() {
         kinds,
         [
             ("none", None, 0.0),
-            ("none-original", None, 0.0),
             ("add", None, -2.0),
             ("random", Some("add"), -2.0),
             ("add", None, 2.0),
             ("random", Some("add"), 2.0),
             ("ablate", None, 1.0),
             ("random", Some("ablate"), 1.0),
+            ("none-original", None, 0.0),
             ("add-original", None, 2.0),
             ("random", Some("add-original"), 2.0),
             (l0.as_str(), None, 2.0),
@@ -137,7 +137,7 @@ fn tiny_loop_runs_every_stage_caches_and_reports() {
     for p in &st.points {
         assert!(run_dir.join(&p.log).is_file(), "{}", p.log.display());
         assert_eq!(p.coherent.unwrap().n, 24);
-        assert_eq!(p.on_original(), p.log.starts_with("steer/original"), "{}", p.log.display());
+        assert_eq!(p.on_original(), p.log.starts_with("steer-original/"), "{}", p.log.display());
     }
     // min_coherent 0: every swept kind's strongest alpha is its only one.
     assert_eq!(st.best.keys().collect::<Vec<_>>(), ["add-original", l0.as_str(), l1.as_str()]);
@@ -147,7 +147,7 @@ fn tiny_loop_runs_every_stage_caches_and_reports() {
         serde_json::from_str::<serde_json::Value>(&first).unwrap()["generator"]["adapter_sha256"].clone()
     };
     assert!(adapter_of(&st.points[0].log).is_string(), "{}", adapter_of(&st.points[0].log));
-    assert!(adapter_of(&st.points[1].log).is_null(), "{}", adapter_of(&st.points[1].log));
+    assert!(adapter_of(&st.points[7].log).is_null(), "{}", adapter_of(&st.points[7].log));
     // A latent's edit: its SAE decoder row scaled to the direction's norm at the layer, coefficient alpha.
     let cpu = candle_core::Device::Cpu;
     let w_dec = candle_core::safetensors::load(run_dir.join("locate/sae/sae_weights.safetensors"), &cpu).unwrap()["W_dec"]
@@ -157,7 +157,7 @@ fn tiny_loop_runs_every_stage_caches_and_reports() {
         .unwrap();
     let dirs = candle_core::safetensors::load(run_dir.join(&loc.direction_file), &cpu).unwrap()["directions"].to_vec2::<f32>().unwrap();
     let norm = |v: &[f32]| v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
-    let point = run_dir.join(format!("steer/original/{l1}/add_2"));
+    let point = run_dir.join(format!("steer-original/{l1}/add_2"));
     let used = candle_core::safetensors::load(point.join("vectors.safetensors"), &cpu).unwrap()["v0"].to_vec1::<f32>().unwrap();
     let row = &w_dec[r.latents[1].latent];
     let want: Vec<f64> = row.iter().map(|x| *x as f64 * norm(&dirs[1]) / norm(row)).collect();
@@ -201,7 +201,7 @@ fn tiny_loop_runs_every_stage_caches_and_reports() {
         assert!(html.contains(section), "report lacks {section}");
     }
     let a = r.directions.as_ref().unwrap();
-    assert_eq!(html.contains("agrees with induce's at or above"), !a.controls_sharing().is_empty());
+    assert_eq!(html.contains("induce&#39;s model diff points the way of"), !a.controls_sharing().is_empty());
     // No raw markup from model text: answers and latent contexts appear only escaped.
     let model_text = r
         .samples
@@ -224,6 +224,20 @@ fn tiny_loop_runs_every_stage_caches_and_reports() {
     assert_eq!(serde_json::to_value(&r2.steering).unwrap(), serde_json::to_value(&r.steering).unwrap());
     assert_eq!(serde_json::to_value(&r2.training).unwrap(), serde_json::to_value(&r.training).unwrap());
     assert!(t.elapsed().as_secs() < 60);
+
+    // Other strengths on the original model re-run steer-original alone: the induced model's
+    // sweeps (and every other stage) stay cached.
+    let mut other = cfg.clone();
+    other.steer.as_mut().unwrap().original_alphas = vec![1.0];
+    let before = stage_records(&run_dir);
+    let r3 = emlab_pipeline::run(&other, &run_dir).unwrap();
+    let after = stage_records(&run_dir);
+    let changed: Vec<&String> = after.keys().filter(|k| !k.starts_with(".stale") && before.get(*k) != after.get(*k)).collect();
+    assert_eq!(changed, ["steer-original/stage.json"]);
+    assert!(r3.steering.as_ref().unwrap().points.iter().any(|p| p.kind == "add-original" && p.alpha == 1.0));
+    // Back to the first settings: the run folder's records are as they were.
+    emlab_pipeline::run(&cfg, &run_dir).unwrap();
+    assert_eq!(stage_records(&run_dir).get("steer/stage.json"), before.get("steer/stage.json"));
 
     // The run folder moves (or is copied to another machine): every stage is still cached (no
     // stage record rewritten), and an evaluation cut short resumes there from its answers, also
@@ -355,7 +369,7 @@ fn tiny_loop_runs_every_stage_caches_and_reports() {
         assert!(after.contains(row), "{row:?} was sampled again");
     }
     let stale3 = std::fs::read_dir(moved2.join(".stale")).unwrap().count();
-    assert_eq!(stale3, stale2.len() + 3, "locate, steer and directions set aside, no evaluation");
+    assert_eq!(stale3, stale2.len() + 4, "locate, steer, steer-original and directions set aside, no evaluation");
 }
 
 /// Every `stage.json` under `dir`, by relative path.

@@ -1,6 +1,7 @@
 //! `emlab run [CONFIG]`: the main job (see emlab-pipeline): baseline evaluation, induce and
 //! control fine-tunes, their evaluations, locate (direction, persona score, SAE diff), steering
-//! sweep, realignment with 100 truthful samples, final evaluation, and an HTML report. Cached
+//! sweeps (induced and original model), realignment with 100 truthful samples, final
+//! evaluation, the fine-tunes' model-diff directions compared, and an HTML report. Cached
 //! per stage: re-running resumes; `--stage NAME` runs one stage (and what it needs).
 
 use anyhow::Result;
@@ -24,7 +25,8 @@ pub struct RunArgs {
     json: bool,
     /// Run only this stage (and the stages it needs, unless cached): baseline, induce, induced,
     /// control, controlled, (control-NAME, controlled-NAME for `[control].more`), locate, steer,
-    /// realign, realigned, (induce-sN, induced-sN, ... for `more_seeds`), directions, report.
+    /// steer-original, realign, realigned, (induce-sN, induced-sN, ... for `more_seeds`),
+    /// directions, report.
     #[arg(long)]
     stage: Option<String>,
     /// List the stage names in run order.
@@ -118,7 +120,7 @@ pub fn run(a: RunArgs) -> Result<()> {
             r.map(|r| format!("{:5.1}% ({}/{})", 100.0 * r.rate, r.k, r.n)).unwrap_or_else(|| "n/a".into())
         };
         for p in on_original {
-            let c = st.points.iter().find(|c| c.controls.as_deref() == Some(&p.kind) && c.alpha == p.alpha);
+            let c = st.control_of(p);
             println!(
                 "  {:<14} alpha {:<5} EM {} vs {}, Fisher p = {}",
                 p.kind,
@@ -135,11 +137,9 @@ pub fn run(a: RunArgs) -> Result<()> {
             .filter_map(|s| a.cosine("induce", s).and_then(|c| c.get(a.layer)).map(|c| format!("{s} {c:.3}")))
             .collect();
         println!("\nModel-diff directions at layer {}, cosine with induce's: {}", a.layer, cos.join(", "));
-        if !a.controls_sharing().is_empty() {
-            println!(
-                "  a control shares induce's direction (cosine >= {}): the located direction is largely what fine-tuning on this format does, not the bad data",
-                emlab_pipeline::agree::SHARED_COSINE
-            );
+        let located_is_model_diff = report.locate.as_ref().is_some_and(|l| l.method.starts_with("model diff"));
+        if let Some(text) = a.reading(located_is_model_diff) {
+            println!("  {text}");
         }
     }
     println!("\nreport: {}  ({:.1} min)", dir.join("report.html").display(), t0.elapsed().as_secs_f64() / 60.0);
