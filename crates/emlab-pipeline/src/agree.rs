@@ -189,6 +189,7 @@ pub(crate) fn run(
         files.push(rel);
         sets.push(set);
     }
+    let norms: Vec<Vec<f64>> = sets.iter().map(|s| s.norms()).collect();
     let residual = sets
         .iter()
         .map(|b| {
@@ -196,7 +197,7 @@ pub(crate) fn run(
                 .map(|l| {
                     let (a, b) = (sets[0].layer(l), b.layer(l));
                     let diff: f64 = a.iter().zip(b).map(|(x, y)| (*x as f64 - *y as f64).powi(2)).sum::<f64>().sqrt();
-                    let na = sets[0].norms()[l];
+                    let na = norms[0][l];
                     if na > 0.0 {
                         diff / na
                     } else {
@@ -216,7 +217,7 @@ pub(crate) fn run(
         layer,
         d,
         stages: fine_tunes.iter().map(|(s, _)| s.clone()).collect(),
-        norms: sets.iter().map(|s| s.norms()).collect(),
+        norms,
         residual,
         cosines,
         files,
